@@ -1,0 +1,1 @@
+"""Guard backends: Qwen3Guard-Gen (verdicts, label probabilities) and Qwen3Guard-Stream (per-token risk)."""

@@ -1,0 +1,137 @@
+"""What both guards share: device and dtype placement, local-or-hub loading, token-budget batching and the
+context-window policy.
+
+Context policy (both guards): the judged (last) message is always kept whole. When the rendered conversation does
+not fit the guard's window, the oldest turns are dropped first; when only one earlier turn is left and it is still
+too long, its content is cut from the start, keeping the part nearest the judged message. If the judged message
+alone does not fit, :class:`ContextTooLongError` is raised. Every trimmed input is flagged (``truncated=True``)
+and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from guard_reward.conversations import Conversation, with_last_content
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ContextTooLongError(ValueError):
+    """The judged message alone does not fit the guard's context window."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` means this process's own accelerator: under ``accelerate`` each rank gets its local device (one
+    guard per process), otherwise the current CUDA device, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if "LOCAL_RANK" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ:
+        from accelerate import PartialState
+
+        return PartialState().device
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``: bfloat16 on a GPU that supports it, float32 elsewhere. Strings name a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not accepted; use a torch.dtype or one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def hub_kwargs(name_or_path: str | os.PathLike, **kw: Any) -> dict[str, Any]:
+    """Keyword arguments for ``from_pretrained``: a local folder is loaded with ``local_files_only=True`` so it
+    never touches the network; anything else is treated as a hub id."""
+    out = dict(kw)
+    if Path(name_or_path).is_dir():
+        out.setdefault("local_files_only", True)
+    return out
+
+
+def read_config_json(name_or_path: str | os.PathLike, **kw: Any) -> dict[str, Any]:
+    """The checkpoint's raw ``config.json`` (local folder or hub id), as a dict."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        file = path / "config.json"
+        if not file.exists():
+            raise FileNotFoundError(f"{path} has no config.json; is it a model checkpoint folder?")
+        return json.loads(file.read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(str(name_or_path), "config.json", **kw)).read_text())
+
+
+def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:
+    """Group item indices into micro-batches, longest first, so that ``batch_size * longest <= token_budget``.
+
+    Sorting by length keeps padding small; an item longer than the budget gets a batch of its own.
+    """
+    if token_budget < 1 or max_batch_size < 1:
+        raise ValueError(f"token_budget and max_batch_size must be >= 1, got {token_budget}, {max_batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def fit_to_context(
+    conversation: Conversation, n_tokens: Callable[[Conversation], int], limit: int
+) -> tuple[Conversation, bool]:
+    """Apply the context policy (module docstring). ``n_tokens`` renders and counts a conversation."""
+    if n_tokens(conversation) <= limit:
+        return conversation, False
+    kept = list(conversation)
+    while len(kept) > 2 and n_tokens(kept) > limit:
+        kept.pop(0)
+    if len(kept) == 2 and n_tokens(kept) > limit:
+        kept = _cut_earlier_turn(kept, n_tokens, limit)
+    if n_tokens(kept) > limit:
+        raise ContextTooLongError(
+            f"the judged {kept[-1]['role']} message alone needs {n_tokens(kept[-1:])} tokens with the template, "
+            f"more than the guard's context window of {limit}"
+        )
+    return kept, True
+
+
+def _cut_earlier_turn(pair: Conversation, n_tokens: Callable[[Conversation], int], limit: int) -> Conversation:
+    """Keep the longest suffix of the earlier turn's content that fits (binary search over characters)."""
+    earlier = pair[0]["content"]
+    if n_tokens(pair[1:]) > limit:
+        return pair[1:]
+    lo, hi = 0, len(earlier)  # number of characters kept from the end
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        trial = [with_last_content([pair[0]], earlier[len(earlier) - mid :])[0], pair[1]]
+        if n_tokens(trial) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        return pair[1:]
+    return [with_last_content([pair[0]], earlier[len(earlier) - lo :])[0], pair[1]]

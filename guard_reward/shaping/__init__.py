@@ -1,0 +1,1 @@
+"""Pure functions that turn guard outputs into rewards: scalar (verdict -> float) and dense ((B, T) -> (B, T))."""

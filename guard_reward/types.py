@@ -1,0 +1,98 @@
+"""Result types shared by the guards, the rewards and the trainers.
+
+Both are frozen dataclasses: a verdict or a token-risk record is a fact about one judged text and is never
+mutated after the guard produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Level = Literal["Safe", "Controversial", "Unsafe"]
+Moderation = Literal["prompt", "response"]
+
+#: The three severity levels of Qwen3Guard, in the order used for probability vectors and reports.
+LEVELS: tuple[Level, ...] = ("Safe", "Controversial", "Unsafe")
+#: How bad a level is, for "worst of" combinations (reasoning and answer judged separately).
+LEVEL_RANK: Mapping[str, int] = {"Safe": 0, "Controversial": 1, "Unsafe": 2}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One Qwen3Guard-Gen judgement of the last message of a conversation.
+
+    Attributes:
+        level: the most probable label (``decode=False``) or the parsed ``Safety:`` line (``decode=True``);
+            ``None`` when the guard's output could not be parsed — never a guessed ``"Safe"``.
+        probs: exact probabilities of the three labels after the forced ``Safety:`` prefix, each label's full
+            token sequence scored by teacher forcing and renormalised over the three; sums to 1.
+        moderation: ``"prompt"`` when the last message is the user's, ``"response"`` when it is the assistant's.
+        categories: categories read from the ``Categories:`` line (``decode=True`` only; empty when safe).
+        refusal: the ``Refusal:`` line (response moderation with ``decode=True`` only, else ``None``).
+        p_refusal: probability of ``Refusal: Yes`` against ``Refusal: No`` at that line (same conditions).
+        raw: the decoded verdict text (``decode=True`` only).
+        truncated: earlier turns were dropped to fit the guard's context window.
+        parts: when reasoning and answer were judged separately, their own verdicts (``"reasoning"``,
+            ``"answer"``); this verdict then combines them (both must be safe).
+        error: why the verdict could not be produced or parsed, when ``level`` is ``None``.
+    """
+
+    level: Level | None
+    probs: Mapping[str, float]
+    moderation: Moderation
+    categories: tuple[str, ...] = ()
+    refusal: bool | None = None
+    p_refusal: float | None = None
+    raw: str | None = None
+    truncated: bool = False
+    parts: Mapping[str, Verdict] | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the guard produced a usable label."""
+        return self.level is not None
+
+    @property
+    def p_unsafe(self) -> float:
+        """Probability of ``Unsafe`` (Controversial not included)."""
+        return float(self.probs.get("Unsafe", float("nan")))
+
+
+@dataclass(frozen=True)
+class TokenRisk:
+    """Qwen3Guard-Stream's per-token risk over the content of the last assistant message.
+
+    ``T`` is the number of guard tokens of that content (template scaffolding and the closing ``<|im_end|>``
+    excluded), ``C`` the number of response categories.
+
+    Attributes:
+        token_ids: ``(T,)`` long, the guard's token ids of the judged content.
+        offsets: ``(T, 2)`` long, ``[start, end)`` character spans of each token in that content.
+        p_safe, p_unsafe, p_controversial: ``(T,)`` float32, risk-level probabilities after reading token t
+            (Stream's labels are cumulative: "the response so far is unsafe").
+        category_probs: ``(T, C)`` float32, category probabilities (meaningful only where risk is not Safe).
+        category_names: the ``C`` category labels in head order.
+        query_probs: the prompt verdict from the query heads at the ``<|im_end|>`` closing the last user turn,
+            ``{"Safe", "Controversial", "Unsafe"}``; ``None`` when there is no user turn.
+        query_category_probs: ``{name: p}`` from the query category head at that position, or ``None``.
+        truncated: earlier turns were dropped to fit the guard's context window.
+    """
+
+    token_ids: torch.Tensor
+    offsets: torch.Tensor
+    p_safe: torch.Tensor
+    p_unsafe: torch.Tensor
+    p_controversial: torch.Tensor
+    category_probs: torch.Tensor
+    category_names: tuple[str, ...]
+    query_probs: Mapping[str, float] | None = None
+    query_category_probs: Mapping[str, float] | None = None
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return int(self.token_ids.shape[0])

@@ -1,0 +1,1 @@
+"""Trainer integrations, installed as ``guard_reward.integrations``."""
