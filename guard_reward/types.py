@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -96,3 +96,20 @@ class TokenRisk:
 
     def __len__(self) -> int:
         return int(self.token_ids.shape[0])
+
+
+class DenseRewards(NamedTuple):
+    """Per-token rewards for a batch of completions, right-padded.
+
+    The contract every dense reward follows (``TokenSafetyPenalty`` and any user-written one): called like a TRL
+    reward function, ``dense(prompts=..., completions=..., completion_ids=..., **kwargs)``, it returns this, with
+    ``T = max(len(ids) for ids in completion_ids)`` and ``rewards[i, :len(completion_ids[i])]`` aligned 1:1 with
+    the policy's token ids. Positive is good; a penalty is negative.
+
+    Attributes:
+        rewards: ``(B, T)`` float32, zero where ``mask`` is False.
+        mask: ``(B, T)`` bool, True on real completion tokens.
+    """
+
+    rewards: torch.Tensor
+    mask: torch.Tensor
