@@ -81,6 +81,9 @@ class TokenRisk:
             ``{"Safe", "Controversial", "Unsafe"}``; ``None`` when there is no user turn.
         query_category_probs: ``{name: p}`` from the query category head at that position, or ``None``.
         truncated: earlier turns were dropped to fit the guard's context window.
+        span: ``[start, end)`` of ``token_ids`` within the ``completion_ids`` given to ``StreamGuard.score_ids``
+            (ids before ``start`` — a reasoning block when only the answer is judged — and after ``end`` —
+            trailing ``<|im_end|>``/``<|endoftext|>`` — were not scored); ``None`` when scored from text.
     """
 
     token_ids: torch.Tensor
@@ -93,6 +96,7 @@ class TokenRisk:
     query_probs: Mapping[str, float] | None = None
     query_category_probs: Mapping[str, float] | None = None
     truncated: bool = False
+    span: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.token_ids.shape[0])
