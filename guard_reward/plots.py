@@ -1,0 +1,179 @@
+"""Safety curves: safety and refusal rates, unsafe rate per category and reward, against the training step.
+
+Drawn with matplotlib's object API (``Figure`` + the Agg canvas), never ``pyplot``: it needs no display, no
+global state, and works inside a training process or a notebook alike. The history is the trainer's own
+``log_history`` (``trainer_state.json``) or the CSV written by ``SafetyCurvesCallback``; both hold one row per
+logging step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from guard_reward import metrics as m
+
+logger = logging.getLogger(__name__)
+
+CURVES_PNG = "safety_curves.png"
+CURVES_CSV = "safety_curves.csv"
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def read_csv_history(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a curves CSV as ``{column: number}`` (empty cells dropped)."""
+    with open(path, newline="") as f:
+        rows = []
+        for row in csv.DictReader(f):
+            parsed = {k: v for k, v in ((k, _number(v)) for k, v in row.items()) if v is not None}
+            rows.append(parsed)
+        return rows
+
+
+def _latest_trainer_state(run_dir: Path) -> Path | None:
+    top = run_dir / "trainer_state.json"
+    if top.exists():
+        return top
+    checkpoints = sorted(
+        (
+            p
+            for p in run_dir.glob("checkpoint-*/trainer_state.json")
+            if p.parent.name.split("-")[-1].isdigit()
+        ),
+        key=lambda p: int(p.parent.name.split("-")[-1]),
+    )
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_log_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    """A finished (or interrupted) run's log rows.
+
+    Looks for ``RUN_DIR/trainer_state.json``, then the newest ``RUN_DIR/checkpoint-N/trainer_state.json``,
+    then ``RUN_DIR/safety_curves.csv``; raises ``FileNotFoundError`` naming all three when none exists.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a directory")
+    state = _latest_trainer_state(run_dir)
+    if state is not None:
+        history = json.loads(state.read_text()).get("log_history", [])
+        return [{k: float(v) for k, v in row.items() if _number(v) is not None} for row in history]
+    csv_path = run_dir / CURVES_CSV
+    if csv_path.exists():
+        return read_csv_history(csv_path)
+    raise FileNotFoundError(
+        f"no log history in {run_dir}: expected trainer_state.json, checkpoint-*/trainer_state.json "
+        f"or {CURVES_CSV}"
+    )
+
+
+def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        y = _number(row.get(key))
+        if y is None:
+            continue
+        xs.append(float(row.get("step", i)))
+        ys.append(y)
+    return xs, ys
+
+
+def _keys(history: Iterable[Mapping[str, float]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in history:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _panel(ax, history, keys: Sequence[tuple[str, str]], title: str, ylabel: str, unit_range: bool) -> int:
+    drawn = 0
+    for key, label in keys:
+        xs, ys = _series(history, key)
+        if xs:
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
+            drawn += 1
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if unit_range:
+        ax.set_ylim(-0.02, 1.02)
+    if drawn:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    return drawn
+
+
+def plot_safety_curves(
+    history: Sequence[Mapping[str, float]],
+    path: str | os.PathLike,
+    *,
+    prefix: str = m.DEFAULT_PREFIX,
+    title: str | None = None,
+) -> Path:
+    """Render the four-panel safety figure to ``path`` (PNG) and return the path.
+
+    Panels: safety rates (safe / controversial / unsafe and the Stream flag rate), refusal rates (benign and
+    harmful prompts), unsafe rate per category, and rewards (total and per reward function). Evaluation rows
+    (``eval_…`` keys) are not drawn. Raises ``ValueError`` when the history has no row with a step.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train = [row for row in history if "step" in row and not any(k.startswith("eval_") for k in row)]
+    if not train:
+        raise ValueError("the log history has no training rows with a 'step' to plot")
+    keys = _keys(train)
+    p = f"{prefix}/"
+    safety = [
+        (p + m.SAFE_RATE, "safe"),
+        (p + m.CONTROVERSIAL_RATE, "controversial"),
+        (p + m.UNSAFE_RATE, "unsafe"),
+        (p + m.STREAM_FLAG_RATE, "flagged by Stream"),
+    ]
+    refusal = [(p + m.REFUSAL_RATE_BENIGN, "benign prompts"), (p + m.REFUSAL_RATE_HARMFUL, "harmful prompts")]
+    cat_prefix = p + m.CATEGORY + "/"
+    categories = [(k, k.removeprefix(cat_prefix)) for k in keys if k.startswith(cat_prefix)]
+    rewards = [("reward", "reward (weighted sum)")] + [
+        (k, k.removeprefix("rewards/").removesuffix("/mean"))
+        for k in keys
+        if k.startswith("rewards/") and k.endswith("/mean")
+    ]
+
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    _panel(axes[0, 0], train, safety, "Safety", "rate", True)
+    _panel(axes[0, 1], train, refusal, "Refusal", "rate", True)
+    _panel(axes[1, 0], train, categories, "Unsafe rate by category", "rate", True)
+    _panel(axes[1, 1], train, rewards, "Reward", "reward", False)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    logger.info("safety curves written to %s", path)
+    return path
+
+
+def plot_run(run_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """Redraw a run's curves from its log history into ``output`` (default ``RUN_DIR/safety_curves.png``)."""
+    run_dir = Path(run_dir)
+    history = load_log_history(run_dir)
+    return plot_safety_curves(history, output or run_dir / CURVES_PNG, title=run_dir.name)

@@ -1,0 +1,103 @@
+"""``SafetyCurvesCallback``: the safety metrics of every logging step in a CSV, and ``safety_curves.png``.
+
+It only reads what the trainer logs (the ``guard/…`` metrics the rewards send through TRL's
+``log_metric``, plus ``reward``, ``rewards/<name>/mean``, ``kl`` and the completion length); it touches no
+trainer internals and works with any ``transformers.Trainer`` subclass. ``on_log`` callbacks run after the
+trainer has stored the entry in ``log_history`` and after the reporting integrations, so this is a side sink:
+it never changes what wandb, trackio or ``trainer_state.json`` receive.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from guard_reward import metrics
+from guard_reward.plots import CURVES_CSV, CURVES_PNG, plot_safety_curves
+
+logger = logging.getLogger(__name__)
+
+
+class SafetyCurvesCallback(TrainerCallback):
+    """Append the safety metrics to ``<output_dir>/safety_curves.csv`` per logging step and draw the curves.
+
+    Args:
+        output_dir: where the CSV and PNG go; ``None`` uses the trainer's ``args.output_dir``.
+        plot_every: also redraw the PNG every this many logging steps (``None``: only at the end of training).
+        prefix: the metric prefix the guard rewards log under (``"guard"``).
+        csv_name, png_name: file names.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike | None = None,
+        *,
+        plot_every: int | None = None,
+        prefix: str = metrics.DEFAULT_PREFIX,
+        csv_name: str = CURVES_CSV,
+        png_name: str = CURVES_PNG,
+    ) -> None:
+        if plot_every is not None and plot_every < 1:
+            raise ValueError(f"plot_every must be >= 1 or None, got {plot_every}")
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.plot_every = plot_every
+        self.prefix = prefix
+        self.csv_name = csv_name
+        self.png_name = png_name
+        self.rows: list[dict[str, float]] = []
+        self._columns: list[str] = []
+
+    def _dir(self, args: Any) -> Path:
+        out = self.output_dir if self.output_dir is not None else Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    @property
+    def csv_path(self) -> Path | None:
+        return None if self.output_dir is None else self.output_dir / self.csv_name
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.rows = []
+        self._columns = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        keys = metrics.curve_keys(logs, self.prefix)
+        if not keys:  # e.g. the final train_runtime summary
+            return
+        row = {"step": float(state.global_step), **{k: logs[k] for k in keys}}
+        self.rows.append(row)
+        self._write_csv(self._dir(args))
+        if self.plot_every is not None and len(self.rows) % self.plot_every == 0:
+            self._plot(args)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.rows:
+            self._plot(args)
+
+    def _write_csv(self, out: Path) -> None:
+        new = [k for k in self.rows[-1] if k not in self._columns]
+        path = out / self.csv_name
+        if new or not path.exists():
+            # a metric appeared for the first time (e.g. a refusal rate once a benign prompt shows up):
+            # rewrite the file with the wider header rather than append misaligned columns
+            self._columns.extend(new)
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self._columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self._columns).writerow(self.rows[-1])
+
+    def _plot(self, args: Any) -> None:
+        try:
+            plot_safety_curves(self.rows, self._dir(args) / self.png_name, prefix=self.prefix)
+        except ValueError as exc:  # nothing plottable yet; training must not stop for a figure
+            logger.warning("safety curves not drawn: %s", exc)
