@@ -1,0 +1,227 @@
+"""Pure tensor functions of PPO with per-token rewards: KL estimators, reward assembly, GAE, whitening, the
+clipped value loss.
+
+Everything here works on right-padded ``(B, T)`` completion tensors with a boolean ``mask`` (True on real
+completion tokens) and has no model, trainer or process group in it, so each function is tested against a
+plain Python loop. The formulas are the textbook ones (Schulman et al. 2016 for GAE; Ziegler et al. 2019 for
+the KL-penalised RLHF reward; http://joschu.net/blog/kl-approx.html for k1/k3). Two differences from the usual
+RLHF PPO code:
+
+* the per-token reward has a third term: a dense reward (e.g. a guard's per-token safety penalty) is added to
+  ``-beta * KL_t`` at every token, and the scalar score still goes to the last token only;
+* padding is masked explicitly everywhere (values and rewards beyond a row's end are ignored, not assumed to
+  be zero), and reductions used for whitening can be summed across processes through a ``reduce`` callable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+#: Sums a small tensor of partial statistics across processes (identity on one process).
+Reducer = Callable[[torch.Tensor], torch.Tensor]
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+def _check_mask(x: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
+    if x.dim() != 2 or mask.shape != x.shape:
+        shapes = f"{tuple(x.shape)} and mask {tuple(mask.shape)}"
+        raise ValueError(f"{name} must be (B, T) with a mask of the same shape, got {shapes}")
+    return mask.to(dtype=torch.bool)
+
+
+def kl_penalty(
+    logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, estimator: str = "k1"
+) -> torch.Tensor:
+    """Per-token KL estimate between the sampling policy and the reference policy.
+
+    Args:
+        logps: ``(B, T)`` log-probabilities of the sampled tokens under the policy that sampled them.
+        ref_logps: ``(B, T)`` the same tokens under the reference policy.
+        mask: ``(B, T)`` True on real completion tokens.
+        estimator: ``"k1"`` (``logp - ref_logp``; unbiased, can be negative per token) or ``"k3"``
+            (``exp(ref - logp) - (ref - logp) - 1``; unbiased, never negative, lower variance).
+
+    Returns:
+        ``(B, T)`` float, zero where ``mask`` is False.
+    """
+    mask = _check_mask(logps, mask, "logps")
+    if ref_logps.shape != logps.shape:
+        raise ValueError(f"ref_logps {tuple(ref_logps.shape)} must match logps {tuple(logps.shape)}")
+    log_ratio = ref_logps - logps
+    if estimator == "k1":
+        kl = -log_ratio
+    elif estimator == "k3":
+        kl = torch.expm1(log_ratio) - log_ratio
+    else:
+        raise ValueError(f"kl estimator {estimator!r} is not accepted; use one of {', '.join(KL_ESTIMATORS)}")
+    return torch.where(mask, kl, torch.zeros_like(kl))
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` long: index of the last True of each row of a ``(B, T)`` mask, ``-1`` for an empty row."""
+    t = mask.shape[1]
+    positions = torch.arange(t, device=mask.device).expand_as(mask)
+    return torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(dim=1).values
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    kl: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    dense: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-token rewards ``r_t = dense_t - beta * KL_t + [t == last] * score``.
+
+    Args:
+        scores: ``(B,)`` scalar reward of each completion (already weighted and summed over reward functions);
+            placed on the row's last real token. A row with an empty mask receives no score.
+        kl: ``(B, T)`` per-token KL estimate (see :func:`kl_penalty`).
+        mask: ``(B, T)`` True on real completion tokens.
+        beta: KL coefficient.
+        dense: ``(B, T)`` dense per-token rewards, or ``None``.
+
+    Returns:
+        ``(B, T)`` float32, zero where ``mask`` is False.
+    """
+    mask = _check_mask(kl, mask, "kl")
+    if scores.shape != (kl.shape[0],):
+        raise ValueError(f"scores must be (B,) = ({kl.shape[0]},), got {tuple(scores.shape)}")
+    rewards = -beta * kl.float()
+    if dense is not None:
+        if dense.shape != kl.shape:
+            raise ValueError(
+                f"dense rewards {tuple(dense.shape)} must match the completion shape {tuple(kl.shape)}"
+            )
+        rewards = rewards + dense.float()
+    rewards = torch.where(mask, rewards, torch.zeros_like(rewards))
+    last = last_token_index(mask)
+    rows = torch.nonzero(last >= 0).squeeze(1)
+    rewards[rows, last[rows]] += scores[rows].float()
+    return rewards
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each completion.
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, where the value
+    after a row's last real token is 0 (the episode ends with the completion, as in RLHF PPO; a truncated
+    completion is scored as if it had ended).
+
+    Args:
+        rewards: ``(B, T)`` per-token rewards.
+        values: ``(B, T)`` value estimate of the state before each completion token.
+        mask: ``(B, T)`` True on real completion tokens (right-padded).
+        gamma: discount, in [0, 1].
+        lam: GAE lambda, in [0, 1].
+
+    Returns:
+        ``(advantages, returns)``, both ``(B, T)`` float32, zero where ``mask`` is False;
+        ``returns = advantages + values``.
+    """
+    mask = _check_mask(rewards, mask, "rewards")
+    if values.shape != rewards.shape:
+        raise ValueError(f"values {tuple(values.shape)} must match rewards {tuple(rewards.shape)}")
+    m = mask.float()
+    r, v = rewards.float() * m, values.float() * m
+    advantages = torch.zeros_like(r)
+    running = torch.zeros_like(r[:, 0])
+    next_value = torch.zeros_like(r[:, 0])
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        running = (delta + gamma * lam * running) * m[:, t]
+        advantages[:, t] = running
+        next_value = v[:, t]
+    returns = (advantages + v) * m
+    return advantages, returns
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity) -> torch.Tensor:
+    """Mean of ``x`` over ``mask`` (``(B, T)`` each), summed across processes by ``reduce``; 0 when empty."""
+    mask = _check_mask(x, mask, "x")
+    stats = reduce(torch.stack([(x.float() * mask).sum(), mask.sum().float()]))
+    return stats[0] / stats[1].clamp(min=1.0)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity) -> torch.Tensor:
+    """Population variance of ``x`` over ``mask`` (``(B, T)`` each), across processes by ``reduce``."""
+    mask = _check_mask(x, mask, "x")
+    xf = x.float() * mask
+    stats = reduce(torch.stack([xf.sum(), (xf * xf).sum(), mask.sum().float()]))
+    n = stats[2].clamp(min=1.0)
+    mean = stats[0] / n
+    return (stats[1] / n - mean * mean).clamp(min=0.0)
+
+
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity, eps: float = 1e-8
+) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps)`` over the masked entries (population variance); zero where masked out.
+
+    Args:
+        x: ``(B, T)``.
+        mask: ``(B, T)`` bool.
+        reduce: sums partial statistics across processes, so every process whitens with the global batch.
+    """
+    mask = _check_mask(x, mask, "x")
+    mean = masked_mean(x, mask, reduce)
+    var = masked_var(x, mask, reduce)
+    out = (x.float() - mean) * torch.rsqrt(var + eps)
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity
+) -> float:
+    """``1 - Var(returns - values) / Var(returns)`` over the masked tokens (``(B, T)`` each).
+
+    1 is a perfect critic, 0 a critic no better than a constant, negative a harmful one; NaN when the returns
+    have no variance.
+    """
+    var_returns = masked_var(returns, mask, reduce)
+    var_residual = masked_var(returns - values, mask, reduce)
+    if float(var_returns) == 0.0:
+        return float("nan")
+    return float(1.0 - var_residual / var_returns)
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped value loss ``0.5 * mean(max((V - R)^2, (V_clip - R)^2))`` over the masked tokens.
+
+    ``V_clip = V_old + clamp(V - V_old, -clip, clip)``: the critic may not move its prediction further than
+    ``clip`` from the rollout-time value in one update unless that also brings it closer to the return.
+
+    Args:
+        values: ``(B, T)`` current value predictions (with grad).
+        old_values: ``(B, T)`` predictions made at rollout time.
+        returns: ``(B, T)`` GAE returns.
+        mask: ``(B, T)`` bool.
+        clip: the clipping range (> 0).
+
+    Returns:
+        ``(loss, clip_fraction)``: scalar loss (local mean over this batch's masked tokens) and the fraction
+        of masked tokens where the clipped term was the larger one.
+    """
+    mask = _check_mask(values, mask, "values")
+    clipped = old_values + (values - old_values).clamp(-clip, clip)
+    unclipped_sq = (values - returns) ** 2
+    clipped_sq = (clipped - returns) ** 2
+    per_token = 0.5 * torch.maximum(unclipped_sq, clipped_sq)
+    loss = masked_mean(per_token, mask)
+    clip_fraction = masked_mean((clipped_sq > unclipped_sq).float(), mask)
+    return loss, clip_fraction.detach()

@@ -1,0 +1,174 @@
+"""PPO tensor maths against plain Python loops and hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from guard_reward.integrations.trl import ppo_math
+
+LENGTHS = [5, 3, 0, 4]  # one empty row (e.g. a masked truncated completion)
+T = 6
+
+
+def _mask(lengths=LENGTHS, t=T) -> torch.Tensor:
+    return torch.tensor([[j < n for j in range(t)] for n in lengths])
+
+
+def _rand(seed: int) -> torch.Tensor:
+    return torch.randn((len(LENGTHS), T), generator=torch.Generator().manual_seed(seed))
+
+
+def _gae_loop(rewards, values, lengths, gamma, lam):
+    adv = [[0.0] * T for _ in lengths]
+    for i, n in enumerate(lengths):
+        running = 0.0
+        for t in reversed(range(n)):
+            next_v = float(values[i][t + 1]) if t + 1 < n else 0.0
+            delta = float(rewards[i][t]) + gamma * next_v - float(values[i][t])
+            running = delta + gamma * lam * running
+            adv[i][t] = running
+    ret = [
+        [adv[i][t] + (float(values[i][t]) if t < n else 0.0) for t in range(T)] for i, n in enumerate(LENGTHS)
+    ]
+    return torch.tensor(adv), torch.tensor(ret)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (1.0, 1.0), (0.99, 0.0)])
+def test_gae_matches_loop(gamma, lam):
+    rewards, values, mask = _rand(0), _rand(1), _mask()
+    # garbage beyond each row's end must be ignored
+    adv, ret = ppo_math.gae(rewards, values, mask, gamma, lam)
+    ref_adv, ref_ret = _gae_loop(rewards, values, LENGTHS, gamma, lam)
+    torch.testing.assert_close(adv, ref_adv, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ret, ref_ret, rtol=1e-5, atol=1e-6)
+    assert torch.all(adv[~mask] == 0) and torch.all(ret[~mask] == 0)
+
+
+def test_gae_lambda_one_gives_monte_carlo_return_minus_value():
+    rewards = torch.tensor([[0.0, 0.5, -1.0, 2.0]])
+    values = torch.tensor([[0.3, -0.2, 0.1, 0.4]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    adv, ret = ppo_math.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    # hand-computed reward-to-go: 1.5, 1.5, 1.0, 2.0
+    torch.testing.assert_close(ret, torch.tensor([[1.5, 1.5, 1.0, 2.0]]))
+    torch.testing.assert_close(adv, torch.tensor([[1.2, 1.7, 0.9, 1.6]]))
+
+
+def test_penalty_on_one_token_shifts_advantages_up_to_that_token():
+    rewards, values, mask = _rand(2), _rand(3), _mask()
+    gamma, lam, k, c = 0.9, 0.8, 2, 0.7
+    penalised = rewards.clone()
+    penalised[0, k] -= c
+    base, _ = ppo_math.gae(rewards, values, mask, gamma, lam)
+    new, _ = ppo_math.gae(penalised, values, mask, gamma, lam)
+    diff = new - base
+    expected = torch.zeros_like(diff)
+    for j in range(k + 1):
+        expected[0, j] = -c * (gamma * lam) ** (k - j)
+    torch.testing.assert_close(diff, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_kl_penalty_matches_formula(estimator):
+    logps, ref, mask = -_rand(4).abs(), -_rand(5).abs(), _mask()
+    kl = ppo_math.kl_penalty(logps, ref, mask, estimator)
+    for i, n in enumerate(LENGTHS):
+        for t in range(T):
+            lr = float(ref[i, t]) - float(logps[i, t])
+            want = (-lr if estimator == "k1" else math.exp(lr) - lr - 1.0) if t < n else 0.0
+            assert float(kl[i, t]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    if estimator == "k3":
+        assert torch.all(kl >= 0)
+
+
+def test_kl_penalty_rejects_unknown_estimator():
+    with pytest.raises(ValueError, match=r"k2.*k1, k3"):
+        ppo_math.kl_penalty(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), "k2")
+
+
+def test_last_token_index():
+    assert ppo_math.last_token_index(_mask()).tolist() == [4, 2, -1, 3]
+
+
+def test_token_rewards_matches_loop():
+    scores = torch.tensor([1.0, -2.0, 5.0, 0.5])
+    kl, dense, mask, beta = _rand(6), _rand(7), _mask(), 0.3
+    rewards = ppo_math.token_rewards(scores, kl, mask, beta, dense)
+    for i, n in enumerate(LENGTHS):
+        for t in range(T):
+            want = 0.0
+            if t < n:
+                want = float(dense[i, t]) - beta * float(kl[i, t]) + (float(scores[i]) if t == n - 1 else 0.0)
+            assert float(rewards[i, t]) == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def test_token_rewards_rejects_mismatched_shapes():
+    mask = _mask()
+    with pytest.raises(ValueError, match="scores must be"):
+        ppo_math.token_rewards(torch.zeros(3), torch.zeros(4, T), mask, 0.1)
+    with pytest.raises(ValueError, match="dense rewards"):
+        ppo_math.token_rewards(torch.zeros(4), torch.zeros(4, T), mask, 0.1, torch.zeros(4, T + 1))
+
+
+def test_masked_whiten_and_moments():
+    x, mask = _rand(8) * 3 + 2, _mask()
+    values = [float(x[i, t]) for i, n in enumerate(LENGTHS) for t in range(n)]
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / len(values)
+    assert float(ppo_math.masked_mean(x, mask)) == pytest.approx(mean, rel=1e-5)
+    assert float(ppo_math.masked_var(x, mask)) == pytest.approx(var, rel=1e-4)
+    w = ppo_math.masked_whiten(x, mask)
+    for i, n in enumerate(LENGTHS):
+        for t in range(T):
+            want = (float(x[i, t]) - mean) / math.sqrt(var + 1e-8) if t < n else 0.0
+            assert float(w[i, t]) == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_reduce_hook_sees_partial_sums():
+    # A reducer that doubles the partial sums must not change mean/var (two identical "processes").
+    x, mask = _rand(9), _mask()
+    doubled = ppo_math.masked_whiten(x, mask, reduce=lambda s: s * 2)
+    torch.testing.assert_close(doubled, ppo_math.masked_whiten(x, mask))
+
+
+def test_explained_variance():
+    returns, mask = _rand(10), _mask()
+    assert ppo_math.explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    constant = torch.full_like(returns, float(ppo_math.masked_mean(returns, mask)))
+    assert ppo_math.explained_variance(constant, returns, mask) == pytest.approx(0.0, abs=1e-5)
+    values = _rand(11)
+    vals = [(float(returns[i, t]), float(values[i, t])) for i, n in enumerate(LENGTHS) for t in range(n)]
+
+    def var(xs):
+        m = sum(xs) / len(xs)
+        return sum((v - m) ** 2 for v in xs) / len(xs)
+
+    want = 1 - var([r - v for r, v in vals]) / var([r for r, _ in vals])
+    assert ppo_math.explained_variance(values, returns, mask) == pytest.approx(want, rel=1e-4)
+    assert math.isnan(ppo_math.explained_variance(values, torch.ones_like(returns), mask))
+
+
+def test_clipped_value_loss_matches_loop():
+    values, old, returns, mask, clip = _rand(12), _rand(13), _rand(14), _mask(), 0.2
+    loss, frac = ppo_math.clipped_value_loss(values, old, returns, mask, clip)
+    terms, clipped = [], 0
+    for i, n in enumerate(LENGTHS):
+        for t in range(n):
+            v, o, r = float(values[i, t]), float(old[i, t]), float(returns[i, t])
+            vc = o + max(-clip, min(clip, v - o))
+            a, b = (v - r) ** 2, (vc - r) ** 2
+            terms.append(0.5 * max(a, b))
+            clipped += b > a
+    assert float(loss) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    assert float(frac) == pytest.approx(clipped / len(terms), rel=1e-6)
+
+
+def test_clipped_value_loss_gradient_stops_outside_clip_range():
+    old = torch.zeros(1, 1)
+    returns = torch.full((1, 1), 1.0)
+    values = torch.full((1, 1), 0.5, requires_grad=True)  # moved 0.5 > clip towards the return: clipped wins
+    loss, frac = ppo_math.clipped_value_loss(values, old, returns, torch.ones(1, 1, dtype=torch.bool), 0.2)
+    loss.backward()
+    assert float(frac) == 1.0 and float(values.grad) == 0.0
