@@ -2,4 +2,20 @@
 
 from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
 
-__all__ = ["SafetyCurvesCallback"]
+# Imported on first use: GuardRewardModel must import under trl 1.9-1.12 (for their PPOTrainer), where the
+# trainers built on TRL 1.16 cannot.
+_LAZY = {
+    "GuardPPOTrainer": "guard_reward.integrations.trl.ppo",
+    "GuardPPOConfig": "guard_reward.integrations.trl.ppo_config",
+    "GuardRewardModel": "guard_reward.integrations.trl.reward_model",
+}
+
+__all__ = ["SafetyCurvesCallback", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
