@@ -81,9 +81,10 @@ class TokenRisk:
             ``{"Safe", "Controversial", "Unsafe"}``; ``None`` when there is no user turn.
         query_category_probs: ``{name: p}`` from the query category head at that position, or ``None``.
         truncated: earlier turns were dropped to fit the guard's context window.
-        span: ``[start, end)`` of ``token_ids`` within the ``completion_ids`` given to ``StreamGuard.score_ids``
-            (ids before ``start`` — a reasoning block when only the answer is judged — and after ``end`` —
-            trailing ``<|im_end|>``/``<|endoftext|>`` — were not scored); ``None`` when scored from text.
+        span: ``[start, end)`` of ``token_ids`` within the ``completion_ids`` given to
+            ``StreamGuard.score_ids``; ids before ``start`` (a reasoning block when only the answer is
+            judged) and after ``end`` (trailing ``<|im_end|>``/``<|endoftext|>``) were not scored. ``None``
+            when scored from text.
     """
 
     token_ids: torch.Tensor

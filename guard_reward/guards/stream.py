@@ -1,0 +1,448 @@
+"""Qwen3Guard-Stream as a per-token risk scorer: whole responses in one forward pass, streaming sessions.
+
+The official Stream API (``stream_moderate_from_ids``) needs remote code, re-runs the whole growing sequence
+for every token and rounds probabilities to two decimals. Because Qwen3 attention is causal and the heads are
+applied position by position, one teacher-forced pass over ``prompt + response`` gives, at every response
+position, the same verdict the stream would give after reading that token; :meth:`StreamGuard.score` does that
+for a batch of conversations (right-padded, length-sorted token-budget micro-batches, heads applied only to
+the judged positions), and :meth:`StreamGuard.score_ids` does it on the policy's own token ids when the policy
+shares the guard's vocabulary (no decode/re-encode, so risks align 1:1 with policy tokens).
+:meth:`StreamGuard.open_stream` is the incremental form, KV-cached (see
+:mod:`guard_reward.guards.stream_session`).
+
+What is judged (see :mod:`guard_reward.guards.stream_inputs`): the content of the last assistant message, fed
+after the template's prefix; the closing ``<|im_end|>`` is not scored. ``thinking="answer"`` (default) judges
+the answer alone, the reasoning replaced by the empty think block (the official non-thinking convention);
+``thinking="include"`` judges reasoning and answer as one response, starting after ``<think>\\n`` (the
+official evaluation's convention for thinking data). A conversation ending with a user turn yields an empty
+TokenRisk carrying the prompt verdict (query heads at that turn's ``<|im_end|>``).
+
+Context policy: inputs longer than ``max_length`` (the checkpoint's ``max_position_embeddings`` by default)
+follow :func:`guard_reward.guards.common.fit_to_context` — earlier turns are trimmed, the judged message is
+never cut, and ``ContextTooLongError`` is raised when it alone does not fit. Trimmed inputs are flagged
+``truncated`` and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+
+from guard_reward.alignment import token_char_offsets
+from guard_reward.conversations import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    Conversation,
+    to_conversation,
+    validate_conversation,
+)
+from guard_reward.guards.common import (
+    fit_to_context,
+    hub_kwargs,
+    resolve_device,
+    resolve_dtype,
+    token_budget_batches,
+)
+from guard_reward.guards.stream_heads import LabelMaps, Qwen3StreamGuardModel, label_maps, load_stream_model
+from guard_reward.guards.stream_inputs import (
+    IM_END,
+    IM_START,
+    Encoded,
+    has_reasoning,
+    judged_text,
+    prefix_text,
+    query_position,
+)
+from guard_reward.types import TokenRisk
+
+logger = logging.getLogger(__name__)
+
+StreamThinking = Literal["answer", "include"]
+STREAM_THINKING = ("answer", "include")
+
+
+def check_stream_thinking(thinking: str) -> StreamThinking:
+    if thinking not in STREAM_THINKING:
+        raise ValueError(f"thinking={thinking!r} is not accepted; use one of {', '.join(STREAM_THINKING)}")
+    return thinking  # type: ignore[return-value]
+
+
+class StreamGuard:
+    """Qwen3Guard-Stream per-token risk (module docstring).
+
+    Attributes:
+        tokenizer, model: the guard's tokenizer (with its chat template) and :class:`Qwen3StreamGuardModel`.
+        category_names: response category labels in head order; ``query_category_names`` likewise (9, with
+            ``Jailbreak``).
+        max_length: the longest guard input (prefix + judged tokens).
+        thinking, token_budget, max_batch_size: defaults for the calls (see :meth:`from_pretrained`).
+    """
+
+    def __init__(
+        self,
+        model: Qwen3StreamGuardModel,
+        tokenizer: Any,
+        maps: LabelMaps,
+        *,
+        thinking: str = "answer",
+        token_budget: int = 16384,
+        max_batch_size: int = 64,
+        max_length: int | None = None,
+    ) -> None:
+        if token_budget < 1 or max_batch_size < 1:
+            raise ValueError(
+                f"token_budget and max_batch_size must be >= 1, got {token_budget}, {max_batch_size}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.maps = maps
+        self.thinking = check_stream_thinking(thinking)
+        self.token_budget = token_budget
+        self.max_batch_size = max_batch_size
+        limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.max_length = int(max_length) if max_length is not None else limit
+        if self.max_length < 1 or (limit and self.max_length > limit):
+            raise ValueError(f"max_length={max_length} must be between 1 and max_position_embeddings={limit}")
+        self.category_names = maps.categories
+        self.query_category_names = maps.query_categories
+        ids = tokenizer.convert_tokens_to_ids([IM_START, IM_END, THINK_OPEN, THINK_CLOSE, "<|endoftext|>"])
+        self.im_start_id, self.im_end_id, self.think_open_id, self.think_close_id, endoftext = ids
+        self.user_id = tokenizer.encode("user", add_special_tokens=False)[0]
+        # TRL's completion_ids end with the EOS that finished them; those ids are never content.
+        self.trailing_ids = {i for i in (self.im_end_id, endoftext, tokenizer.eos_token_id) if i is not None}
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else endoftext
+        self._newline_only: dict[int, bool] = {}
+        self.n_truncated = 0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        thinking: str = "answer",
+        token_budget: int = 16384,
+        max_batch_size: int = 64,
+        max_length: int | None = None,
+        attn_implementation: str = "sdpa",
+        **kw: Any,
+    ) -> StreamGuard:
+        """Load a Qwen3Guard-Stream checkpoint (hub id or local folder; a folder never touches the network).
+
+        No remote code is run. ``dtype``: ``None`` = bfloat16 on a GPU that supports it, else float32.
+        ``token_budget`` bounds ``batch size x longest input`` per forward; ``kw`` (e.g. ``revision``) goes to
+        ``from_pretrained`` of the model and tokenizer.
+        """
+        from transformers import AutoTokenizer
+
+        device = resolve_device(device)
+        hub = hub_kwargs(name_or_path, **kw)
+        model, raw = load_stream_model(
+            name_or_path,
+            device=device,
+            dtype=resolve_dtype(dtype, device),
+            attn_implementation=attn_implementation,
+            **hub,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{name_or_path}: the tokenizer has no chat template; the guard needs it")
+        return cls(
+            model,
+            tokenizer,
+            label_maps(raw, f"{name_or_path}/config.json"),
+            thinking=thinking,
+            token_budget=token_budget,
+            max_batch_size=max_batch_size,
+            max_length=max_length,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ----------------------------------------------------------------------------------------------- scoring
+
+    def score(self, conversations: Sequence[Conversation], *, thinking: str | None = None) -> list[TokenRisk]:
+        """Per-token risk of the last assistant message of each conversation, one batched pass.
+
+        ``TokenRisk.offsets`` are spans into that message's ``content`` string.
+        """
+        mode = check_stream_thinking(thinking or self.thinking)
+        encoded = []
+        for i, conv in enumerate(conversations):
+            conv = validate_conversation(conv, i)
+            encoded.append(self._fit(conv, lambda c, m=mode: self._encode_text(c, m)))
+        return self._run(encoded)
+
+    def score_ids(
+        self,
+        prompts: Sequence[str | Conversation],
+        completion_ids: Sequence[Sequence[int]],
+        *,
+        thinking: str | None = None,
+    ) -> list[TokenRisk]:
+        """Per-token risk of policy completions given as token ids in the guard's vocabulary, scored verbatim.
+
+        Args:
+            prompts: TRL prompts, a string or a message list each (rendered with the guard's template).
+            completion_ids: ``list[list[int]]`` as TRL passes them. Trailing ``<|im_end|>``/``<|endoftext|>``
+                ids (TRL keeps the EOS) are not scored; with ``thinking="answer"`` a reasoning block up to
+                ``</think>`` is not scored either; newline tokens right after ``<think>`` / ``</think>``
+                belong to the template's scaffolding.
+
+        Returns:
+            One :class:`TokenRisk` per completion; ``span = (start, end)`` tells which ``completion_ids[i]``
+            it covers (``token_ids == completion_ids[i][start:end]``); ``offsets`` are spans into
+            ``tokenizer.decode(completion_ids[i], skip_special_tokens=True)`` (the text TRL passes as the
+            completion).
+        """
+        if len(prompts) != len(completion_ids):
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(completion_ids)} completion_ids; one per sample"
+            )
+        mode = check_stream_thinking(thinking or self.thinking)
+        prefix_cache: dict[tuple[str, bool], list[int]] = {}
+        encoded = []
+        for i, (prompt, ids) in enumerate(zip(prompts, completion_ids, strict=True)):
+            conv = self._prompt_conversation(prompt, i)
+            ids = self._check_ids(ids, i)
+            start, end, include = self._completion_span(ids, mode)
+            _, offsets = token_char_offsets(self.tokenizer, ids)
+            placeholder = [*conv, {"role": "assistant", "content": ""}]
+
+            def encode(
+                c: Conversation, ids=ids, start=start, end=end, include=include, offsets=offsets
+            ) -> Encoded:
+                key = (json.dumps(c[:-1]), include)
+                if key not in prefix_cache:
+                    prefix_cache[key] = self._encode_prefix(c[:-1], include)
+                prefix = prefix_cache[key]
+                scored = list(ids[start:end])
+                return Encoded(
+                    [*prefix, *scored], scored, offsets[start:end], self._query_pos(prefix), span=(start, end)
+                )
+
+            encoded.append(self._fit(placeholder, encode))
+        return self._run(encoded)
+
+    def shares_tokenizer(self, other: Any) -> bool:
+        """Whether ``other``'s ids mean the same tokens as the guard's (same vocabulary, or a subset of it at
+        the same ids, e.g. a Qwen2.5 tokenizer). Then :meth:`score_ids` may be fed the policy's ids
+        directly."""
+        if other is self.tokenizer:
+            return True
+        mine = self.tokenizer.get_vocab()
+        theirs = other.get_vocab()
+        return len(theirs) <= len(mine) and all(mine.get(tok) == i for tok, i in theirs.items())
+
+    def open_stream(
+        self, prompt_messages: str | Conversation, *, thinking: str | None = None, max_new_tokens: int = 0
+    ) -> Any:
+        """A KV-cached session that judges tokens as they are fed (see
+        :class:`~guard_reward.guards.stream_session.StreamSession`); ``max_new_tokens`` reserves room in the
+        context window for the tokens to come (earlier turns are trimmed for it)."""
+        return self.open_streams([prompt_messages], thinking=thinking, max_new_tokens=max_new_tokens)
+
+    def open_streams(
+        self, prompts: Sequence[str | Conversation], *, thinking: str | None = None, max_new_tokens: int = 0
+    ) -> Any:
+        """A batched session: one row per prompt, fed with ``feed_batch`` (one forward per call for all rows).
+
+        With ``thinking="include"`` the prompt ends with ``<think>\\n`` and the caller feeds the reasoning,
+        the ``</think>`` and the answer; otherwise it ends with the empty think block and the caller feeds the
+        answer.
+        """
+        from guard_reward.guards.stream_session import StreamSession
+
+        include = check_stream_thinking(thinking or self.thinking) == "include"
+        rows = [self.session_row(p, include, max_new_tokens, i) for i, p in enumerate(prompts)]
+        return StreamSession(self, rows)
+
+    def session_row(
+        self, prompt: str | Conversation, include: bool, max_new_tokens: int = 0, index: int = 0
+    ) -> tuple[list[int], int | None, bool]:
+        """``(prefix ids, query position, truncated)`` for a stream on ``prompt``, trimmed to leave room for
+        ``max_new_tokens``."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        conv = self._prompt_conversation(prompt, index)
+        placeholder = [*conv, {"role": "assistant", "content": ""}]
+
+        def encode(c: Conversation) -> Encoded:
+            prefix = self._encode_prefix(c[:-1], include)
+            reserve = [self.pad_id] * max_new_tokens
+            return Encoded(
+                [*prefix, *reserve], reserve, torch.zeros((0, 2), dtype=torch.long), self._query_pos(prefix)
+            )
+
+        fitted = self._fit(placeholder, encode)
+        return fitted.ids[: fitted.start], fitted.query_pos, fitted.truncated
+
+    # ------------------------------------------------------------------------------------------- internals
+
+    def _prompt_conversation(self, prompt: str | Conversation, index: int) -> Conversation:
+        conv = validate_conversation(to_conversation(prompt), index)
+        if conv[-1]["role"] != "user":
+            raise ValueError(
+                f"prompt {index}: ends with a {conv[-1]['role']!r} message; a prompt to be completed "
+                "must end with the user's turn"
+            )
+        return conv
+
+    def _check_ids(self, ids: Sequence[int], index: int) -> list[int]:
+        out = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
+        bad = [i for i in out if not 0 <= i < len(self.tokenizer)]
+        if bad:
+            raise ValueError(
+                f"completion_ids[{index}] has ids outside the guard's vocabulary "
+                f"(0..{len(self.tokenizer) - 1}): {bad[:5]}; for a policy with another tokenizer, score the "
+                "decoded text and align by offsets"
+            )
+        return out
+
+    def _is_newline(self, token_id: int) -> bool:
+        if token_id not in self._newline_only:
+            text = self.tokenizer.decode([token_id])
+            self._newline_only[token_id] = text != "" and text.strip("\n") == ""
+        return self._newline_only[token_id]
+
+    def _completion_span(self, ids: list[int], mode: str) -> tuple[int, int, bool]:
+        """``(start, end, include_reasoning)`` of the ids to score (see :meth:`score_ids`)."""
+        end = len(ids)
+        while end > 0 and ids[end - 1] in self.trailing_ids:
+            end -= 1
+        close = max((k for k in range(end) if ids[k] == self.think_close_id), default=-1)
+
+        def skip_newlines(k: int, stop: int) -> int:
+            while k < stop and self._is_newline(ids[k]):
+                k += 1
+            return k
+
+        if close >= 0 and mode == "include":
+            start = skip_newlines(1 if ids and ids[0] == self.think_open_id else 0, close)
+            if start < close:
+                return start, end, True
+        return skip_newlines(close + 1, end), end, False
+
+    def _encode_prefix(self, before: Conversation, include: bool) -> list[int]:
+        return self.tokenizer.encode(prefix_text(self.tokenizer, before, include), add_special_tokens=False)
+
+    def _query_pos(self, ids: Sequence[int]) -> int | None:
+        return query_position(ids, self.im_start_id, self.user_id, self.im_end_id)
+
+    def _encode_text(self, conv: Conversation, mode: str) -> Encoded:
+        if conv[-1]["role"] == "user":  # prompt moderation: an empty response after the prompt
+            prefix = self._encode_prefix(conv, False)
+            return Encoded(prefix, [], torch.zeros((0, 2), dtype=torch.long), self._query_pos(prefix))
+        content = conv[-1]["content"]
+        include = mode == "include" and has_reasoning(content)
+        prefix, judged, boundary = judged_text(self.tokenizer, conv, include)
+        prefix_ids = self.tokenizer.encode(prefix, add_special_tokens=False)
+        enc = self.tokenizer(judged, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [(boundary[s], boundary[e]) for s, e in enc["offset_mapping"]]
+        offsets = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
+        ids = list(enc["input_ids"])
+        return Encoded([*prefix_ids, *ids], ids, offsets, self._query_pos(prefix_ids))
+
+    def _fit(self, conv: Conversation, encode: Any) -> Encoded:
+        """Encode, trimming earlier turns per the context policy when the input is too long."""
+        out = encode(conv)
+        if len(out.ids) <= self.max_length:
+            return out
+        fitted, _ = fit_to_context(conv, lambda c: len(encode(c).ids), self.max_length)
+        out = encode(fitted)
+        out.truncated = True
+        self.n_truncated += 1
+        logger.info(
+            "input trimmed to the guard's %d-token window (earlier turns cut; %d so far)",
+            self.max_length,
+            self.n_truncated,
+        )
+        return out
+
+    def _run(self, encoded: list[Encoded]) -> list[TokenRisk]:
+        results: list[TokenRisk | None] = [None] * len(encoded)
+        lengths = [len(e.ids) for e in encoded]
+        for batch in token_budget_batches(lengths, self.token_budget, self.max_batch_size):
+            for i, risk in zip(batch, self._forward([encoded[i] for i in batch]), strict=True):
+                results[i] = risk
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _forward(self, batch: list[Encoded]) -> list[TokenRisk]:
+        """One right-padded forward; heads only on the judged positions and the query positions."""
+        device = self.device
+        width = max(len(e.ids) for e in batch)
+        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, e in enumerate(batch):
+            input_ids[b, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+            mask[b, : len(e.ids)] = 1
+        hidden = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        hidden = hidden.last_hidden_state  # (B, L, H)
+        rows = torch.cat([torch.full((len(e.token_ids),), b, dtype=torch.long) for b, e in enumerate(batch)])
+        cols = torch.cat([torch.arange(e.start, len(e.ids), dtype=torch.long) for e in batch])
+        q_items = [b for b, e in enumerate(batch) if e.query_pos is not None]
+        q_rows = torch.tensor(q_items, dtype=torch.long, device=device)
+        q_cols = torch.tensor([batch[b].query_pos for b in q_items], dtype=torch.long, device=device)
+        return self.to_token_risks(batch, hidden[rows.to(device), cols.to(device)], hidden[q_rows, q_cols])
+
+    def to_token_risks(
+        self, batch: Sequence[Encoded], response_hidden: torch.Tensor, query_hidden: torch.Tensor | None
+    ) -> list[TokenRisk]:
+        """Apply the heads to gathered hidden states and split per item.
+
+        Args:
+            batch: the items, in order; item ``b`` owns ``len(batch[b].token_ids)`` rows of
+            ``response_hidden``. response_hidden: ``(N, H)`` hidden states of all judged tokens, item after
+            item. query_hidden: ``(Q, H)`` hidden states at the query positions of the items that have one, in
+            order.
+        """
+        risk_logits, cat_logits = self.model.response_logits(response_hidden)
+        p_risk = risk_logits.float().softmax(-1).cpu()  # (N, R)
+        p_cat = cat_logits.float().softmax(-1).cpu()  # (N, C)
+        q_risk = q_cat = None
+        if query_hidden is not None and query_hidden.shape[0]:
+            ql, qc = self.model.query_logits(query_hidden)
+            q_risk, q_cat = ql.float().softmax(-1).cpu(), qc.float().softmax(-1).cpu()
+        levels = {name: k for k, name in enumerate(self.maps.risk_levels)}
+        q_levels = self.maps.query_risk_levels
+        out, row, q = [], 0, 0
+        for e in batch:
+            n = len(e.token_ids)
+            p = p_risk[row : row + n]
+
+            def level(name: str, p: torch.Tensor = p) -> torch.Tensor:
+                # A checkpoint without this level gives it probability 0 (it cannot predict it).
+                return p[:, levels[name]] if name in levels else torch.zeros(p.shape[0])
+
+            query_probs = query_cats = None
+            if e.query_pos is not None and q_risk is not None:
+                query_probs = {name: 0.0 for name in ("Safe", "Controversial", "Unsafe")}
+                query_probs.update({name: float(q_risk[q, k]) for k, name in enumerate(q_levels)})
+                query_cats = {name: float(q_cat[q, k]) for k, name in enumerate(self.query_category_names)}
+                q += 1
+            out.append(
+                TokenRisk(
+                    token_ids=torch.tensor(e.token_ids, dtype=torch.long),
+                    offsets=e.offsets.reshape(-1, 2),
+                    p_safe=level("Safe"),
+                    p_unsafe=level("Unsafe"),
+                    p_controversial=level("Controversial"),
+                    category_probs=p_cat[row : row + n],
+                    category_names=self.category_names,
+                    query_probs=query_probs,
+                    query_category_probs=query_cats,
+                    truncated=e.truncated,
+                    span=e.span,
+                )
+            )
+            row += n
+        return out
