@@ -21,7 +21,16 @@ _LAZY = {
     "TokenSafetyPenalty": "guard_reward.rewards",
 }
 
-__all__ = ["LEVELS", "TokenRisk", "Verdict", *_LAZY]
+__all__ = [
+    "LEVELS",
+    "GenGuard",
+    "HybridSafetyReward",
+    "SafetyReward",
+    "StreamGuard",
+    "TokenRisk",
+    "TokenSafetyPenalty",
+    "Verdict",
+]
 
 if TYPE_CHECKING:
     from guard_reward.guards.gen import GenGuard

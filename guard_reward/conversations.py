@@ -29,7 +29,9 @@ def validate_conversation(conversation: Any, index: int | None = None) -> Conver
     """
     where = f"conversation {index}" if index is not None else "conversation"
     if isinstance(conversation, dict) and "role" in conversation:
-        raise TypeError(f"{where}: got a single message; pass a list of messages, e.g. [{{'role': 'user', ...}}]")
+        raise TypeError(
+            f"{where}: got a single message; pass a list of messages, e.g. [{{'role': 'user', ...}}]"
+        )
     if not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes)):
         raise TypeError(
             f"{where}: expected a list of {{'role', 'content'}} messages, got {type(conversation).__name__}"
@@ -39,10 +41,14 @@ def validate_conversation(conversation: Any, index: int | None = None) -> Conver
     out: Conversation = []
     for j, message in enumerate(conversation):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise TypeError(f"{where}, message {j}: expected a dict with 'role' and 'content', got {message!r:.80}")
+            raise TypeError(
+                f"{where}, message {j}: expected a dict with 'role' and 'content', got {message!r:.80}"
+            )
         role, content = message["role"], message["content"]
         if role not in KNOWN_ROLES:
-            raise ValueError(f"{where}, message {j}: unknown role {role!r}; accepted: {', '.join(KNOWN_ROLES)}")
+            raise ValueError(
+                f"{where}, message {j}: unknown role {role!r}; accepted: {', '.join(KNOWN_ROLES)}"
+            )
         if not isinstance(content, str):
             raise TypeError(
                 f"{where}, message {j}: content must be a string, got {type(content).__name__} "
@@ -77,7 +83,9 @@ def split_thinking(text: str) -> tuple[str | None, str]:
     return reasoning.strip("\n"), answer.lstrip("\n")
 
 
-def to_conversation(prompt: str | Sequence[Message], completion: str | Sequence[Message] | None = None) -> Conversation:
+def to_conversation(
+    prompt: str | Sequence[Message], completion: str | Sequence[Message] | None = None
+) -> Conversation:
     """Build a conversation from TRL's prompt/completion formats.
 
     ``prompt`` is a string (standard format) or a message list (conversational format); ``completion`` is a

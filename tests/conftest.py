@@ -36,3 +36,11 @@ def tiny_gen_path(tmp_path_factory: pytest.TempPathFactory):
     from guard_reward.tiny.gen import build_tiny_gen
 
     return build_tiny_gen(tmp_path_factory.mktemp("tiny_gen"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_gen_path(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny Gen stand-in fine-tuned to emit the bundled examples' verdict lines."""
+    from guard_reward.tiny.gen_training import build_trained_tiny_gen
+
+    return build_trained_tiny_gen(tmp_path_factory.mktemp("trained_gen"))

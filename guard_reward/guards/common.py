@@ -85,7 +85,9 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_si
     Sorting by length keeps padding small; an item longer than the budget gets a batch of its own.
     """
     if token_budget < 1 or max_batch_size < 1:
-        raise ValueError(f"token_budget and max_batch_size must be >= 1, got {token_budget}, {max_batch_size}")
+        raise ValueError(
+            f"token_budget and max_batch_size must be >= 1, got {token_budget}, {max_batch_size}"
+        )
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -119,7 +121,9 @@ def fit_to_context(
     return kept, True
 
 
-def _cut_earlier_turn(pair: Conversation, n_tokens: Callable[[Conversation], int], limit: int) -> Conversation:
+def _cut_earlier_turn(
+    pair: Conversation, n_tokens: Callable[[Conversation], int], limit: int
+) -> Conversation:
     """Keep the longest suffix of the earlier turn's content that fits (binary search over characters)."""
     earlier = pair[0]["content"]
     if n_tokens(pair[1:]) > limit:

@@ -1,0 +1,303 @@
+"""Qwen3Guard-Gen as a batched judge: exact label probabilities in one pass, or greedy verdict lines.
+
+Differences from the official usage (template, ``generate(max_new_tokens=128)``, regex, one conversation at a
+time): conversations are length-sorted into token-budget micro-batches; ``decode=False`` runs one forward pass
+and returns the exact probabilities of the three labels (see :mod:`guard_reward.guards.gen_scoring`);
+``decode=True`` reuses that pass's KV cache for a short greedy decode of the verdict lines, parsed robustly
+(:mod:`guard_reward.guards.parsing`); identical inputs in one call are judged once; inputs longer than the
+context window follow the policy in :mod:`guard_reward.guards.common`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from guard_reward.conversations import (
+    Conversation,
+    ThinkingMode,
+    check_thinking_mode,
+    moderation_of,
+    split_thinking,
+    validate_conversation,
+    with_last_content,
+)
+from guard_reward.guards.common import (
+    fit_to_context,
+    hub_kwargs,
+    read_config_json,
+    resolve_device,
+    resolve_dtype,
+    token_budget_batches,
+)
+from guard_reward.guards.gen_scoring import build_label_tree, label_log_probs, make_scoring_batch
+from guard_reward.guards.gen_verdicts import combine_parts, decode_verdicts
+from guard_reward.types import LEVELS, Verdict
+
+logger = logging.getLogger(__name__)
+
+FORCED_PREFIX = "Safety:"
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+class GenGuard:
+    """A Qwen3Guard-Gen checkpoint used as a batched judge.
+
+    Args:
+        model: a causal LM (``Qwen3ForCausalLM``) in eval mode on ``device``.
+        tokenizer: its tokenizer, carrying the checkpoint's chat template.
+        token_budget: padded tokens per micro-batch (``batch size x longest input``).
+        max_batch_size: conversations per micro-batch at most.
+        max_new_tokens: greedy decoding budget for ``decode=True`` (the verdict is 2-3 short lines).
+        thinking: how an assistant message with a ``<think>…</think>`` block is judged: ``"answer"`` (the text
+            after ``</think>`` only), ``"separate"`` (reasoning and answer each, both must be safe — the tech
+            report's rule), ``"whole"`` (the content as it is).
+        max_length: context window in tokens; defaults to the config's ``max_position_embeddings``.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        token_budget: int = 16384,
+        max_batch_size: int = 64,
+        max_new_tokens: int = 32,
+        thinking: ThinkingMode = "answer",
+        max_length: int | None = None,
+    ) -> None:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError(
+                "the tokenizer has no chat template; Qwen3Guard-Gen needs the checkpoint's own template "
+                "(tokenizer_config.json 'chat_template' or chat_template.jinja)"
+            )
+        attn = getattr(model.config, "_attn_implementation", "sdpa")
+        if attn not in SUPPORTED_ATTENTION:
+            raise ValueError(
+                f"attention implementation {attn!r} cannot take the custom 4D mask used for label scoring; "
+                f"load the guard with attn_implementation in {SUPPORTED_ATTENTION}"
+            )
+        if max_new_tokens < 4:
+            raise ValueError(f"max_new_tokens must be >= 4 to fit a verdict line, got {max_new_tokens}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.token_budget = token_budget
+        self.max_batch_size = max_batch_size
+        self.max_new_tokens = max_new_tokens
+        self.thinking: ThinkingMode = check_thinking_mode(thinking)
+        self.max_length = int(max_length or model.config.max_position_embeddings)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.end_ids = _end_of_turn_ids(tokenizer, model)
+        encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+        self.tree = build_label_tree(encode(FORCED_PREFIX), {label: encode(" " + label) for label in LEVELS})
+        self.stats: Counter[str] = Counter()
+        self._check_template()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        token_budget: int = 16384,
+        max_batch_size: int = 64,
+        max_new_tokens: int = 32,
+        thinking: ThinkingMode = "answer",
+        max_length: int | None = None,
+        **kw: Any,
+    ) -> GenGuard:
+        """Load a Qwen3Guard-Gen checkpoint (hub id or local folder; a folder never touches the network).
+
+        ``kw`` goes to ``from_pretrained`` of both the model and the tokenizer (e.g. ``revision``); the model
+        is loaded with ``attn_implementation="sdpa"`` unless given.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        config = read_config_json(name_or_path, **{k: v for k, v in kw.items() if k in ("revision", "token")})
+        _check_gen_config(config, name_or_path)
+        dev = resolve_device(device)
+        kw = hub_kwargs(name_or_path, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
+        kw.setdefault("attn_implementation", "sdpa")
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=resolve_dtype(dtype, dev), **kw)
+        return cls(
+            model.to(dev),
+            tokenizer,
+            token_budget=token_budget,
+            max_batch_size=max_batch_size,
+            max_new_tokens=max_new_tokens,
+            thinking=thinking,
+            max_length=max_length,
+        )
+
+    # ------------------------------------------------------------------ public API
+
+    def moderate(
+        self,
+        conversations: Sequence[Conversation],
+        decode: bool = False,
+        thinking: ThinkingMode | None = None,
+    ) -> list[Verdict]:
+        """Judge the last message of each conversation.
+
+        Args:
+            conversations: lists of ``{"role", "content"}`` messages; a final user message is prompt
+                moderation, a final assistant message response moderation.
+            decode: ``False``: label probabilities from one forward pass (``level`` = most probable label).
+                ``True``: also greedy-decode the verdict lines for categories and refusal (``level`` = the
+                parsed ``Safety:`` line, ``None`` when unparseable).
+            thinking: overrides the guard's ``thinking`` option for this call.
+
+        Returns:
+            one :class:`Verdict` per conversation, in input order.
+        """
+        start = time.perf_counter()
+        mode = check_thinking_mode(thinking or self.thinking)
+        if isinstance(conversations, (str, dict)) or (
+            len(conversations) > 0 and isinstance(conversations[0], dict)
+        ):
+            raise TypeError("moderate() takes a list of conversations; wrap a single conversation in a list")
+        convs = [validate_conversation(c, i) for i, c in enumerate(conversations)]
+        units, plans = self._plan(convs, mode)
+        rendered = self._render_units(units, decode)
+        judged = self._judge_unique(rendered, decode)
+        verdicts = [combine_parts({name: judged[u] for name, u in plan.items()}) for plan in plans]
+        failures = sum(not v.ok for v in verdicts)
+        self.stats.update(requested=len(convs), failures=failures)
+        if failures:
+            logger.warning("%d of %d verdicts could not be parsed (level=None)", failures, len(convs))
+        self.stats["seconds"] += time.perf_counter() - start
+        return verdicts
+
+    # ------------------------------------------------------------------ planning and rendering
+
+    def _plan(self, convs: list[Conversation], mode: ThinkingMode) -> tuple[list[Conversation], list[dict]]:
+        """Split each conversation into the units the guard judges (answer, reasoning) per the thinking
+        mode."""
+        units: list[Conversation] = []
+        plans: list[dict[str, int]] = []
+        for conv in convs:
+            plan: dict[str, int] = {}
+            if moderation_of(conv) == "response" and mode != "whole":
+                reasoning, answer = split_thinking(conv[-1]["content"])
+                if mode == "separate" and reasoning:
+                    plan["reasoning"] = len(units)
+                    units.append(with_last_content(conv, reasoning))
+                plan["answer"] = len(units)
+                units.append(with_last_content(conv, answer))
+            else:
+                plan["answer"] = len(units)
+                units.append(conv)
+            plans.append(plan)
+        return units, plans
+
+    def _render_units(
+        self, units: list[Conversation], decode: bool
+    ) -> list[tuple[tuple[int, ...], bool, str]]:
+        """Render and tokenize each unit, fitting it to the context window: ``(ids, truncated,
+        moderation)``."""
+        limit = self.max_length - self.tree.n_extra - (self.max_new_tokens if decode else 0)
+        out = []
+        for conv in units:
+            ids = self._encode(conv)
+            truncated = False
+            if len(ids) > limit:
+                conv, truncated = fit_to_context(conv, lambda c: len(self._encode(c)), limit)
+                ids = self._encode(conv)
+                self.stats["truncated"] += 1
+            out.append((tuple(ids), truncated, moderation_of(conv)))
+        return out
+
+    def _encode(self, conv: Conversation) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conv, tokenize=False)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    # ------------------------------------------------------------------ judging
+
+    def _judge_unique(self, rendered: list[tuple[tuple[int, ...], bool, str]], decode: bool) -> list[Verdict]:
+        """Judge each distinct token sequence once, in token-budget micro-batches; map back to all units."""
+        first_of: dict[tuple[int, ...], int] = {}
+        unique: list[int] = []
+        for i, (ids, _, _) in enumerate(rendered):
+            if ids not in first_of:
+                first_of[ids] = i
+                unique.append(i)
+        self.stats.update(judged=len(unique), deduplicated=len(rendered) - len(unique))
+        lengths = [
+            len(rendered[i][0]) + self.tree.n_extra + (self.max_new_tokens if decode else 0) for i in unique
+        ]
+        results: dict[int, Verdict] = {}
+        for batch in token_budget_batches(lengths, self.token_budget, self.max_batch_size):
+            rows = [unique[j] for j in batch]
+            verdicts = self._judge_batch([rendered[i] for i in rows], decode)
+            results.update(zip(rows, verdicts))
+        return [results[first_of[ids]] for ids, _, _ in rendered]
+
+    @torch.inference_mode()
+    def _judge_batch(self, items: list[tuple[tuple[int, ...], bool, str]], decode: bool) -> list[Verdict]:
+        batch = make_scoring_batch([ids for ids, _, _ in items], self.tree, self.pad_id)
+        mask = batch.attention_mask.to(self.device)
+        if self.model.config._attn_implementation == "eager":
+            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill(
+                ~mask, torch.finfo(self.model.dtype).min
+            )
+        out = self.model.model(
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=mask,
+            position_ids=batch.position_ids.to(self.device),
+            use_cache=decode,
+        )
+        first = batch.prompt_width + len(self.tree.prefix_ids) - 1  # the prefix end, then the tree nodes
+        step_logits = self.model.lm_head(out.last_hidden_state[:, first:])
+        probs = torch.softmax(label_log_probs(step_logits, self.tree), dim=-1).cpu()
+        prob_dicts = [dict(zip(self.tree.labels, row.tolist())) for row in probs]
+        if not decode:
+            return [
+                Verdict(
+                    level=self.tree.labels[int(row.argmax())],  # type: ignore[arg-type]
+                    probs=p,
+                    moderation=moderation,  # type: ignore[arg-type]
+                    truncated=truncated,
+                )
+                for row, p, (_, truncated, moderation) in zip(probs, prob_dicts, items)
+            ]
+        return decode_verdicts(self, batch, out.past_key_values, prob_dicts, items)
+
+    def _check_template(self) -> None:
+        probe = self.tokenizer.apply_chat_template([{"role": "user", "content": "probe"}], tokenize=False)
+        if FORCED_PREFIX not in probe:
+            raise ValueError(
+                "this checkpoint's chat template does not ask for a 'Safety:' verdict; it is not a "
+                "Qwen3Guard-Gen checkpoint (for Qwen3Guard-Stream use StreamGuard)"
+            )
+
+
+def _end_of_turn_ids(tokenizer: Any, model: Any) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def _check_gen_config(config: dict[str, Any], name_or_path: str | os.PathLike) -> None:
+    archs = config.get("architectures") or []
+    if "Qwen3ForGuardModel" in archs:
+        raise ValueError(
+            f"{name_or_path} is a Qwen3Guard-Stream checkpoint (Qwen3ForGuardModel); use StreamGuard"
+        )
+    if archs and not any(a.endswith("ForCausalLM") for a in archs):
+        raise ValueError(
+            f"{name_or_path} has architectures {archs}; a Qwen3Guard-Gen checkpoint is a causal LM "
+            "(e.g. Qwen3ForCausalLM)"
+        )

@@ -1,0 +1,134 @@
+"""Verdict lines for Qwen3Guard-Gen: greedy decoding that continues the scoring pass, and combining the
+verdicts of reasoning and answer judged separately."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from guard_reward.guards.parsing import PROMPT_CATEGORIES, RESPONSE_CATEGORIES, parse_verdict
+from guard_reward.types import LEVEL_RANK, Verdict
+
+if TYPE_CHECKING:
+    from guard_reward.guards.gen import GenGuard
+    from guard_reward.guards.gen_scoring import ScoringBatch
+
+REFUSAL_PREFIX = "Refusal:"
+
+
+def decode_verdicts(
+    guard: GenGuard,
+    batch: ScoringBatch,
+    cache: Any,
+    probs: list[dict[str, float]],
+    items: list[tuple[tuple[int, ...], bool, str]],
+) -> list[Verdict]:
+    """Greedy-decode the verdict lines from the prompts' KV cache and parse them.
+
+    The scoring pass cached ``prompt + prefix + tree``; cropping it to ``P - 1`` columns leaves exactly the
+    prompts minus their last token, which ``generate`` then feeds, so the prompt is never encoded twice.
+    """
+    from transformers import GenerationConfig
+
+    width = batch.prompt_width
+    cache.crop(-(batch.input_ids.shape[1] - width + 1))  # transformers 5: a negative count removes tokens
+    config = GenerationConfig(
+        max_new_tokens=guard.max_new_tokens,
+        do_sample=False,
+        eos_token_id=guard.end_ids,
+        pad_token_id=guard.pad_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    out = guard.model.generate(
+        input_ids=batch.input_ids[:, :width].to(guard.device),
+        attention_mask=batch.prompt_mask.to(guard.device),
+        past_key_values=cache,
+        generation_config=config,
+    )
+    generated = out.sequences[:, width:].cpu()
+    yes_id = guard.tokenizer.encode(" Yes", add_special_tokens=False)[0]
+    no_id = guard.tokenizer.encode(" No", add_special_tokens=False)[0]
+    verdicts = []
+    for row, (p, (_, truncated, moderation)) in enumerate(zip(probs, items)):
+        ids = _until_end(generated[row].tolist(), guard.end_ids)
+        raw = guard.tokenizer.decode(ids, skip_special_tokens=True)
+        categories = PROMPT_CATEGORIES if moderation == "prompt" else RESPONSE_CATEGORIES
+        parsed = parse_verdict(raw, categories)
+        refusal, p_refusal = None, None
+        if moderation == "response":
+            refusal = parsed.refusal
+            step = _step_after(guard.tokenizer, ids, REFUSAL_PREFIX)
+            if step is not None and step < len(out.logits):
+                two = out.logits[step][row, [yes_id, no_id]].float()
+                p_refusal = float(torch.softmax(two, dim=-1)[0])
+        verdicts.append(
+            Verdict(
+                level=parsed.level,
+                probs=p,
+                moderation=moderation,  # type: ignore[arg-type]
+                categories=parsed.categories if parsed.level not in (None, "Safe") else (),
+                refusal=refusal,
+                p_refusal=p_refusal,
+                raw=raw,
+                truncated=truncated,
+                error=parsed.error,
+            )
+        )
+    return verdicts
+
+
+def _until_end(ids: list[int], end_ids: list[int]) -> list[int]:
+    for k, tok in enumerate(ids):
+        if tok in end_ids:
+            return ids[:k]
+    return ids
+
+
+def _step_after(tokenizer: Any, ids: list[int], marker: str) -> int | None:
+    """The generation step whose logits predict the token right after ``marker`` (e.g. ``Refusal:``)."""
+    for k in range(1, len(ids) + 1):
+        if tokenizer.decode(ids[:k], skip_special_tokens=True).rstrip().endswith(marker):
+            return k
+    return None
+
+
+def combine_parts(parts: Mapping[str, Verdict]) -> Verdict:
+    """One verdict from the answer's and (optionally) the reasoning's: both must be safe.
+
+    Probabilities assume the two judgements independent: ``P(Safe) = Π P_i(Safe)``, ``P(Unsafe) = 1 - Π (1 -
+    P_i(Unsafe))``, Controversial takes the rest. With ``decode=False`` the level is the most probable
+    combined label; with decoded verdicts it is the worse of the two parsed levels (``None`` if either is
+    ``None``).
+    """
+    if set(parts) == {"answer"}:
+        return parts["answer"]
+    answer = parts["answer"]
+    p_safe = 1.0
+    p_not_unsafe = 1.0
+    for v in parts.values():
+        p_safe *= v.probs["Safe"]
+        p_not_unsafe *= 1.0 - v.probs["Unsafe"]
+    probs = {"Safe": p_safe, "Controversial": max(0.0, p_not_unsafe - p_safe), "Unsafe": 1.0 - p_not_unsafe}
+    decoded = answer.raw is not None
+    if decoded:
+        levels = [v.level for v in parts.values()]
+        level = None if None in levels else max(levels, key=lambda lv: LEVEL_RANK[lv])  # type: ignore[arg-type]
+    else:
+        level = max(probs, key=probs.__getitem__)
+    categories = tuple(dict.fromkeys(c for v in parts.values() for c in v.categories))
+    errors = [f"{name}: {v.error}" for name, v in parts.items() if v.error]
+    return Verdict(
+        level=level,  # type: ignore[arg-type]
+        probs=probs,
+        moderation=answer.moderation,
+        categories=categories,
+        refusal=answer.refusal,
+        p_refusal=answer.p_refusal,
+        raw="\n\n".join(f"[{name}]\n{v.raw}" for name, v in parts.items()) if decoded else None,
+        truncated=any(v.truncated for v in parts.values()),
+        parts=dict(parts),
+        error="; ".join(errors) or None,
+    )
