@@ -5,6 +5,7 @@ from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
 # Imported on first use: GuardRewardModel must import under trl 1.9-1.12 (for their PPOTrainer), where the
 # trainers built on TRL 1.16 cannot.
 _LAZY = {
+    "DenseGRPOTrainer": "guard_reward.integrations.trl.grpo",
     "GuardPPOTrainer": "guard_reward.integrations.trl.ppo",
     "GuardPPOConfig": "guard_reward.integrations.trl.ppo_config",
     "GuardRewardModel": "guard_reward.integrations.trl.reward_model",
