@@ -1,0 +1,59 @@
+"""``guard-reward train`` and ``guard-reward plot`` subcommands (wired into :mod:`guard_reward.cli`).
+
+Each subcommand is a pair: ``add_*_parser(subparsers)`` registers it, ``run_*(args) -> int`` runs it; the
+parser sets ``func`` to its runner, so the main CLI only has to call ``args.func(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``guard-reward plot RUN_DIR [--output PNG]``: redraw a run's safety curves."""
+    parser = subparsers.add_parser(
+        "plot",
+        help="redraw safety_curves.png from a run's trainer_state.json",
+        description="Redraw the safety curves of a finished or interrupted run from "
+        "RUN_DIR/trainer_state.json (or the newest checkpoint's, or safety_curves.csv).",
+    )
+    parser.add_argument("run_dir", type=Path, help="the run's output_dir")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="PNG path (default RUN_DIR/safety_curves.png)"
+    )
+    parser.set_defaults(func=run_plot)
+    return parser
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from guard_reward.plots import plot_run
+
+    path = plot_run(args.run_dir, args.output)
+    print(path)  # the CLI's output: where the figure went
+    return 0
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``guard-reward train --config RECIPE.yaml [--option value ...]``: run a training recipe."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a policy with guard rewards from a recipe YAML (configs/)",
+        description="Run a GRPO or RLOO recipe. Any recipe option can be overridden after the config, e.g. "
+        "--output_dir runs/x --max_steps 10.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="recipe YAML (see configs/)")
+    parser.add_argument(
+        "overrides", nargs=argparse.REMAINDER, help="--option value pairs overriding the YAML"
+    )
+    parser.set_defaults(func=run_train)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from guard_reward.config import load_config
+    from guard_reward.integrations.trl.train import train
+
+    overrides = [a for a in args.overrides if a != "--"]
+    train(load_config(args.config, overrides))
+    return 0

@@ -1,0 +1,221 @@
+"""The training recipe behind ``guard-reward train --config configs/….yaml``: GRPO or RLOO with guard rewards.
+
+It wires what the rest of the library provides, and nothing else: the prompts (any dataset with a prompt
+column), the scalar guard reward (``SafetyReward`` or ``HybridSafetyReward`` on Qwen3Guard-Gen), the optional
+dense penalty (``TokenSafetyPenalty`` on Qwen3Guard-Stream: per-token advantages with ``DenseGRPOTrainer``,
+folded into a scalar for RLOO), ``SafetyCurvesCallback``, and TRL's trainer. After training it saves the
+model, ``trainer_state.json`` and ``safety_curves.png`` in ``output_dir``.
+
+Guards are passed to the rewards as checkpoint references, so each training process loads its own copy on its
+own device on first use (and the rewards stay picklable).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from guard_reward.config import RecipeConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+_DATA_FILES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_prompts(cfg: RecipeConfig) -> Any:
+    """The training prompts as a ``datasets.Dataset`` with a ``prompt`` column TRL understands.
+
+    ``dataset_name`` may be a hub id, a ``.json``/``.jsonl``/``.csv``/``.parquet`` file or a folder saved
+    with ``save_to_disk``. String prompts become one user message (plus ``system_prompt``) unless
+    ``dataset_conversational`` is false; every other column is kept (rewards receive them as keyword
+    arguments).
+    """
+    from datasets import Dataset, load_dataset, load_from_disk
+
+    name, script, recipe = cfg.script.dataset_name, cfg.script, cfg.recipe
+    path = Path(name)
+    if path.is_file():
+        if path.suffix not in _DATA_FILES:
+            raise ValueError(f"dataset file {name} must end with one of {', '.join(_DATA_FILES)}")
+        data = load_dataset(_DATA_FILES[path.suffix], data_files=str(path), split="train")
+    elif path.is_dir() and (path / "dataset_info.json").exists():
+        data = load_from_disk(str(path))
+    else:
+        data = load_dataset(name, script.dataset_config, split=script.dataset_train_split)
+    if not isinstance(data, Dataset):
+        raise TypeError(f"dataset {name} did not load as one split (got {type(data).__name__})")
+    column = recipe.dataset_prompt_column
+    if column not in data.column_names:
+        raise KeyError(
+            f"dataset {name} has no column {column!r}; its columns: {', '.join(data.column_names)}"
+        )
+    if recipe.dataset_max_samples is not None:
+        data = data.select(range(min(recipe.dataset_max_samples, len(data))))
+
+    def to_prompt(example: dict[str, Any]) -> dict[str, Any]:
+        prompt = example[column]
+        if isinstance(prompt, str) and recipe.dataset_conversational:
+            prompt = [{"role": "user", "content": prompt}]
+        if recipe.system_prompt and isinstance(prompt, list):
+            prompt = [{"role": "system", "content": recipe.system_prompt}, *prompt]
+        return {"prompt": prompt}
+
+    remove = [column] if column != "prompt" else []
+    return data.map(to_prompt, remove_columns=remove)
+
+
+def _guard_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
+    return {"device": cfg.guard.guard_device, "dtype": cfg.guard.guard_dtype}
+
+
+def build_rewards(cfg: RecipeConfig) -> tuple[list[Any], list[Any]]:
+    """``(reward_funcs, dense_rewards)`` for the recipe."""
+    from guard_reward.rewards import HybridSafetyReward, SafetyReward
+
+    g, s = cfg.guard, cfg.shaping
+    reward_funcs: list[Any] = []
+    dense: list[Any] = []
+    if g.guard_reward == "safety":
+        reward_funcs.append(
+            SafetyReward(
+                g.guard_gen,
+                mode=g.guard_mode,
+                controversial=g.guard_controversial,
+                safe_value=g.guard_safe_value,
+                unsafe_value=g.guard_unsafe_value,
+                category_weights=g.guard_category_weights,  # type: ignore[arg-type]
+                refusal=g.guard_refusal,
+                benign_refusal_value=g.guard_benign_refusal_value,
+                harmful_refusal_value=g.guard_harmful_refusal_value,
+                harmful_column=g.guard_harmful_column,
+                thinking=g.guard_thinking,
+                failure_value=g.guard_failure_value,
+                metric_prefix=g.guard_metric_prefix,
+                guard_kwargs={**_guard_kwargs(cfg), "token_budget": g.guard_token_budget},
+            )
+        )
+    elif g.guard_reward == "hybrid":
+        from guard_reward.rewards.helpfulness import load_reward_function
+
+        reward_funcs.append(
+            HybridSafetyReward(
+                g.guard_gen,
+                load_reward_function(g.guard_helpfulness),  # type: ignore[arg-type]
+                unsafe_value=g.guard_hybrid_unsafe_value,
+                refusal_value=g.guard_hybrid_refusal_value,
+                controversial=g.guard_controversial,  # type: ignore[arg-type]
+                thinking=g.guard_thinking,
+                failure_value=g.guard_failure_value,
+                metric_prefix=g.guard_metric_prefix,
+                guard_kwargs={**_guard_kwargs(cfg), "token_budget": g.guard_token_budget},
+            )
+        )
+    if s.shaping_mode is not None:
+        from guard_reward.rewards import SummedTokenReward, TokenSafetyPenalty
+
+        penalty = TokenSafetyPenalty(
+            g.guard_stream,
+            shaping=s.shaping_mode,
+            hard=s.shaping_hard,
+            coef=s.shaping_coef,
+            controversial=s.shaping_controversial,
+            threshold=s.shaping_threshold,
+            clip=s.shaping_clip,
+            metric_prefix=g.guard_metric_prefix,
+            guard_kwargs=_guard_kwargs(cfg),
+        )
+        if s.shaping_fold:
+            reward_funcs.append(SummedTokenReward(penalty))
+        if cfg.recipe.trainer == "grpo":
+            dense.append(penalty)
+    return reward_funcs, dense
+
+
+def load_policy(cfg: RecipeConfig) -> tuple[Any, Any]:
+    """The policy model and its tokenizer (a local folder never touches the network)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guard_reward.guards.common import hub_kwargs
+
+    m = cfg.model
+    kw = hub_kwargs(m.model_name_or_path, revision=m.model_revision)
+    tokenizer = AutoTokenizer.from_pretrained(m.model_name_or_path, **kw)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if m.attn_implementation is not None:
+        kw["attn_implementation"] = m.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, dtype=m.dtype, **kw)
+    return model, tokenizer
+
+
+def build_trainer(
+    cfg: RecipeConfig, *, model: Any = None, tokenizer: Any = None, train_dataset: Any = None
+) -> Any:
+    """The configured trainer (``DenseGRPOTrainer`` for GRPO, ``RLOOTrainer`` for RLOO), not yet trained."""
+    from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
+    from guard_reward.integrations.trl.grpo import DenseGRPOTrainer
+    from trl import RLOOTrainer, get_peft_config
+
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(cfg)
+    if train_dataset is None:
+        train_dataset = load_prompts(cfg)
+    reward_funcs, dense = build_rewards(cfg)
+    if float(cfg.training.beta) == 0.0:
+        logger.warning("beta=0: no KL term anchors the policy; guard rewards are then easy to game")
+    callbacks = [
+        SafetyCurvesCallback(plot_every=cfg.recipe.curves_plot_every, prefix=cfg.guard.guard_metric_prefix)
+    ]
+    common = dict(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=cfg.training,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=get_peft_config(cfg.model),
+    )
+    if cfg.recipe.trainer == "grpo":
+        return DenseGRPOTrainer(
+            **common,
+            dense_rewards=dense,
+            dense_coef=cfg.shaping.shaping_dense_coef,
+            dense_advantage=cfg.shaping.shaping_dense_advantage,
+        )
+    for func in reward_funcs:  # RLOOTrainer knows nothing of dense rewards; give them the policy tokenizer
+        bind = getattr(func, "bind_tokenizer", None)
+        if callable(bind):
+            bind(tokenizer)
+    return RLOOTrainer(**common)
+
+
+def train(cfg: RecipeConfig, **build_kwargs: Any) -> Any:
+    """Build, train, and save model, state and curves to ``output_dir``; returns the trainer."""
+    trainer = build_trainer(cfg, **build_kwargs)
+    trainer.train()
+    trainer.save_model()
+    trainer.save_state()
+    logger.info("run saved to %s", os.path.abspath(cfg.training.output_dir))
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m guard_reward.integrations.trl.train --config FILE [--option value ...]``."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in args:
+        raise SystemExit("usage: train --config RECIPE.yaml [--option value ...]")
+    i = args.index("--config")
+    path = args[i + 1]
+    overrides = args[:i] + args[i + 2 :]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train(load_config(path, overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
