@@ -1,0 +1,50 @@
+"""Packaging: the import footprint, the package list, and `integrations` installed under `guard_reward`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, cwd: Path) -> str:
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_import_needs_only_torch(tmp_path):
+    code = (
+        "import sys, guard_reward\n"
+        "heavy = [m for m in ('transformers', 'trl', 'accelerate', 'matplotlib') if m in sys.modules]\n"
+        "print(heavy, guard_reward.Verdict.__name__)"
+    )
+    assert run_python(code, tmp_path) == "[] Verdict"
+
+
+def test_integrations_install_under_guard_reward(tmp_path):
+    code = (
+        "import importlib.util, guard_reward.integrations as m\n"
+        "print(importlib.util.find_spec('integrations') is None, m.__name__)"
+    )
+    assert run_python(code, tmp_path) == "True guard_reward.integrations"
+
+
+def test_every_package_folder_is_listed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    mapping = {name: ROOT / folder for name, folder in config["package-dir"].items()}
+    found = set()
+    for init in list((ROOT / "guard_reward").rglob("__init__.py")) + list(
+        (ROOT / "integrations").rglob("__init__.py")
+    ):
+        folder = init.parent
+        if folder.is_relative_to(ROOT / "integrations"):
+            rel = folder.relative_to(ROOT / "integrations").parts
+            found.add(".".join(("guard_reward", "integrations", *rel)))
+        else:
+            found.add(".".join(folder.relative_to(ROOT).parts))
+    assert found == listed, f"missing from pyproject: {found - listed}; stale: {listed - found}"
+    assert mapping["guard_reward.integrations"] == ROOT / "integrations"
+    assert (ROOT / "guard_reward" / "py.typed").exists()
