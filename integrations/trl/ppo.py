@@ -39,7 +39,7 @@ from trl.trainer.utils import disable_dropout_in_model, get_config_model_id, is_
 from guard_reward.types import DenseRewards
 
 from . import ppo_math
-from .grpo import DenseGRPOTrainer
+from .grpo import DenseGRPOTrainer, check_dense_loss
 from .ppo_config import GuardPPOConfig
 from .value import check_value_model, completion_values, load_value_model, load_value_state, save_value_model
 
@@ -101,6 +101,7 @@ class GuardPPOTrainer(GRPOTrainer):
         if isinstance(dense_coef, bool) or not isinstance(dense_coef, (int, float)) or not dense_coef >= 0:
             raise ValueError(f"dense_coef must be a finite number >= 0 (dense rewards carry their sign), "
                              f"got {dense_coef!r}")  # fmt: skip
+        check_dense_loss(args)  # PPO's advantages are per token: sequence-level losses cannot use them
         # Attribute names shared with DenseGRPOTrainer, whose dense-reward caller is reused below.
         self.dense_rewards = _as_dense_list(dense_rewards)
         self._dense_names = [_name(f) for f in self.dense_rewards]
@@ -244,6 +245,8 @@ class GuardPPOTrainer(GRPOTrainer):
                             self.model, input_ids, attention_mask, width, batch_size=chunk
                         )
                 kl = ppo_math.kl_penalty(logps, out["ref_per_token_logps"], mask, self.args.kl_estimator)
+            was_training = self.value_model.training
+            self.value_model.eval()  # rollout values must not depend on dropout
             with self.accelerator.autocast():
                 values = torch.cat(
                     [
@@ -257,6 +260,7 @@ class GuardPPOTrainer(GRPOTrainer):
                         for i in range(0, batch, chunk)
                     ]
                 )
+            self.value_model.train(was_training)
         values = values * mask
         rewards = ppo_math.token_rewards(scores, kl, mask, self.beta, dense)
         advantages, returns = ppo_math.gae(rewards, values, mask, self.args.gamma, self.args.lam)

@@ -11,6 +11,8 @@ normalisation), logging and the completions table keep their TRL meaning. What c
   so samples per prompt are not needed for the advantage;
 * ``scale_rewards`` is not used (there is no group normalisation); ``multi_objective_aggregation`` must stay
   ``"sum_then_normalize"`` (rewards are the weighted sum of the reward functions);
+* ``loss_type`` must be token-level and ``importance_sampling_level`` ``"token"`` (the trainer checks this as
+  ``DenseGRPOTrainer`` does: per-token advantages are PPO's whole point);
 * ``disable_dropout`` defaults to True (log-probabilities and values must be reproducible between rollout and
   update).
 """
@@ -98,11 +100,6 @@ class GuardPPOConfig(GRPOConfig):
                 f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not accepted by PPO: "
                 "scalar rewards are summed with reward_weights and credited by the critic; use "
                 "'sum_then_normalize'"
-            )
-        if self.importance_sampling_level != "token":
-            raise ValueError(
-                f"importance_sampling_level={self.importance_sampling_level!r} is not accepted by PPO: "
-                "advantages are per token, so the ratio must be too; use 'token'"
             )
         if self.fp16:
             raise ValueError(

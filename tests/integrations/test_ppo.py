@@ -206,6 +206,10 @@ def test_constructor_and_config_errors(policy_path, tmp_path):
         ppo_config(tmp_path, multi_objective_aggregation="normalize_then_sum")
     with pytest.raises(ValueError, match="fp16"):
         ppo_config(tmp_path, fp16=True)
+    with pytest.raises(ValueError, match="loss_type"):
+        GuardPPOTrainer(
+            model=str(policy_path), reward_funcs=LengthScore(), args=ppo_config(tmp_path, loss_type="vespo")
+        )
     with pytest.raises(ValueError, match="at least one scalar reward"):
         GuardPPOTrainer(model=str(policy_path), reward_funcs=[], args=ppo_config(tmp_path))
     with pytest.raises(TypeError, match="GuardPPOConfig"):
