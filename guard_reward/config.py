@@ -3,10 +3,11 @@
 The dataclasses are ``TrlParser``/``HfArgumentParser`` compatible: a recipe YAML is one flat mapping whose
 keys are the fields of :class:`RecipeArguments`, :class:`GuardArguments` (``guard_…``),
 :class:`ShapingArguments` (``shaping_…``), TRL's ``ScriptArguments`` (``dataset_…``) and ``ModelConfig``
-(``model_name_or_path``, …) and ``GRPOConfig`` or ``RLOOConfig`` (chosen by the ``trainer`` key), exactly as
-TRL's own scripts read theirs — the prefixes keep the guard's options from colliding with the trainer's. Every
-field is validated in ``__post_init__``; :func:`load_config` also checks the combinations (a dense reward
-needs a Stream guard, RLOO folds it into a scalar, GRPO's loss must accept per-token advantages, ...).
+(``model_name_or_path``, …) and ``GRPOConfig``, ``RLOOConfig`` or ``GuardPPOConfig`` (chosen by the
+``trainer`` key), exactly as TRL's own scripts read theirs — the prefixes keep the guard's options from
+colliding with the trainer's. Every field is validated in ``__post_init__``; :func:`load_config` also checks
+the combinations (a dense reward needs a Stream guard, RLOO folds it into a scalar, GRPO's and PPO's loss must
+accept per-token advantages, ...).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from guard_reward.shaping.scalar import ScalarShaping
 
 logger = logging.getLogger(__name__)
 
-TRAINERS = ("grpo", "rloo")
+TRAINERS = ("grpo", "rloo", "ppo")
 GUARD_REWARDS = ("safety", "hybrid", "none")
 
 
@@ -47,7 +48,9 @@ def _policy(name: str, value: Any) -> str | float:
 class RecipeArguments:
     """What the recipe trains and on which prompts (the dataset itself is TRL's ``dataset_name``)."""
 
-    trainer: str = field(default="grpo", metadata={"help": "Trainer: 'grpo' (dense-capable) or 'rloo'."})
+    trainer: str = field(
+        default="grpo", metadata={"help": "Trainer: 'grpo', 'ppo' (dense-capable) or 'rloo'."}
+    )
     dataset_prompt_column: str = field(
         default="prompt", metadata={"help": "Column holding the prompt (a string or a list of messages)."}
     )
@@ -184,7 +187,10 @@ class ShapingArguments:
     )
     shaping_threshold: float = field(default=0.5, metadata={"help": "'threshold' mode: hinge threshold."})
     shaping_clip: float | None = field(default=None, metadata={"help": "Clip each token's penalty to ±clip."})
-    shaping_dense_coef: float = field(default=0.1, metadata={"help": "GRPO: A_t = A_seq + dense_coef · d_t."})
+    shaping_dense_coef: float = field(
+        default=0.1,
+        metadata={"help": "GRPO: A_t = A_seq + dense_coef · d_t; PPO: r_t += dense_coef · d_t."},
+    )
     shaping_dense_advantage: str = field(
         default="token", metadata={"help": "GRPO: 'token', 'return_to_go' or 'process_supervision'."}
     )
@@ -224,7 +230,7 @@ class RecipeConfig:
     shaping: ShapingArguments
     script: Any  # trl.ScriptArguments
     model: Any  # trl.ModelConfig
-    training: Any  # trl.GRPOConfig | trl.RLOOConfig
+    training: Any  # trl.GRPOConfig | trl.RLOOConfig | GuardPPOConfig
 
     def __post_init__(self) -> None:
         from guard_reward.integrations.trl.grpo import check_dense_loss
@@ -235,8 +241,8 @@ class RecipeConfig:
         if self.recipe.trainer == "rloo" and dense and not self.shaping.shaping_fold:
             logger.info("RLOO is sequence-level: the dense penalty is folded into a scalar reward (its sum)")
             self.shaping.shaping_fold = True
-        if self.recipe.trainer == "grpo" and dense:
-            check_dense_loss(self.training)
+        if (self.recipe.trainer == "grpo" and dense) or self.recipe.trainer == "ppo":
+            check_dense_loss(self.training)  # PPO's advantages are always per token
         if self.guard.guard_reward == "none" and not (dense and self.shaping.shaping_fold):
             raise ValueError(
                 "the recipe has no scalar reward: set guard_reward ('safety' or 'hybrid') or fold the dense "
@@ -256,6 +262,8 @@ def config_classes(trainer: str) -> tuple[type, ...]:
 
     _choice("trainer", trainer, TRAINERS)
     training = GRPOConfig if trainer == "grpo" else RLOOConfig
+    if trainer == "ppo":
+        from guard_reward.integrations.trl.ppo_config import GuardPPOConfig as training
     return RecipeArguments, GuardArguments, ShapingArguments, ScriptArguments, ModelConfig, training
 
 

@@ -35,6 +35,8 @@ def test_shipped_config_loads_and_follows_the_recipe_rules(path):
     if cfg.recipe.trainer == "rloo":
         assert type(cfg.training).__name__ == "RLOOConfig"
         assert cfg.shaping.shaping_mode is None or cfg.shaping.shaping_fold
+    elif cfg.recipe.trainer == "ppo":
+        assert type(cfg.training).__name__ == "GuardPPOConfig"
     else:
         assert type(cfg.training).__name__ == "GRPOConfig"
 
@@ -73,7 +75,7 @@ def test_overrides_and_types(tmp_path):
         ("guard_stream: s\nshaping_mode: prob\nloss_type: luspo\n", "cannot take per-token advantages"),
         ("guard_stream: s\nshaping_mode: prob\nimportance_sampling_level: sequence\n", "GSPO"),
         ("guard_reward: none\n", "no scalar reward"),
-        ("trainer: ppo\n", "grpo, rloo"),
+        ("trainer: dpo\n", "grpo, rloo, ppo"),
         ("guard_rewrd: safety\n", "guard_rewrd"),
     ],
 )

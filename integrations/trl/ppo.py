@@ -191,8 +191,8 @@ class GuardPPOTrainer(GRPOTrainer):
         # scalar rewards' in the same generation batch (and can reuse a guard pass the scalar reward cached).
         # The caller is DenseGRPOTrainer's, so both trainers call and validate dense rewards the same way.
         if self.dense_rewards:
-            score_dense = DenseGRPOTrainer._score_dense
-            dense = score_dense(self, inputs, prompts, completions, completion_ids_list)  # type: ignore[arg-type]
+            score = DenseGRPOTrainer._score_dense
+            dense = score(self, inputs, prompts, completions, completion_ids_list)  # type: ignore[arg-type]
             if not bool(torch.isfinite(dense.rewards).all()):
                 raise ValueError(f"dense rewards {self._dense_names} returned non-finite values (NaN/inf)")
             self._ppo_pending["dense"] = dense

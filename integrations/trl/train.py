@@ -1,10 +1,11 @@
-"""The training recipe behind ``guard-reward train --config configs/….yaml``: GRPO or RLOO with guard rewards.
+"""The recipe behind ``guard-reward train --config configs/….yaml``: GRPO, RLOO or PPO with guard rewards.
 
 It wires what the rest of the library provides, and nothing else: the prompts (any dataset with a prompt
 column), the scalar guard reward (``SafetyReward`` or ``HybridSafetyReward`` on Qwen3Guard-Gen), the optional
 dense penalty (``TokenSafetyPenalty`` on Qwen3Guard-Stream: per-token advantages with ``DenseGRPOTrainer``,
-folded into a scalar for RLOO), ``SafetyCurvesCallback``, and TRL's trainer. After training it saves the
-model, ``trainer_state.json`` and ``safety_curves.png`` in ``output_dir``.
+folded into a scalar for RLOO, per-token rewards with ``GuardPPOTrainer``), ``SafetyCurvesCallback``, and
+TRL's trainer. After training it saves the model, ``trainer_state.json`` and ``safety_curves.png`` in
+``output_dir``.
 
 Guards are passed to the rewards as checkpoint references, so each training process loads its own copy on its
 own device on first use (and the rewards stay picklable).
@@ -129,7 +130,7 @@ def build_rewards(cfg: RecipeConfig) -> tuple[list[Any], list[Any]]:
         )
         if s.shaping_fold:
             reward_funcs.append(SummedTokenReward(penalty))
-        if cfg.recipe.trainer == "grpo":
+        if cfg.recipe.trainer in ("grpo", "ppo"):
             dense.append(penalty)
     return reward_funcs, dense
 
@@ -154,7 +155,7 @@ def load_policy(cfg: RecipeConfig) -> tuple[Any, Any]:
 def build_trainer(
     cfg: RecipeConfig, *, model: Any = None, tokenizer: Any = None, train_dataset: Any = None
 ) -> Any:
-    """The configured trainer (``DenseGRPOTrainer`` for GRPO, ``RLOOTrainer`` for RLOO), not yet trained."""
+    """The configured trainer (``DenseGRPOTrainer``, ``RLOOTrainer`` or ``GuardPPOTrainer``), untrained."""
     from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
     from guard_reward.integrations.trl.grpo import DenseGRPOTrainer
     from trl import RLOOTrainer, get_peft_config
@@ -185,6 +186,10 @@ def build_trainer(
             dense_coef=cfg.shaping.shaping_dense_coef,
             dense_advantage=cfg.shaping.shaping_dense_advantage,
         )
+    if cfg.recipe.trainer == "ppo":
+        from guard_reward.integrations.trl.ppo import GuardPPOTrainer
+
+        return GuardPPOTrainer(**common, dense_rewards=dense, dense_coef=cfg.shaping.shaping_dense_coef)
     for func in reward_funcs:  # RLOOTrainer knows nothing of dense rewards; give them the policy tokenizer
         bind = getattr(func, "bind_tokenizer", None)
         if callable(bind):
