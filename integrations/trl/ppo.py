@@ -26,6 +26,7 @@ its dense and KL terms out of training (advantage 0, not used for the critic) an
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -98,7 +99,11 @@ class GuardPPOTrainer(GRPOTrainer):
                 "GuardPPOTrainer needs at least one scalar reward function (the terminal score); to train "
                 "on dense rewards alone, pass a reward function that returns 0.0 for every completion"
             )
-        if isinstance(dense_coef, bool) or not isinstance(dense_coef, (int, float)) or not dense_coef >= 0:
+        if (
+            isinstance(dense_coef, bool)
+            or not isinstance(dense_coef, (int, float))
+            or not 0 <= dense_coef < math.inf
+        ):
             raise ValueError(f"dense_coef must be a finite number >= 0 (dense rewards carry their sign), "
                              f"got {dense_coef!r}")  # fmt: skip
         check_dense_loss(args)  # PPO's advantages are per token: sequence-level losses cannot use them
@@ -145,8 +150,7 @@ class GuardPPOTrainer(GRPOTrainer):
             if not source:
                 raise ValueError(
                     "cannot build the critic: the policy has no checkpoint path (config._name_or_path is "
-                    "empty); "
-                    "pass value_model= or GuardPPOConfig(value_model_name_or_path=...)"
+                    "empty); pass value_model= or GuardPPOConfig(value_model_name_or_path=...)"
                 )
             value_model = load_value_model(source, **(self.args.model_init_kwargs or {}))
         check_value_model(value_model)
