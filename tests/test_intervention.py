@@ -124,7 +124,9 @@ def test_reasoning_is_read_like_score_ids(guard):
             risk = guard.score_ids(PROMPTS[:1], [completion], thinking=thinking)[0]
             levels = token_levels(risk)
             # online, the stream stops at the first prefix whose verdict is flagged
-            cut = next((t for t in range(len(levels)) if debounce(levels[: t + 1], mode)[0] is not None), None)
+            cut = next(
+                (t for t in range(len(levels)) if debounce(levels[: t + 1], mode)[0] is not None), None
+            )
             index, label = debounce(levels[: cut + 1] if cut is not None else levels, mode)
             record = criteria.records[0]
             expected = None if index is None else risk.span[0] + index
