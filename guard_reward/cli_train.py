@@ -42,9 +42,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         description="Run a GRPO or RLOO recipe. Any recipe option can be overridden after the config, e.g. "
         "--output_dir runs/x --max_steps 10.",
     )
-    parser.add_argument("--config", required=True, type=Path, help="recipe YAML (see configs/)")
+    # everything after --config belongs to the recipe (its options are the dataclass fields, which this
+    # parser does not know), so the option swallows the rest of the command line
     parser.add_argument(
-        "overrides", nargs=argparse.REMAINDER, help="--option value pairs overriding the YAML"
+        "--config",
+        required=True,
+        nargs=argparse.REMAINDER,
+        metavar="RECIPE.yaml [--option value ...]",
+        help="recipe YAML (see configs/), then any recipe options overriding it",
     )
     parser.set_defaults(func=run_train)
     return parser
@@ -54,6 +59,8 @@ def run_train(args: argparse.Namespace) -> int:
     from guard_reward.config import load_config
     from guard_reward.integrations.trl.train import train
 
-    overrides = [a for a in args.overrides if a != "--"]
-    train(load_config(args.config, overrides))
+    if not args.config:
+        raise SystemExit("guard-reward train: --config needs a recipe YAML file")
+    path, *overrides = args.config
+    train(load_config(path, [a for a in overrides if a != "--"]))
     return 0
