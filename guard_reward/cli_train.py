@@ -1,7 +1,8 @@
 """``guard-reward train`` and ``guard-reward plot`` subcommands (wired into :mod:`guard_reward.cli`).
 
 Each subcommand is a pair: ``add_*_parser(subparsers)`` registers it, ``run_*(args) -> int`` runs it; the
-parser sets ``func`` to its runner, so the main CLI only has to call ``args.func(args)``.
+parser sets ``func`` to its runner, so the main CLI only has to call ``args.func(args)``. :func:`add_parser`
+registers both (list this module in ``guard_reward.cli.PLUGIN_MODULES``).
 """
 
 from __future__ import annotations
@@ -64,3 +65,9 @@ def run_train(args: argparse.Namespace) -> int:
     path, *overrides = args.config
     train(load_config(path, [a for a in overrides if a != "--"]))
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register both subcommands (the hook :data:`guard_reward.cli.PLUGIN_MODULES` calls)."""
+    add_train_parser(subparsers)
+    add_plot_parser(subparsers)
