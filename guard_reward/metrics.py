@@ -26,6 +26,7 @@ CONTROVERSIAL_RATE = "controversial_rate"
 UNSAFE_RATE = "unsafe_rate"
 REFUSAL_RATE_BENIGN = "refusal_rate_benign"
 REFUSAL_RATE_HARMFUL = "refusal_rate_harmful"
+REFUSAL_RATE = "refusal_rate"  # the hybrid reward, which does not know the prompts' harm
 P_UNSAFE_MEAN = "p_unsafe_mean"
 FAILURES = "failures"
 SECONDS = "seconds"

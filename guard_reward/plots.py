@@ -147,7 +147,11 @@ def plot_safety_curves(
         (p + m.UNSAFE_RATE, "unsafe"),
         (p + m.STREAM_FLAG_RATE, "flagged by Stream"),
     ]
-    refusal = [(p + m.REFUSAL_RATE_BENIGN, "benign prompts"), (p + m.REFUSAL_RATE_HARMFUL, "harmful prompts")]
+    refusal = [
+        (p + m.REFUSAL_RATE_BENIGN, "benign prompts"),
+        (p + m.REFUSAL_RATE_HARMFUL, "harmful prompts"),
+        (p + m.REFUSAL_RATE, "all prompts"),
+    ]
     cat_prefix = p + m.CATEGORY + "/"
     categories = [(k, k.removeprefix(cat_prefix)) for k in keys if k.startswith(cat_prefix)]
     rewards = [("reward", "reward (weighted sum)")] + [

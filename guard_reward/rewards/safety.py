@@ -321,7 +321,9 @@ class HybridSafetyReward(_GenReward):
         summary = metrics.verdict_metrics(verdicts, prefix=self.metric_prefix, categories=RESPONSE_CATEGORIES)
         refusals = [bool(v.refusal) for v in verdicts if v.ok and v.refusal is not None]
         if refusals:
-            summary[metrics.metric_name(self.metric_prefix, "refusal_rate")] = sum(refusals) / len(refusals)
+            summary[metrics.metric_name(self.metric_prefix, metrics.REFUSAL_RATE)] = sum(refusals) / len(
+                refusals
+            )
         summary[metrics.metric_name(self.metric_prefix, metrics.SECONDS)] = time.perf_counter() - start
         emit(log_metric, summary)
         emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
