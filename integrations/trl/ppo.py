@@ -360,14 +360,14 @@ class GuardPPOTrainer(GRPOTrainer):
             save_value_model(self.value_model, None, output_dir or self.args.output_dir)
 
     def _save_checkpoint(self, model, trial):  # type: ignore[override]
-        super()._save_checkpoint(model, trial)
+        super()._save_checkpoint(model, trial)  # its save_model call already wrote the critic's weights
         if self.args.should_save:
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             folder = os.path.join(
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
-            save_value_model(self.value_model, self.value_optimizer, folder)
+            save_value_model(None, self.value_optimizer, folder)
 
     def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[override]
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -122,15 +122,17 @@ def completion_values(
     return token_values(model, input_ids, attention_mask)[:, p - 1 : p - 1 + t]
 
 
-def save_value_model(model: nn.Module, optimizer: torch.optim.Optimizer | None, folder: str) -> None:
-    """Write the critic (``save_pretrained`` when available, else a state dict) and its optimiser state."""
+def save_value_model(model: nn.Module | None, optimizer: torch.optim.Optimizer | None, folder: str) -> None:
+    """Write the critic (``save_pretrained`` when available, else a state dict) and/or its optimiser state
+    into ``folder/value_model/``."""
     target = os.path.join(folder, VALUE_SUBFOLDER)
     os.makedirs(target, exist_ok=True)
-    module = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-    if hasattr(module, "save_pretrained"):
-        module.save_pretrained(target)
-    else:
-        torch.save(module.state_dict(), os.path.join(target, "value_model.pt"))
+    if model is not None:
+        module = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+        if hasattr(module, "save_pretrained"):
+            module.save_pretrained(target)
+        else:
+            torch.save(module.state_dict(), os.path.join(target, "value_model.pt"))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), os.path.join(target, VALUE_OPTIMIZER_FILE))
 
