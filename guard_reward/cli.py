@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 #: Modules that add their own subcommand: each has ``add_parser(subparsers)`` setting ``func`` on its parser.
-PLUGIN_MODULES: tuple[str, ...] = ()
+PLUGIN_MODULES: tuple[str, ...] = ("guard_reward.cli_train",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
