@@ -49,8 +49,9 @@ class StopRecord:
 
     Attributes:
         index: position of the flagging token in the generated tokens (0 = first generated token), or
-        ``None``. label: ``"Unsafe"`` / ``"Controversial"`` when flagged, else ``"Safe"``. fed: how many
-        generated tokens the guard read.
+            ``None``.
+        label: ``"Unsafe"`` / ``"Controversial"`` when flagged, else ``"Safe"``.
+        fed: how many generated tokens the guard read.
     """
 
     index: int | None

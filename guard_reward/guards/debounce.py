@@ -58,9 +58,8 @@ def debounce(
     Args:
         levels: per-token level names ``(T,)``, or a :class:`TokenRisk` (its most probable level per token).
         mode: ``"strict"`` (official rule) or ``"loose"`` (Controversial counts as Safe).
-        mixed_pairs: flag any two consecutive non-Safe tokens; the label is then ``"Unsafe"`` if either token
-        of
-            the first such pair is Unsafe, else ``"Controversial"``.
+        mixed_pairs: flag any two consecutive non-Safe tokens; the label is then ``"Unsafe"`` if either
+            token of the first such pair is Unsafe, else ``"Controversial"``.
 
     Returns:
         ``(index, label)``: the index of the second token of the flagging pair and ``"Unsafe"`` or

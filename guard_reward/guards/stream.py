@@ -48,7 +48,13 @@ from guard_reward.guards.common import (
     resolve_dtype,
     token_budget_batches,
 )
-from guard_reward.guards.stream_heads import LabelMaps, Qwen3StreamGuardModel, label_maps, load_stream_model
+from guard_reward.guards.stream_heads import (
+    LabelMaps,
+    Qwen3StreamGuardModel,
+    label_maps,
+    load_stream_model,
+    token_risks,
+)
 from guard_reward.guards.stream_inputs import (
     IM_END,
     IM_START,
@@ -397,52 +403,5 @@ class StreamGuard:
     def to_token_risks(
         self, batch: Sequence[Encoded], response_hidden: torch.Tensor, query_hidden: torch.Tensor | None
     ) -> list[TokenRisk]:
-        """Apply the heads to gathered hidden states and split per item.
-
-        Args:
-            batch: the items, in order; item ``b`` owns ``len(batch[b].token_ids)`` rows of
-            ``response_hidden``. response_hidden: ``(N, H)`` hidden states of all judged tokens, item after
-            item. query_hidden: ``(Q, H)`` hidden states at the query positions of the items that have one, in
-            order.
-        """
-        risk_logits, cat_logits = self.model.response_logits(response_hidden)
-        p_risk = risk_logits.float().softmax(-1).cpu()  # (N, R)
-        p_cat = cat_logits.float().softmax(-1).cpu()  # (N, C)
-        q_risk = q_cat = None
-        if query_hidden is not None and query_hidden.shape[0]:
-            ql, qc = self.model.query_logits(query_hidden)
-            q_risk, q_cat = ql.float().softmax(-1).cpu(), qc.float().softmax(-1).cpu()
-        levels = {name: k for k, name in enumerate(self.maps.risk_levels)}
-        q_levels = self.maps.query_risk_levels
-        out, row, q = [], 0, 0
-        for e in batch:
-            n = len(e.token_ids)
-            p = p_risk[row : row + n]
-
-            def level(name: str, p: torch.Tensor = p) -> torch.Tensor:
-                # A checkpoint without this level gives it probability 0 (it cannot predict it).
-                return p[:, levels[name]] if name in levels else torch.zeros(p.shape[0])
-
-            query_probs = query_cats = None
-            if e.query_pos is not None and q_risk is not None:
-                query_probs = {name: 0.0 for name in ("Safe", "Controversial", "Unsafe")}
-                query_probs.update({name: float(q_risk[q, k]) for k, name in enumerate(q_levels)})
-                query_cats = {name: float(q_cat[q, k]) for k, name in enumerate(self.query_category_names)}
-                q += 1
-            out.append(
-                TokenRisk(
-                    token_ids=torch.tensor(e.token_ids, dtype=torch.long),
-                    offsets=e.offsets.reshape(-1, 2),
-                    p_safe=level("Safe"),
-                    p_unsafe=level("Unsafe"),
-                    p_controversial=level("Controversial"),
-                    category_probs=p_cat[row : row + n],
-                    category_names=self.category_names,
-                    query_probs=query_probs,
-                    query_category_probs=query_cats,
-                    truncated=e.truncated,
-                    span=e.span,
-                )
-            )
-            row += n
-        return out
+        """Apply the heads to gathered hidden states; see :func:`~.stream_heads.token_risks`."""
+        return token_risks(self.model, self.maps, batch, response_hidden, query_hidden)

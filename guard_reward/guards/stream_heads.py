@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,9 @@ import torch
 from torch import nn
 from transformers import Qwen3Config, Qwen3Model
 from transformers.models.qwen3.modeling_qwen3 import Qwen3PreTrainedModel, Qwen3RMSNorm
+
+from guard_reward.guards.stream_inputs import Encoded
+from guard_reward.types import TokenRisk
 
 logger = logging.getLogger(__name__)
 
@@ -288,3 +291,59 @@ def load_stream_model(
         name_or_path, config=config, dtype=dtype, attn_implementation=attn_implementation, **hub_kw
     )
     return model.to(device).eval(), raw
+
+
+def token_risks(
+    model: Qwen3StreamGuardModel,
+    maps: LabelMaps,
+    batch: Sequence[Encoded],
+    response_hidden: torch.Tensor,
+    query_hidden: torch.Tensor | None,
+) -> list[TokenRisk]:
+    """Apply the heads to gathered hidden states, softmax in float32, and split the result per item.
+
+    Args:
+        batch: the items, in order; item ``b`` owns ``len(batch[b].token_ids)`` rows of ``response_hidden``.
+        response_hidden: ``(N, H)`` hidden states of all judged tokens, item after item.
+        query_hidden: ``(Q, H)`` hidden states at the query positions of the items that have one, in order.
+    """
+    q_risk = q_cat = None
+    risk_logits, cat_logits = model.response_logits(response_hidden)
+    p_risk = risk_logits.float().softmax(-1).cpu()  # (N, R)
+    p_cat = cat_logits.float().softmax(-1).cpu()  # (N, C)
+    if query_hidden is not None and query_hidden.shape[0]:
+        ql, qc = model.query_logits(query_hidden)
+        q_risk, q_cat = ql.float().softmax(-1).cpu(), qc.float().softmax(-1).cpu()  # (Q, R), (Q, Cq)
+    levels = {name: k for k, name in enumerate(maps.risk_levels)}
+    out, row, q = [], 0, 0
+    for e in batch:
+        n = len(e.token_ids)
+        p = p_risk[row : row + n]
+
+        def level(name: str, p: torch.Tensor = p) -> torch.Tensor:
+            # A checkpoint without this level gives it probability 0 (it cannot predict it).
+            return p[:, levels[name]] if name in levels else torch.zeros(p.shape[0])
+
+        query_probs = query_cats = None
+        if e.query_pos is not None and q_risk is not None and q_cat is not None:
+            query_probs = dict.fromkeys(("Safe", "Controversial", "Unsafe"), 0.0)
+            query_probs.update({name: float(q_risk[q, k]) for k, name in enumerate(maps.query_risk_levels)})
+            query_cats = {name: float(q_cat[q, k]) for k, name in enumerate(maps.query_categories)}
+            q += 1
+        out.append(
+            TokenRisk(
+                token_ids=torch.tensor(e.token_ids, dtype=torch.long),
+                offsets=e.offsets.reshape(-1, 2),
+                p_safe=level("Safe"),
+                p_unsafe=level("Unsafe"),
+                p_controversial=level("Controversial"),
+                category_probs=p_cat[row : row + n],
+                category_names=maps.categories,
+                query_probs=query_probs,
+                query_category_probs=query_cats,
+                truncated=e.truncated,
+                span=e.span,
+            )
+        )
+        row += n
+    return out

@@ -1,0 +1,1 @@
+"""Side-by-side ratio benchmarks (measurements, not timed tests)."""
