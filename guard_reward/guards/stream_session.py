@@ -117,7 +117,7 @@ class StreamSession:
         n = max(len(c) for c in lists)
         device = guard.device
         hidden_size = guard.model.config.hidden_size
-        gathered = torch.zeros((0, hidden_size), device=device)
+        gathered = torch.zeros((0, hidden_size), device=device, dtype=guard.model.dtype)
         if n:
             ids = torch.full((self.rows, n), guard.pad_id, dtype=torch.long)
             new_mask = torch.zeros((self.rows, n), dtype=torch.long, device=device)

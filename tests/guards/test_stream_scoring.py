@@ -234,3 +234,20 @@ def test_shares_tokenizer(guard, qwen_tok):
     assert guard.shares_tokenizer(guard.tokenizer)
     assert guard.shares_tokenizer(qwen_tok)
     assert not guard.shares_tokenizer(stream_ckpt.qwen36_tokenizer())
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_agrees_with_cpu_float32():
+    from guard_reward.guards.stream import StreamGuard
+
+    cpu = stream_ckpt.guard("single")
+    gpu = StreamGuard.from_pretrained(stream_ckpt.path("single"), device="cuda", dtype="bfloat16")
+    assert gpu.device.type == "cuda" and gpu.model.dtype == torch.bfloat16
+    for a, b in zip(cpu.score(CONVS), gpu.score(CONVS), strict=True):
+        assert b.p_unsafe.device.type == "cpu" and b.p_unsafe.dtype == torch.float32
+        assert float((a.p_unsafe - b.p_unsafe).abs().max()) < 0.15
+    ids = gpu.tokenizer.encode(CONVS[0][-1]["content"], add_special_tokens=False)
+    whole = gpu.score_ids([CONVS[0][:1]], [ids])[0]
+    with gpu.open_stream(CONVS[0][:1]) as session:
+        fed = [session.feed(ids[:3]), session.feed([]), session.feed(ids[3:])]
+    assert float((torch.cat([f.p_unsafe for f in fed]) - whole.p_unsafe).abs().max()) < 0.05
