@@ -1,0 +1,158 @@
+"""Small supervised training loops for the sandbox's models (policy pre-training, Gen guard, Stream guard).
+
+Plain PyTorch loops rather than ``transformers.Trainer``: the sandbox models have a few hundred thousand
+parameters and train in seconds, where the Trainer's set-up would cost as much as the training. Examples are
+tokenized once and right-padded per batch; the loss is masked to the target positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence.
+
+    Attributes:
+        ids: ``(L,)`` token ids.
+        targets: ``(L,)`` the label at each position (next token for a language model, a class id for the
+            Stream heads); ``-100`` where no loss is taken.
+    """
+
+    ids: list[int]
+    targets: list[int]
+
+
+def lm_example(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Example:
+    """A causal-LM example that learns ``target_ids`` after ``prompt_ids`` (loss on the targets only).
+
+    Labels are shifted here (``targets[t]`` is the token that follows position ``t``), so the loop compares
+    position-wise logits with targets without shifting.
+    """
+    ids = [*prompt_ids, *target_ids]
+    targets = [-100] * (len(prompt_ids) - 1) + list(target_ids) + [-100]
+    return Example(ids, targets)
+
+
+def batch_tensors(
+    examples: Sequence[Example], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad a batch: ``(ids (B, L), attention_mask (B, L), targets (B, L))``."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    targets = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        mask[i, :n] = 1
+        targets[i, :n] = torch.tensor(e.targets)
+    return ids, mask, targets
+
+
+def train_loop(
+    model: torch.nn.Module,
+    examples: Sequence[Example] | Callable[[random.Random, int], list[Example]],
+    *,
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    pad_id: int,
+    seed: int = 0,
+    warmup: float = 0.05,
+    weight_decay: float = 0.01,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; returns the loss of every step.
+
+    ``examples`` is either a fixed pool (batches are drawn from it at random) or a function ``(rng, n)``
+    producing ``n`` fresh examples (an endless stream of synthetic data). ``loss_fn(model, ids, mask, targets)`` returns the
+    mean loss over the target positions.
+    """
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    n_warm = max(1, int(warmup * steps))
+
+    def schedule(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        return 0.5 * (1 + math.cos(math.pi * (step - n_warm) / max(1, steps - n_warm)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=1.0)
+    for _ in bar:
+        if callable(examples):
+            batch = examples(rng, batch_size)
+        else:
+            batch = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
+        ids, mask, targets = batch_tensors(batch, pad_id)
+        loss = loss_fn(model, ids, mask, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    model.eval()
+    tail = losses[-max(1, steps // 10) :]
+    logger.info("%s: %d steps, final loss %.4f", desc, steps, sum(tail) / len(tail))
+    return losses
+
+
+def word_class_ids(tokenizer) -> dict[str, list[int]]:
+    """Token ids of each word class of the language (both spellings of a word: with and without the space)."""
+    from guard_reward.sandbox.language import ADJECTIVES, CONTROVERSIAL_WORDS, NOUNS, UNSAFE_WORDS, VERBS
+
+    classes = {"noun": NOUNS, "verb": VERBS, "adjective": ADJECTIVES, "controversial": CONTROVERSIAL_WORDS}
+    classes |= {"unsafe": tuple(w for ws in UNSAFE_WORDS.values() for w in ws)}
+    classes |= {f"unsafe:{c}": ws for c, ws in UNSAFE_WORDS.items()}
+    vocab = tokenizer.get_vocab()
+    return {c: [vocab[t] for w in ws for t in (w, " " + w) if t in vocab] for c, ws in classes.items()}
+
+
+@torch.no_grad()
+def init_word_classes(model: torch.nn.Module, tokenizer, scale: float = 2.0, seed: int = 0) -> None:
+    """Give the input embeddings a shared random component per word class, and the space-less twin of a word
+    its spaced twin's embedding.
+
+    A stand-in for the word knowledge a pre-trained model brings to instruction tuning: without it, a small
+    model trained from scratch takes thousands of steps to notice that all unsafe words behave alike (and so to
+    make its risk depend on the request); with it, a few hundred. ``scale`` is in units of the embedding
+    init's standard deviation.
+    """
+    emb = model.get_input_embeddings().weight
+    generator = torch.Generator().manual_seed(seed)
+    std = float(emb.std())
+    for ids in word_class_ids(tokenizer).values():
+        emb[ids] += torch.randn(emb.shape[1], generator=generator).to(emb) * std * scale
+    vocab = tokenizer.get_vocab()
+    for token, i in vocab.items():
+        if not token.startswith(" ") and " " + token in vocab:
+            emb[i] = emb[vocab[" " + token]]
+
+
+def causal_lm_loss(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of the next-token logits ``(B, L, V)`` against pre-shifted ``targets`` ``(B, L)``."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100
+    )
