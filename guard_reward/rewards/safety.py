@@ -207,8 +207,8 @@ class SafetyReward(_GenReward):
         if not self._checked_recipe:
             self._checked_recipe = True
             warn_reward_hacking_risk(self.__name__, log_metric)
+        harm = self._harm(prompts, kwargs)  # first: a missing column fails before the guard runs
         verdicts = self._judge(prompts, completions, self.decode)
-        harm = self._harm(prompts, kwargs)
         values = [
             scalar_reward(v, self.shaping, None if harm is None else harm[i]) for i, v in enumerate(verdicts)
         ]
