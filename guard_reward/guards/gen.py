@@ -38,12 +38,25 @@ from guard_reward.guards.common import (
 )
 from guard_reward.guards.gen_scoring import build_label_tree, label_log_probs, make_scoring_batch
 from guard_reward.guards.gen_verdicts import combine_parts, decode_verdicts
+from guard_reward.guards.prefix_sharing import (
+    attention_bias,
+    block_mask,
+    encode_shared,
+    ordered_budget_batches,
+    plan_sharing,
+    sharing_order,
+)
 from guard_reward.types import LEVELS, Verdict
 
 logger = logging.getLogger(__name__)
 
 FORCED_PREFIX = "Safety:"
 SUPPORTED_ATTENTION = ("sdpa", "eager")
+# Prefix sharing (share_prefix=True): rows join a level-1 group when they share at least this many tokens beyond
+# the micro-batch's common header, and a micro-batch is shared only when that cuts its padded token count by
+# this factor (below it, the extra forward calls and cache copies eat the saving).
+MIN_GROUP_TOKENS = 16
+MIN_SHARING_GAIN = 1.2
 
 
 class GenGuard:
@@ -59,6 +72,10 @@ class GenGuard:
             after ``</think>`` only), ``"separate"`` (reasoning and answer each, both must be safe — the tech
             report's rule), ``"whole"`` (the content as it is).
         max_length: context window in tokens; defaults to the config's ``max_position_embeddings``.
+        share_prefix: encode token prefixes shared by several inputs of a micro-batch once (the template's
+            instruction header; a GRPO group's prompt) and continue each input from a copy of that KV cache
+            (:mod:`guard_reward.guards.prefix_sharing`); results are unchanged up to float rounding. ``False``
+            runs every input in full.
     """
 
     def __init__(
@@ -71,6 +88,7 @@ class GenGuard:
         max_new_tokens: int = 32,
         thinking: ThinkingMode = "answer",
         max_length: int | None = None,
+        share_prefix: bool = True,
     ) -> None:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError(
@@ -93,6 +111,7 @@ class GenGuard:
         self.max_new_tokens = max_new_tokens
         self.thinking: ThinkingMode = check_thinking_mode(thinking)
         self.max_length = int(max_length or model.config.max_position_embeddings)
+        self.share_prefix = share_prefix
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.end_ids = _end_of_turn_ids(tokenizer, model)
         encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
@@ -112,6 +131,7 @@ class GenGuard:
         max_new_tokens: int = 32,
         thinking: ThinkingMode = "answer",
         max_length: int | None = None,
+        share_prefix: bool = True,
         **kw: Any,
     ) -> GenGuard:
         """Load a Qwen3Guard-Gen checkpoint (hub id or local folder; a folder never touches the network).
@@ -136,6 +156,7 @@ class GenGuard:
             max_new_tokens=max_new_tokens,
             thinking=thinking,
             max_length=max_length,
+            share_prefix=share_prefix,
         )
 
     # ------------------------------------------------------------------ public API
@@ -235,7 +256,12 @@ class GenGuard:
             len(rendered[i][0]) + self.tree.n_extra + (self.max_new_tokens if decode else 0) for i in unique
         ]
         results: dict[int, Verdict] = {}
-        for batch in token_budget_batches(lengths, self.token_budget, self.max_batch_size):
+        if self.share_prefix:  # keep inputs that share a prefix in the same micro-batch
+            order = sharing_order([rendered[i][0] for i in unique], MIN_GROUP_TOKENS)
+            batches = ordered_budget_batches(order, lengths, self.token_budget, self.max_batch_size)
+        else:
+            batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
+        for batch in batches:
             rows = [unique[j] for j in batch]
             verdicts = self._judge_batch([rendered[i] for i in rows], decode)
             results.update(zip(rows, verdicts))
@@ -243,18 +269,35 @@ class GenGuard:
 
     @torch.inference_mode()
     def _judge_batch(self, items: list[tuple[tuple[int, ...], bool, str]], decode: bool) -> list[Verdict]:
-        batch = make_scoring_batch([ids for ids, _, _ in items], self.tree, self.pad_id)
-        mask = batch.attention_mask.to(self.device)
-        if self.model.config._attn_implementation == "eager":
-            mask = torch.zeros(mask.shape, dtype=self.model.dtype, device=self.device).masked_fill(
-                ~mask, torch.finfo(self.model.dtype).min
+        prompts = [ids for ids, _, _ in items]
+        plan = plan_sharing(prompts, MIN_GROUP_TOKENS) if self.share_prefix else None
+        if plan is not None and plan.gain < MIN_SHARING_GAIN:
+            plan = None
+        if plan is None:
+            batch = make_scoring_batch(prompts, self.tree, self.pad_id)
+            out = self.model.model(
+                input_ids=batch.input_ids.to(self.device),
+                attention_mask=attention_bias(batch.attention_mask.to(self.device), self.model),
+                position_ids=batch.position_ids.to(self.device),
+                use_cache=decode,
             )
-        out = self.model.model(
-            input_ids=batch.input_ids.to(self.device),
-            attention_mask=mask,
-            position_ids=batch.position_ids.to(self.device),
-            use_cache=decode,
-        )
+            prompt_ids, prompt_mask = batch.input_ids[:, : batch.prompt_width], batch.prompt_mask
+        else:
+            past = encode_shared(self.model.model, prompts, plan, self.pad_id)
+            batch = make_scoring_batch([p[c:] for p, c in zip(prompts, plan.cut)], self.tree, self.pad_id)
+            query_real = torch.ones(batch.input_ids.shape, dtype=torch.bool)
+            query_real[:, : batch.prompt_width] = batch.prompt_mask.bool()
+            mask = block_mask(past.key_mask, query_real, batch.attention_mask[:, 0])
+            out = self.model.model(
+                input_ids=batch.input_ids.to(self.device),
+                attention_mask=attention_bias(mask.to(self.device), self.model),
+                position_ids=(batch.position_ids + past.length[:, None]).to(self.device),
+                past_key_values=past.cache,
+                use_cache=True,
+            )
+            prompt_ids = torch.cat([past.ids, batch.input_ids[:, : batch.prompt_width]], dim=1)
+            prompt_mask = torch.cat([past.key_mask.long(), batch.prompt_mask], dim=1)
+            self.stats.update(shared_batches=1, tokens_saved=plan.tokens_unshared - plan.tokens_shared)
         first = batch.prompt_width + len(self.tree.prefix_ids) - 1  # the prefix end, then the tree nodes
         step_logits = self.model.lm_head(out.last_hidden_state[:, first:])
         probs = torch.softmax(label_log_probs(step_logits, self.tree), dim=-1).cpu()
@@ -269,7 +312,7 @@ class GenGuard:
                 )
                 for row, p, (_, truncated, moderation) in zip(probs, prob_dicts, items)
             ]
-        return decode_verdicts(self, batch, out.past_key_values, prob_dicts, items)
+        return decode_verdicts(self, prompt_ids, prompt_mask, out.past_key_values, prob_dicts, items)
 
     def _check_template(self) -> None:
         probe = self.tokenizer.apply_chat_template([{"role": "user", "content": "probe"}], tokenize=False)

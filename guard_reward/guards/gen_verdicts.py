@@ -13,27 +13,33 @@ from guard_reward.types import LEVEL_RANK, Verdict
 
 if TYPE_CHECKING:
     from guard_reward.guards.gen import GenGuard
-    from guard_reward.guards.gen_scoring import ScoringBatch
 
 REFUSAL_PREFIX = "Refusal:"
 
 
 def decode_verdicts(
     guard: GenGuard,
-    batch: ScoringBatch,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
     cache: Any,
     probs: list[dict[str, float]],
     items: list[tuple[tuple[int, ...], bool, str]],
 ) -> list[Verdict]:
     """Greedy-decode the verdict lines from the prompts' KV cache and parse them.
 
-    The scoring pass cached ``prompt + prefix + tree``; cropping it to ``P - 1`` columns leaves exactly the
-    prompts minus their last token, which ``generate`` then feeds, so the prompt is never encoded twice.
+    Args:
+        prompt_ids: ``(B, P)`` the prompt columns of the scoring pass (every row's last column is real).
+        prompt_mask: ``(B, P)`` 1 on real prompt tokens (padding may sit anywhere: positions come from its
+            cumulative sum).
+        cache: the scoring pass's cache, ``P`` prompt columns then the forced prefix and the label tree.
+
+    Cropping the cache to ``P - 1`` columns leaves exactly the prompts minus their last token, which
+    ``generate`` then feeds, so the prompt is never encoded twice.
     """
     from transformers import GenerationConfig
 
-    width = batch.prompt_width
-    cache.crop(-(batch.input_ids.shape[1] - width + 1))  # transformers 5: a negative count removes tokens
+    width = prompt_ids.shape[1]
+    cache.crop(-(cache.get_seq_length() - width + 1))  # transformers 5: a negative count removes tokens
     config = GenerationConfig(
         max_new_tokens=guard.max_new_tokens,
         do_sample=False,
@@ -43,8 +49,8 @@ def decode_verdicts(
         return_dict_in_generate=True,
     )
     out = guard.model.generate(
-        input_ids=batch.input_ids[:, :width].to(guard.device),
-        attention_mask=batch.prompt_mask.to(guard.device),
+        input_ids=prompt_ids.to(guard.device),
+        attention_mask=prompt_mask.to(guard.device),
         past_key_values=cache,
         generation_config=config,
     )
