@@ -1,7 +1,9 @@
 """Qwen3Guard-Gen as a batched judge: exact label probabilities in one pass, or greedy verdict lines.
 
 Differences from the official usage (template, ``generate(max_new_tokens=128)``, regex, one conversation at a
-time): conversations are length-sorted into token-budget micro-batches; ``decode=False`` runs one forward pass
+time): conversations are grouped into token-budget micro-batches, and token prefixes shared inside one (the
+template's ~200-270-token instruction header; a GRPO group's prompt) are encoded once and their KV cache copied
+(:mod:`guard_reward.guards.prefix_sharing`, ``share_prefix=False`` turns it off); ``decode=False`` runs one pass
 and returns the exact probabilities of the three labels (see :mod:`guard_reward.guards.gen_scoring`);
 ``decode=True`` reuses that pass's KV cache for a short greedy decode of the verdict lines, parsed robustly
 (:mod:`guard_reward.guards.parsing`); identical inputs in one call are judged once; inputs longer than the
@@ -39,6 +41,7 @@ from guard_reward.guards.common import (
 from guard_reward.guards.gen_scoring import build_label_tree, label_log_probs, make_scoring_batch
 from guard_reward.guards.gen_verdicts import combine_parts, decode_verdicts
 from guard_reward.guards.prefix_sharing import (
+    MIN_SHARING_GAIN,
     attention_bias,
     block_mask,
     encode_shared,
@@ -52,11 +55,6 @@ logger = logging.getLogger(__name__)
 
 FORCED_PREFIX = "Safety:"
 SUPPORTED_ATTENTION = ("sdpa", "eager")
-# Prefix sharing (share_prefix=True): rows join a level-1 group when they share at least this many tokens beyond
-# the micro-batch's common header, and a micro-batch is shared only when that cuts its padded token count by
-# this factor (below it, the extra forward calls and cache copies eat the saving).
-MIN_GROUP_TOKENS = 16
-MIN_SHARING_GAIN = 1.2
 
 
 class GenGuard:
@@ -257,7 +255,7 @@ class GenGuard:
         ]
         results: dict[int, Verdict] = {}
         if self.share_prefix:  # keep inputs that share a prefix in the same micro-batch
-            order = sharing_order([rendered[i][0] for i in unique], MIN_GROUP_TOKENS)
+            order = sharing_order([rendered[i][0] for i in unique])
             batches = ordered_budget_batches(order, lengths, self.token_budget, self.max_batch_size)
         else:
             batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
@@ -270,7 +268,7 @@ class GenGuard:
     @torch.inference_mode()
     def _judge_batch(self, items: list[tuple[tuple[int, ...], bool, str]], decode: bool) -> list[Verdict]:
         prompts = [ids for ids, _, _ in items]
-        plan = plan_sharing(prompts, MIN_GROUP_TOKENS) if self.share_prefix else None
+        plan = plan_sharing(prompts) if self.share_prefix else None
         if plan is not None and plan.gain < MIN_SHARING_GAIN:
             plan = None
         if plan is None:

@@ -27,6 +27,12 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
+# Rows join a level-1 group when they share at least this many tokens beyond the micro-batch's common prefix;
+# a micro-batch is shared only when that cuts its padded token count by this factor (below it, the extra
+# forward calls and cache copies eat most of the saving: measured in benchmarks/bench_groups.py).
+MIN_GROUP_TOKENS = 16
+MIN_SHARING_GAIN = 1.2
+
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
@@ -62,7 +68,7 @@ class SharePlan:
         return self.tokens_unshared / max(1, self.tokens_shared)
 
 
-def plan_sharing(rows: Sequence[Sequence[int]], min_group_tokens: int = 16) -> SharePlan | None:
+def plan_sharing(rows: Sequence[Sequence[int]], min_group_tokens: int = MIN_GROUP_TOKENS) -> SharePlan | None:
     """Split ``rows`` (token ids) into shared levels (module docstring); ``None`` when nothing is shared."""
     if min_group_tokens < 1:
         raise ValueError(f"min_group_tokens must be >= 1, got {min_group_tokens}")
@@ -120,13 +126,47 @@ class SharedPast:
     hidden: list[torch.Tensor]
     where: torch.Tensor | None = None
 
-    def hidden_at(self, row: int, col: int) -> torch.Tensor:
-        """``(H,)`` last hidden state of column ``col`` of input row ``row`` (``keep_hidden=True``)."""
-        if self.where is None:
-            raise ValueError("hidden states were not kept; encode with keep_hidden=True")
-        level, level_row = (int(x) for x in self.where[row, col])
-        start = sum(h.shape[1] for h in self.hidden[:level])
-        return self.hidden[level][level_row, col - start]
+    def gather(
+        self, cut: Sequence[int], own_hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Last hidden states at ``(row, position in that row)`` pairs, wherever the position was run.
+
+        Args:
+            cut: ``(B,)`` tokens of each row held in the shared cache (:attr:`SharePlan.cut`).
+            own_hidden: ``(B, W, H)`` hidden states of the rows' own tokens, right-padded (column 0 is
+                position ``cut[b]``).
+            rows, positions: ``(N,)`` long each.
+
+        Returns:
+            ``(N, H)``; positions below ``cut[row]`` come from the shared levels (``keep_hidden=True``).
+        """
+        bsz, width, size = own_hidden.shape
+        cut_t = torch.as_tensor(list(cut), dtype=torch.long)
+        rows, positions = rows.cpu(), positions.cpu()
+        own = positions >= cut_t[rows]
+        index = rows * width + (positions - cut_t[rows]).clamp(min=0)
+        pieces = [own_hidden.reshape(-1, size)]
+        if not bool(own.all()):
+            if self.where is None:
+                raise ValueError("hidden states were not kept; encode with keep_hidden=True")
+            offsets, starts, total, start = [], [], bsz * width, 0
+            for h in self.hidden:
+                offsets.append(total)
+                starts.append(start)
+                total += h.shape[0] * h.shape[1]
+                start += h.shape[1]
+                pieces.append(h.reshape(-1, size))
+            # column of the k-th real cached token of each row
+            real_cols = [self.key_mask[b].nonzero().flatten() for b in range(bsz)]
+            shared = ~own
+            cols = torch.stack([real_cols[int(r)][int(p)] for r, p in zip(rows[shared], positions[shared])])
+            level, level_row = self.where[rows[shared], cols].unbind(-1)
+            widths = torch.tensor([h.shape[1] for h in self.hidden], dtype=torch.long)
+            index[shared] = (
+                torch.tensor(offsets)[level] + level_row * widths[level] + cols - torch.tensor(starts)[level]
+            )
+        flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        return flat[index.to(flat.device)]
 
 
 def attention_bias(mask: torch.Tensor, model: Any) -> torch.Tensor:
@@ -154,27 +194,35 @@ def block_mask(past_key_mask: torch.Tensor, query_real: torch.Tensor, inner: tor
     return torch.cat([past, inner], dim=-1)[:, None]
 
 
-def _run_level(
+def run_rows(
     backbone: Any,
     cache: DynamicCache,
-    segments: list[Sequence[int]],
-    past_len: int,
+    segments: Sequence[Sequence[int]],
+    past_key_mask: torch.Tensor,
+    past_length: torch.Tensor,
     pad_id: int,
-    device: torch.device,
 ) -> torch.Tensor:
-    """Right-padded segments after ``past_len`` columns every row shares in full; returns ``(R, W, H)``."""
+    """Run right-padded, causal ``segments`` after the cached columns (one cache row per segment).
+
+    Args:
+        past_key_mask: ``(R, C)`` bool, real cached columns of each row.
+        past_length: ``(R,)`` long, real cached tokens per row (the position of each segment's first token).
+
+    Returns:
+        ``(R, W, H)`` last hidden states; column ``k`` of row ``r`` is ``segments[r][k]``.
+    """
+    device = next(backbone.parameters()).device
     rows, width = len(segments), max(1, max(len(s) for s in segments))
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
     real = torch.zeros(rows, width, dtype=torch.bool)
     for r, seg in enumerate(segments):
         ids[r, : len(seg)] = torch.as_tensor(list(seg), dtype=torch.long)
         real[r, : len(seg)] = True
-    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
-    inner = causal & real[:, None, :]
+    inner = torch.tril(torch.ones(width, width, dtype=torch.bool)) & real[:, None, :]
     diag = torch.arange(width)
     inner[:, diag, diag] |= ~real  # padding queries see themselves only: no empty softmax row
-    mask = block_mask(torch.ones(rows, past_len, dtype=torch.bool), real, inner)
-    positions = past_len + torch.arange(width).expand(rows, width)
+    mask = block_mask(past_key_mask.cpu(), real, inner)
+    positions = past_length.cpu()[:, None] + torch.arange(width)
     out = backbone(
         input_ids=ids.to(device),
         attention_mask=attention_bias(mask.to(device), backbone),
@@ -198,12 +246,15 @@ def encode_shared(
     device = next(backbone.parameters()).device
     bsz = len(rows)
     cache = DynamicCache(config=backbone.config)
+    none = torch.zeros(1, 0, dtype=torch.bool)
     hidden: list[torch.Tensor] = []
     columns_ids: list[torch.Tensor] = []
     columns_real: list[torch.Tensor] = []
     where: list[torch.Tensor] = []
     if plan.shared:
-        h = _run_level(backbone, cache, [rows[0][: plan.shared]], 0, pad_id, device)
+        h = run_rows(
+            backbone, cache, [rows[0][: plan.shared]], none, torch.zeros(1, dtype=torch.long), pad_id
+        )
         hidden.append(h)
         columns_ids.append(torch.as_tensor(list(rows[0][: plan.shared]), dtype=torch.long).expand(bsz, -1))
         columns_real.append(torch.ones(bsz, plan.shared, dtype=torch.bool))
@@ -214,7 +265,11 @@ def encode_shared(
         if -1 in plan.row_group:
             segments.append([])  # the level-1 row that rows in no group continue from
         cache.batch_repeat_interleave(len(segments))
-        h = _run_level(backbone, cache, segments, plan.shared, pad_id, device)
+        n1 = len(segments)
+        past_len = torch.full((n1,), plan.shared, dtype=torch.long)
+        h = run_rows(
+            backbone, cache, segments, torch.ones(n1, plan.shared, dtype=torch.bool), past_len, pad_id
+        )
         hidden.append(h)
         pick = torch.tensor([g if g >= 0 else empty for g in plan.row_group], dtype=torch.long)
         width = h.shape[1]
@@ -241,7 +296,7 @@ def encode_shared(
     )
 
 
-def sharing_order(rows: Sequence[Sequence[int]], min_group_tokens: int = 16) -> list[int]:
+def sharing_order(rows: Sequence[Sequence[int]], min_group_tokens: int = MIN_GROUP_TOKENS) -> list[int]:
     """An order of ``rows`` that keeps rows sharing a prefix next to each other, longest groups first.
 
     Rows are grouped as in :func:`plan_sharing` (over all rows at once); groups are ordered by their longest

@@ -4,8 +4,9 @@ The official Stream API (``stream_moderate_from_ids``) needs remote code, re-run
 for every token and rounds probabilities to two decimals. Because Qwen3 attention is causal and the heads are
 applied position by position, one teacher-forced pass over ``prompt + response`` gives, at every response
 position, the same verdict the stream would give after reading that token; :meth:`StreamGuard.score` does that
-for a batch of conversations (right-padded, length-sorted token-budget micro-batches, heads applied only to
-the judged positions), and :meth:`StreamGuard.score_ids` does it on the policy's own token ids when the policy
+for a batch of conversations (right-padded token-budget micro-batches, heads applied only to the judged
+positions; a prefix shared by several inputs, such as a GRPO group's prompt, is run once and its KV cache
+copied, see :mod:`guard_reward.guards.prefix_sharing`), and :meth:`StreamGuard.score_ids` does it on the policy's own token ids when the policy
 shares the guard's vocabulary (no decode/re-encode, so risks align 1:1 with policy tokens).
 :meth:`StreamGuard.open_stream` is the incremental form, KV-cached (see
 :mod:`guard_reward.guards.stream_session`).
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -47,6 +48,14 @@ from guard_reward.guards.common import (
     resolve_device,
     resolve_dtype,
     token_budget_batches,
+)
+from guard_reward.guards.prefix_sharing import (
+    MIN_SHARING_GAIN,
+    encode_shared,
+    ordered_budget_batches,
+    plan_sharing,
+    run_rows,
+    sharing_order,
 )
 from guard_reward.guards.stream_heads import (
     LabelMaps,
@@ -87,6 +96,9 @@ class StreamGuard:
             ``Jailbreak``).
         max_length: the longest guard input (prefix + judged tokens).
         thinking, token_budget, max_batch_size: defaults for the calls (see :meth:`from_pretrained`).
+        share_prefix: in :meth:`score` / :meth:`score_ids`, run token prefixes shared by several inputs of a
+            micro-batch once (a GRPO group's prompt) and continue each input from a copy of that KV cache
+            (:mod:`guard_reward.guards.prefix_sharing`); results are unchanged up to float rounding.
     """
 
     def __init__(
@@ -99,6 +111,7 @@ class StreamGuard:
         token_budget: int = 16384,
         max_batch_size: int = 64,
         max_length: int | None = None,
+        share_prefix: bool = True,
     ) -> None:
         if token_budget < 1 or max_batch_size < 1:
             raise ValueError(
@@ -110,6 +123,7 @@ class StreamGuard:
         self.thinking = check_stream_thinking(thinking)
         self.token_budget = token_budget
         self.max_batch_size = max_batch_size
+        self.share_prefix = share_prefix
         limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self.max_length = int(max_length) if max_length is not None else limit
         if self.max_length < 1 or (limit and self.max_length > limit):
@@ -124,6 +138,7 @@ class StreamGuard:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else endoftext
         self._newline_only: dict[int, bool] = {}
         self.n_truncated = 0
+        self.n_shared_batches = 0
 
     @classmethod
     def from_pretrained(
@@ -137,6 +152,7 @@ class StreamGuard:
         max_batch_size: int = 64,
         max_length: int | None = None,
         attn_implementation: str = "sdpa",
+        share_prefix: bool = True,
         **kw: Any,
     ) -> StreamGuard:
         """Load a Qwen3Guard-Stream checkpoint (hub id or local folder; a folder never touches the network).
@@ -167,6 +183,7 @@ class StreamGuard:
             token_budget=token_budget,
             max_batch_size=max_batch_size,
             max_length=max_length,
+            share_prefix=share_prefix,
         )
 
     @property
@@ -376,29 +393,47 @@ class StreamGuard:
     def _run(self, encoded: list[Encoded]) -> list[TokenRisk]:
         results: list[TokenRisk | None] = [None] * len(encoded)
         lengths = [len(e.ids) for e in encoded]
-        for batch in token_budget_batches(lengths, self.token_budget, self.max_batch_size):
+        if self.share_prefix:  # keep inputs that share a prefix in the same micro-batch
+            order = sharing_order([e.ids for e in encoded])
+            batches = ordered_budget_batches(order, lengths, self.token_budget, self.max_batch_size)
+        else:
+            batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
+        for batch in batches:
             for i, risk in zip(batch, self._forward([encoded[i] for i in batch]), strict=True):
                 results[i] = risk
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
     def _forward(self, batch: list[Encoded]) -> list[TokenRisk]:
-        """One right-padded forward; heads only on the judged positions and the query positions."""
-        device = self.device
-        width = max(len(e.ids) for e in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, e in enumerate(batch):
-            input_ids[b, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-            mask[b, : len(e.ids)] = 1
-        hidden = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        hidden = hidden.last_hidden_state  # (B, L, H)
+        """One forward over the batch; heads only on the judged positions and the query positions."""
+        hidden_at = self._hidden([e.ids for e in batch])
         rows = torch.cat([torch.full((len(e.token_ids),), b, dtype=torch.long) for b, e in enumerate(batch)])
         cols = torch.cat([torch.arange(e.start, len(e.ids), dtype=torch.long) for e in batch])
         q_items = [b for b, e in enumerate(batch) if e.query_pos is not None]
-        q_rows = torch.tensor(q_items, dtype=torch.long, device=device)
-        q_cols = torch.tensor([batch[b].query_pos for b in q_items], dtype=torch.long, device=device)
-        return self.to_token_risks(batch, hidden[rows.to(device), cols.to(device)], hidden[q_rows, q_cols])
+        q_rows = torch.tensor(q_items, dtype=torch.long)
+        q_cols = torch.tensor([batch[b].query_pos for b in q_items], dtype=torch.long)
+        return self.to_token_risks(batch, hidden_at(rows, cols), hidden_at(q_rows, q_cols))
+
+    def _hidden(self, ids: list[list[int]]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Run the rows (right-padded; shared prefixes once when that pays) and return a lookup ``(rows (N,),
+        positions (N,)) -> (N, H)`` of last hidden states."""
+        plan = plan_sharing(ids) if self.share_prefix else None
+        if plan is not None and plan.gain >= MIN_SHARING_GAIN:
+            past = encode_shared(self.model, ids, plan, self.pad_id, keep_hidden=True)
+            own_ids = [row[cut:] for row, cut in zip(ids, plan.cut)]
+            own = run_rows(self.model, past.cache, own_ids, past.key_mask, past.length, self.pad_id)
+            self.n_shared_batches += 1
+            return lambda r, c: past.gather(plan.cut, own, r, c)
+        device = self.device
+        width = max(len(row) for row in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for b, row in enumerate(ids):
+            input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[b, : len(row)] = 1
+        out = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        hidden = out.last_hidden_state  # (B, L, H)
+        return lambda r, c: hidden[r.to(device), c.to(device)]
 
     def to_token_risks(
         self, batch: Sequence[Encoded], response_hidden: torch.Tensor, query_hidden: torch.Tensor | None

@@ -9,12 +9,13 @@ import torch
 
 from guard_reward.guards.gen import GenGuard
 from guard_reward.guards.prefix_sharing import (
-    block_mask,
     encode_shared,
     ordered_budget_batches,
     plan_sharing,
+    run_rows,
     sharing_order,
 )
+from tests.guards import stream_ckpt
 
 H = [1, 2, 3, 4, 5]  # a header every row starts with
 P1 = list(range(100, 120))  # two prompts of 20 tokens, differing from their first token
@@ -96,7 +97,7 @@ def plain(tiny_gen_path):
 
 def test_encoded_levels_then_own_tokens_equal_plain_forwards(guard):
     """Run the shared levels, then every row's own tokens (right-padded, causal) on the expanded cache; each
-    row's hidden states must equal a plain forward over that row alone."""
+    row's hidden states (own and shared, gathered) must equal a plain forward over that row alone."""
     rng = random.Random(1)
     header = [rng.randrange(1000, 5000) for _ in range(30)]
     prompt = [rng.randrange(1000, 5000) for _ in range(25)]
@@ -110,27 +111,14 @@ def test_encoded_levels_then_own_tokens_equal_plain_forwards(guard):
     with torch.inference_mode():
         past = encode_shared(backbone, rows, plan, guard.pad_id, keep_hidden=True)
         own = [r[c:] for r, c in zip(rows, plan.cut)]
-        width = max(map(len, own))
-        ids = torch.full((len(rows), width), guard.pad_id)
-        real = torch.zeros(len(rows), width, dtype=torch.bool)
-        for b, o in enumerate(own):
-            ids[b, : len(o)] = torch.tensor(o)
-            real[b, : len(o)] = True
-        inner = torch.tril(torch.ones(width, width, dtype=torch.bool)) & real[:, None, :]
-        inner[:, torch.arange(width), torch.arange(width)] |= ~real
-        hidden = backbone(
-            input_ids=ids,
-            attention_mask=block_mask(past.key_mask, real, inner),
-            position_ids=past.length[:, None] + torch.arange(width),
-            past_key_values=past.cache,
-        ).last_hidden_state
+        hidden = run_rows(backbone, past.cache, own, past.key_mask, past.length, guard.pad_id)
         for b, (row, o, cut) in enumerate(zip(rows, own, plan.cut)):
             ref = backbone(input_ids=torch.tensor([row])).last_hidden_state[0]
             torch.testing.assert_close(hidden[b, : len(o)], ref[cut:], atol=1e-5, rtol=1e-4)
-            cols = past.key_mask[b].nonzero().flatten()
-            assert past.ids[b, cols].tolist() == row[:cut]
-            for col, pos in ((cols[0], 0), (cols[-1], cut - 1)):  # shared hidden states, first and last
-                torch.testing.assert_close(past.hidden_at(b, int(col)), ref[pos], atol=1e-5, rtol=1e-4)
+            assert past.ids[b, past.key_mask[b]].tolist() == row[:cut]
+            # every position, shared or own, through gather
+            got = past.gather(plan.cut, hidden, torch.full((len(row),), b), torch.arange(len(row)))
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
 
 
 def grpo_batch(seed: int = 0) -> list[list[dict[str, str]]]:
@@ -215,3 +203,58 @@ def test_gen_decode_unchanged_with_sharing(guard, plain):
         assert (x.p_refusal is None) == (y.p_refusal is None)
         if x.p_refusal is not None:
             assert abs(x.p_refusal - y.p_refusal) < 1e-5
+
+
+def assert_same_risks(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.token_ids.tolist() == y.token_ids.tolist()
+        assert torch.equal(x.offsets, y.offsets) and x.span == y.span
+        for name in ("p_safe", "p_unsafe", "p_controversial", "category_probs"):
+            torch.testing.assert_close(getattr(x, name), getattr(y, name), atol=1e-5, rtol=0)
+        assert (x.query_probs is None) == (y.query_probs is None)
+        if x.query_probs is not None:
+            assert all(abs(x.query_probs[k] - y.query_probs[k]) < 1e-5 for k in x.query_probs)
+            cats = x.query_category_probs
+            assert all(abs(cats[k] - y.query_category_probs[k]) < 1e-5 for k in cats)
+
+
+@pytest.fixture(scope="module")
+def streams():
+    return stream_ckpt.guard("single"), stream_ckpt.guard("single", share_prefix=False)
+
+
+def test_stream_scores_unchanged_with_sharing(streams):
+    on, off = streams
+    convs = grpo_batch(seed=7)
+    # a group whose completions all open alike: the shared cache holds judged tokens too
+    opening = "I cannot help with that request, but here is a safer idea for the garden and the river: "
+    question = {"role": "user", "content": "What should I do with the old stones in my yard?"}
+    convs += [[question, {"role": "assistant", "content": opening + t}] for t in ("bread.", "music", "a")]
+    before = on.n_shared_batches
+    for thinking in ("answer", "include"):
+        assert_same_risks(on.score(convs, thinking=thinking), off.score(convs, thinking=thinking))
+    assert on.n_shared_batches > before
+
+
+def test_stream_score_ids_unchanged_with_sharing(streams):
+    on, off = streams
+    tok = on.tokenizer
+    rng = random.Random(11)
+    prompts, completions = [], []
+    for p in range(2):
+        prompt = [
+            {
+                "role": "user",
+                "content": f"question {p}: " + " ".join(rng.choice("abcdefgh") for _ in range(40)),
+            }
+        ]
+        for _ in range(4):
+            text = " ".join(
+                rng.choice(["stone", "light", "bread", "city"]) for _ in range(rng.randint(3, 30))
+            )
+            prompts.append(prompt)
+            completions.append([*tok.encode(text, add_special_tokens=False), on.im_end_id])
+    before = on.n_shared_batches
+    assert_same_risks(on.score_ids(prompts, completions), off.score_ids(prompts, completions))
+    assert on.n_shared_batches > before
