@@ -39,8 +39,39 @@ def tiny_gen_path(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def trained_gen_path(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny Gen stand-in fine-tuned to emit the bundled examples' verdict lines."""
+def trained_gen_path():
+    """A tiny Gen stand-in fine-tuned to emit the bundled examples' verdict lines.
+
+    Training takes a minute or two on a 2-core CPU, so the result is kept in a content-addressed cache folder:
+    the key hashes everything that determines the weights (the builder and training code, the template, the
+    examples, and the torch/transformers versions), so any change to them trains a fresh one.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import transformers
+
+    import guard_reward.tiny as tiny
     from guard_reward.tiny.gen_training import build_trained_tiny_gen
 
-    return build_trained_tiny_gen(tmp_path_factory.mktemp("trained_gen"))
+    package = Path(tiny.__file__).parent
+    inputs = [package / "gen.py", package / "gen_training.py", package / "tokenizer.py"]
+    inputs += [
+        package / "templates" / "qwen3guard_gen.jinja",
+        package.parent / "data" / "moderation_examples.jsonl",
+    ]
+    digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
+    for file in inputs:
+        digest.update(file.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "guard_reward-tests"
+    target = cache / f"trained-gen-{digest.hexdigest()[:16]}"
+    if not (target / "model.safetensors").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache))
+        build_trained_tiny_gen(staging / "model")
+        shutil.rmtree(target, ignore_errors=True)
+        (staging / "model").rename(target)  # atomic: a half-built folder is never used
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
