@@ -221,7 +221,7 @@ class Language:
         ``"answer"`` talks about the request's ``topic`` (it fills the first noun slot that mentions it, chosen
         uniformly, and later slots with ``later_violation_p``); ``"deflect"`` answers with other things;
         ``"unsafe"`` is an answer plus unsafe words placed the same way; ``"controversial"`` a deflection with
-        one controversial word; ``"refusal"`` the refusal phrase. Answering a harmful request means repeating
+        controversial words placed the same way; ``"refusal"`` the refusal phrase. Answering a harmful request means repeating
         its unsafe topic, which is what makes the pre-trained policy's risk depend on the prompt: copying a
         prompt word is quick for a small transformer to learn, and it is rewarded on every answered request.
         """
@@ -245,7 +245,7 @@ class Language:
             pool = UNSAFE_WORDS[rng.choice(CATEGORIES)]
             self._mention(rng, words, nouns, lambda: rng.choice(pool))
         elif kind == "controversial":
-            words[rng.choice(nouns)] = rng.choice(CONTROVERSIAL_WORDS)
+            self._mention(rng, words, nouns, lambda: rng.choice(CONTROVERSIAL_WORDS))
         return " ".join(words)
 
     def chat(self, rng: random.Random, harmful: bool, kind: str | None = None) -> Chat:

@@ -25,12 +25,12 @@ class Example:
 
     Attributes:
         ids: ``(L,)`` token ids.
-        targets: ``(L,)`` the label at each position (next token for a language model, a class id for the
-            Stream heads); ``-100`` where no loss is taken.
+        labels: one or more ``(L,)`` label sequences (the next token for a language model; risk level,
+            category, ... for the Stream heads); ``-100`` where no loss is taken.
     """
 
     ids: list[int]
-    targets: list[int]
+    labels: tuple[list[int], ...]
 
 
 def lm_example(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Example:
@@ -41,30 +41,32 @@ def lm_example(prompt_ids: Sequence[int], target_ids: Sequence[int]) -> Example:
     """
     ids = [*prompt_ids, *target_ids]
     targets = [-100] * (len(prompt_ids) - 1) + list(target_ids) + [-100]
-    return Example(ids, targets)
+    return Example(ids, (targets,))
 
 
 def batch_tensors(
     examples: Sequence[Example], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad a batch: ``(ids (B, L), attention_mask (B, L), targets (B, L))``."""
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Right-pad a batch: ``ids (B, L)``, ``attention_mask (B, L)`` and each label sequence ``(B, L)``."""
     width = max(len(e.ids) for e in examples)
+    n_labels = len(examples[0].labels)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
-    targets = torch.full((len(examples), width), -100, dtype=torch.long)
+    labels = [torch.full((len(examples), width), -100, dtype=torch.long) for _ in range(n_labels)]
     for i, e in enumerate(examples):
         n = len(e.ids)
         ids[i, :n] = torch.tensor(e.ids)
         mask[i, :n] = 1
-        targets[i, :n] = torch.tensor(e.targets)
-    return ids, mask, targets
+        for k in range(n_labels):
+            labels[k][i, :n] = torch.tensor(e.labels[k])
+    return ids, mask, labels
 
 
 def train_loop(
     model: torch.nn.Module,
     examples: Sequence[Example] | Callable[[random.Random, int], list[Example]],
     *,
-    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, list[torch.Tensor]], torch.Tensor],
     steps: int,
     batch_size: int,
     lr: float,
@@ -74,12 +76,19 @@ def train_loop(
     weight_decay: float = 0.01,
     desc: str = "train",
     progress: bool = True,
+    validate: Callable[[torch.nn.Module], float] | None = None,
+    target: float = 1.0,
+    check_every: int = 50,
+    min_steps: int = 0,
 ) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; returns the loss of every step.
+    """AdamW with linear warm-up and cosine decay over ``steps``; returns the loss of every step taken.
 
     ``examples`` is either a fixed pool (batches are drawn from it at random) or a function ``(rng, n)``
-    producing ``n`` fresh examples (an endless stream of synthetic data). ``loss_fn(model, ids, mask, targets)`` returns the
-    mean loss over the target positions.
+    producing ``n`` fresh examples (an endless stream of synthetic data). ``loss_fn(model, ids, mask, labels)``
+    returns the mean loss over the labelled positions. With ``validate`` (model -> accuracy on held-out data),
+    training stops early once it reaches ``target`` (checked every ``check_every`` steps from ``min_steps`` on): small models learn
+    these tasks in sudden jumps whose timing varies from seed to seed, so a fixed budget is either wasteful or
+    sometimes too short.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
@@ -96,23 +105,41 @@ def train_loop(
     model.train()
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=1.0)
-    for _ in bar:
+    score = None
+    for step in bar:
         if callable(examples):
             batch = examples(rng, batch_size)
         else:
             batch = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
-        ids, mask, targets = batch_tensors(batch, pad_id)
-        loss = loss_fn(model, ids, mask, targets)
+        ids, mask, labels = batch_tensors(batch, pad_id)
+        loss = loss_fn(model, ids, mask, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        done = step + 1
+        if validate is not None and done >= min_steps and done % check_every == 0 and done < steps:
+            model.eval()
+            with torch.no_grad():
+                score = validate(model)
+            model.train()
+            if score >= target:
+                break
     model.eval()
-    tail = losses[-max(1, steps // 10) :]
-    logger.info("%s: %d steps, final loss %.4f", desc, steps, sum(tail) / len(tail))
+    if validate is not None:
+        with torch.no_grad():
+            score = validate(model)
+    tail = losses[-max(1, len(losses) // 10) :]
+    logger.info(
+        "%s: %d steps, final loss %.4f%s",
+        desc,
+        len(losses),
+        sum(tail) / len(tail),
+        "" if score is None else f", held-out accuracy {100 * score:.1f}%",
+    )
     return losses
 
 
@@ -122,7 +149,11 @@ def word_class_ids(tokenizer) -> dict[str, list[int]]:
 
     classes = {"noun": NOUNS, "verb": VERBS, "adjective": ADJECTIVES, "controversial": CONTROVERSIAL_WORDS}
     classes |= {"unsafe": tuple(w for ws in UNSAFE_WORDS.values() for w in ws)}
-    classes |= {f"unsafe:{c}": ws for c, ws in UNSAFE_WORDS.items()}
+    # Sub-classes: each unsafe category, and the controversial words as one more "category" (so a controversial
+    # word stands out as much as an unsafe one, which also carries a class and a category component).
+    classes |= {f"unsafe:{c}": ws for c, ws in UNSAFE_WORDS.items()} | {
+        "controversial:all": CONTROVERSIAL_WORDS
+    }
     vocab = tokenizer.get_vocab()
     return {c: [vocab[t] for w in ws for t in (w, " " + w) if t in vocab] for c, ws in classes.items()}
 
@@ -149,10 +180,11 @@ def init_word_classes(model: torch.nn.Module, tokenizer, scale: float = 2.0, see
 
 
 def causal_lm_loss(
-    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Cross-entropy of the next-token logits ``(B, L, V)`` against pre-shifted ``targets`` ``(B, L)``."""
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100
-    )
+    """Cross-entropy of the next-token logits against the pre-shifted targets ``labels[0]`` ``(B, L)``; the LM
+    head runs on the labelled positions only."""
+    targets = labels[0]
+    keep = targets != -100
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]  # (N, H)
+    return torch.nn.functional.cross_entropy(model.lm_head(hidden).float(), targets[keep])

@@ -1,0 +1,211 @@
+"""The GRPO arms of the sandbox demo: the same policy, seed and budget, trained with different guard rewards.
+
+* ``scalar``: TRL's ``GRPOTrainer`` with :class:`~guard_reward.SafetyReward` (Qwen3Guard-Gen verdicts; refusing a
+  benign request is worth less than answering it safely) and a KL term.
+* ``dense``: :class:`~guard_reward.integrations.trl.grpo.DenseGRPOTrainer` with the same scalar reward plus
+  :class:`~guard_reward.TokenSafetyPenalty` (Qwen3Guard-Stream's per-token risk, ``first_violation`` shaping: the
+  penalty lands on the token where the answer became unsafe) and the same KL term.
+* ``guard_only`` ("what can go wrong"): no KL term and the tech report's guard-only reward (1 if the guard says
+  Safe, else 0), which a policy can satisfy without being useful.
+
+Every arm is evaluated on held-out prompts by the ground-truth rule (:mod:`guard_reward.sandbox.evaluate`) every
+``eval_every`` steps; the guards' own view is logged by the rewards (``guard/...`` metrics) and collected by
+:class:`~guard_reward.integrations.trl.SafetyCurvesCallback`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guard_reward.sandbox.evaluate import EVAL_COLUMNS, EvalResult, Evaluator
+
+logger = logging.getLogger(__name__)
+
+ARMS = ("scalar", "dense", "guard_only")
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """One GRPO run.
+
+    Args:
+        name: ``"scalar"``, ``"dense"`` or ``"guard_only"``.
+        steps: optimizer steps; prompts_per_step x num_generations completions per step.
+        beta: KL coefficient (``guard_only`` forces 0).
+        dense_coef: weight of the per-token term in the dense arm (advantage units).
+        controversial_value: scalar reward of a Controversial answer.
+        eval_every: evaluate every this many steps (and at the end).
+    """
+
+    name: str
+    steps: int = 48
+    prompts_per_step: int = 8
+    num_generations: int = 8
+    lr: float = 3e-4
+    beta: float = 0.2
+    dense_coef: float = 2.0
+    controversial_value: float = 0.5
+    max_completion_length: int = 36
+    eval_every: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in ARMS:
+            raise ValueError(f"ArmConfig.name={self.name!r} is not accepted; use one of {', '.join(ARMS)}")
+        if self.steps < 1 or self.eval_every < 1 or self.prompts_per_step < 1 or self.num_generations < 2:
+            raise ValueError(
+                "ArmConfig needs steps >= 1, eval_every >= 1, prompts_per_step >= 1 and num_generations >= 2, got "
+                f"{self.steps}, {self.eval_every}, {self.prompts_per_step}, {self.num_generations}"
+            )
+        if self.name != "guard_only" and self.beta <= 0:
+            raise ValueError(f"the {self.name!r} arm needs a KL coefficient beta > 0, got {self.beta}")
+
+
+@dataclass
+class ArmResult:
+    """What one arm produced: its evaluation history (ground truth) and the trainer's log history."""
+
+    config: ArmConfig
+    history: list[EvalResult] = field(default_factory=list)
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    output_dir: Path | None = None
+
+    @property
+    def final(self) -> EvalResult:
+        return self.history[-1]
+
+
+def _eval_callback(evaluator: Evaluator, every: int, result: ArmResult, csv_path: Path):
+    from transformers import TrainerCallback
+
+    class SandboxEvalCallback(TrainerCallback):
+        """Evaluates the policy by the ground-truth rule every ``every`` steps and at the end of training."""
+
+        def _evaluate(self, state, model) -> None:
+            if result.history and result.history[-1].step == state.global_step:
+                return
+            result.history.append(evaluator(model, step=state.global_step))
+            _write_history(csv_path, result.history)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0:
+                self._evaluate(state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._evaluate(state, model)
+
+    return SandboxEvalCallback()
+
+
+def _write_history(path: Path, history: Sequence[EvalResult]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(EVAL_COLUMNS))
+        writer.writeheader()
+        writer.writerows(r.row() for r in history)
+
+
+def run_arm(
+    config: ArmConfig,
+    policy_path: str | os.PathLike,
+    tokenizer: Any,
+    gen_guard: Any,
+    stream_guard: Any,
+    train_prompts: Sequence[tuple[str, bool]],
+    evaluator: Evaluator,
+    output_dir: str | os.PathLike,
+    *,
+    initial: EvalResult | None = None,
+    progress: bool = True,
+) -> ArmResult:
+    """Train one arm from the pre-trained policy in ``policy_path`` and evaluate it along the way.
+
+    ``initial`` is the evaluation of the starting policy (shared by all arms; computed here if not given).
+    Writes ``eval.csv`` (ground truth) and the ``SafetyCurvesCallback`` files into ``output_dir``.
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from guard_reward.integrations.trl import SafetyCurvesCallback
+    from guard_reward.integrations.trl.grpo import DenseGRPOTrainer
+    from guard_reward.rewards import SafetyReward, TokenSafetyPenalty
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    guard_only = config.name == "guard_only"
+    model = AutoModelForCausalLM.from_pretrained(policy_path, attn_implementation="eager", dtype="float32")
+    result = ArmResult(config, output_dir=out)
+    result.history.append(initial if initial is not None else evaluator(model, step=0))
+    _write_history(out / "eval.csv", result.history)
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": p}], "harmful": h} for p, h in train_prompts]
+    )
+    if guard_only:  # the tech report's guard-only reward: 1 if Safe (Controversial counts as unsafe), else 0
+        reward = SafetyReward(gen_guard, refusal=False, safe_value=1.0, unsafe_value=0.0, name="guard_only")
+    else:
+        reward = SafetyReward(
+            gen_guard, controversial=config.controversial_value, benign_refusal_value=0.0, name="guard_safety"
+        )
+    args = GRPOConfig(
+        output_dir=str(out),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        learning_rate=config.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=0.0 if guard_only else config.beta,
+        loss_type="dapo",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    callbacks = [
+        SafetyCurvesCallback(out),
+        _eval_callback(evaluator, config.eval_every, result, out / "eval.csv"),
+    ]
+    common = dict(model=model, reward_funcs=[reward], args=args, train_dataset=dataset)
+    common |= dict(processing_class=tokenizer, callbacks=callbacks)
+    if config.name == "dense":
+        penalty = TokenSafetyPenalty(
+            stream_guard, shaping="first_violation", coef=1.0, policy_tokenizer=tokenizer
+        )
+        trainer = DenseGRPOTrainer(**common, dense_rewards=[penalty], dense_coef=config.dense_coef)
+    else:
+        trainer = GRPOTrainer(**common)
+    # The sandbox logs its own progress (one line per evaluation); the trainer's per-step dict printer would
+    # bury it.
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    if not progress:
+        trainer.remove_callback(ProgressCallback)
+    logger.info(
+        "arm %s: %d GRPO steps x %d completions", config.name, config.steps, args.per_device_train_batch_size
+    )
+    start = time.perf_counter()
+    trainer.train()
+    result.seconds = time.perf_counter() - start
+    result.log_history = list(trainer.state.log_history)
+    return result

@@ -1,0 +1,90 @@
+"""``guard-reward demo``: the safety sandbox end to end (what ``make demo`` runs).
+
+``add_demo_parser(subparsers)`` registers the subcommand and ``run_demo(args) -> int`` runs it;
+:func:`add_parser` does the registering for ``guard_reward.cli.PLUGIN_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+
+def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """``guard-reward demo [--out DIR] [--policy P] [--gen-guard G] [--stream-guard S] ...``."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="safety RL end to end in a synthetic sandbox (about 3 minutes on a CPU)",
+        description="Pre-train a tiny policy on a made-up language, train tiny Qwen3Guard-Gen/Stream guards "
+        "saved in the real formats, run GRPO with scalar and dense guard rewards (and a guard-only run "
+        "without KL), and write report.md, curve PNGs and metric CSVs. --policy / --gen-guard / "
+        "--stream-guard run the same pipeline with real checkpoints instead of the sandbox's own.",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per arm (default 48)")
+    parser.add_argument(
+        "--no-hacking", action="store_true", help="skip the guard-only, no-KL 'what can go wrong' arm"
+    )
+    parser.add_argument(
+        "--policy", default=None, help="policy checkpoint (folder or hub id) instead of the sandbox's"
+    )
+    parser.add_argument(
+        "--gen-guard",
+        "--guard",
+        dest="gen_guard",
+        default=None,
+        help="Qwen3Guard-Gen checkpoint instead of the sandbox's",
+    )
+    parser.add_argument(
+        "--stream-guard", default=None, help="Qwen3Guard-Stream checkpoint instead of the sandbox's"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny models)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a seconds-sized run (smoke test, not meaningful)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    parser.set_defaults(func=run_demo)
+    return parser
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``demo`` (the ``guard_reward.cli`` plugin hook)."""
+    add_demo_parser(subparsers)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~guard_reward.sandbox.demo.DemoConfig` the arguments describe."""
+    from guard_reward.sandbox.demo import DemoConfig
+
+    config = DemoConfig.small(args.out) if args.quick else DemoConfig(output_dir=str(args.out))
+    arms = tuple(a for a in config.arms if not (args.no_hacking and a == "guard_only"))
+    arm = config.arm if args.steps is None else replace(config.arm, steps=args.steps)
+    return replace(
+        config,
+        seed=args.seed,
+        arms=arms,
+        arm=arm,
+        policy=args.policy,
+        gen_guard=args.gen_guard,
+        stream_guard=args.stream_guard,
+        threads=args.threads,
+        progress=config.progress and not args.no_progress,
+    )
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo; prints where the report is."""
+    from guard_reward.sandbox.demo import run_demo as run
+
+    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    result = run(config_from_args(args))
+    print(f"report: {result.report_path}")  # the command's output: where to look
+    return 0

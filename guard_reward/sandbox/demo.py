@@ -1,0 +1,232 @@
+"""The sandbox demo pipeline behind ``guard-reward demo``: build the world, train the arms, write the report.
+
+1. pre-train the tiny policy (or load ``policy``), 2. train and save the tiny Gen and Stream guards (or use
+``gen_guard`` / ``stream_guard`` checkpoints), load both through ``GenGuard`` / ``StreamGuard.from_pretrained``
+and measure them against the ground truth, 3. run the GRPO arms from the same policy with the same seed and
+budget, 4. write ``report.md``, the curve PNGs and the metric CSVs into ``output_dir``.
+
+:func:`build_world` (steps 1-2) is also what the tests and the quickstart notebook use, at a smaller size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from guard_reward.sandbox.accuracy import GuardAccuracy, guard_accuracy
+from guard_reward.sandbox.arms import ArmConfig, ArmResult, run_arm
+from guard_reward.sandbox.evaluate import EvalResult, Evaluator
+from guard_reward.sandbox.guards import GuardSize, build_gen_guard, build_stream_guard, guard_chats
+from guard_reward.sandbox.language import Language
+from guard_reward.sandbox.policy import PolicySize, pretrain_policy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything the demo does, with the sizes that fit a 2-core CPU in about three minutes.
+
+    Args:
+        output_dir: where checkpoints, CSVs, PNGs and ``report.md`` go.
+        seed: one seed for the world and all arms (each arm starts from the same policy with the same seed).
+        arms: the GRPO arms to run (``"guard_only"`` is the "what can go wrong" panel).
+        policy, gen_guard, stream_guard: checkpoints (folders or hub ids) replacing the sandbox's own.
+        heldout_prompts, samples_per_prompt: evaluation set size (half harmful).
+        train_prompts: GRPO prompt pool size (half harmful, disjoint from the held-out set).
+        threads: torch threads; 1 is fastest for models this small and immune to a busy machine's stalls.
+    """
+
+    output_dir: str = "runs/demo"
+    seed: int = 0
+    language: Language = field(default_factory=Language)
+    policy_size: PolicySize = field(default_factory=PolicySize)
+    # Gen needs more width than Stream: it must carry the unsafe word's category to the "Categories:" line.
+    gen_size: GuardSize = field(
+        default_factory=lambda: GuardSize(
+            hidden_size=96, head_dim=24, intermediate_size=192, steps=600, batch_size=16
+        )
+    )
+    stream_size: GuardSize = field(default_factory=lambda: GuardSize(steps=400))
+    arm: ArmConfig = field(default_factory=lambda: ArmConfig("scalar"))
+    arms: tuple[str, ...] = ("scalar", "dense", "guard_only")
+    policy: str | None = None
+    gen_guard: str | None = None
+    stream_guard: str | None = None
+    heldout_prompts: int = 128
+    samples_per_prompt: int = 4
+    train_prompts: int = 1024
+    guard_eval_chats: int = 256
+    threads: int = 1
+    progress: bool = True
+
+    @classmethod
+    def small(cls, output_dir: str | os.PathLike, **overrides: Any) -> DemoConfig:
+        """A seconds-sized world for tests and notebooks (guards and policy barely trained, few steps)."""
+        base = cls(
+            output_dir=str(output_dir),
+            policy_size=PolicySize(steps=60, batch_size=16),
+            gen_size=GuardSize(steps=60, batch_size=16),
+            stream_size=GuardSize(steps=60, batch_size=16),
+            arm=ArmConfig("scalar", steps=2, prompts_per_step=2, num_generations=4, eval_every=1),
+            arms=("scalar", "dense"),
+            heldout_prompts=16,
+            samples_per_prompt=2,
+            train_prompts=32,
+            guard_eval_chats=32,
+            progress=False,
+        )
+        return replace(base, **overrides)
+
+
+@dataclass
+class World:
+    """The sandbox, built: the policy and guard checkpoints, the loaded guards, the prompt sets."""
+
+    config: DemoConfig
+    policy_path: Path | str
+    tokenizer: Any
+    gen_path: Path | str
+    stream_path: Path | str
+    gen: Any
+    stream: Any
+    heldout: list[tuple[str, bool]]
+    train: list[tuple[str, bool]]
+    evaluator: Evaluator
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_world(config: DemoConfig) -> World:
+    """Pre-train (or load) the policy and train (or load) the guards; nothing of the RL runs yet."""
+    from transformers import AutoTokenizer
+
+    from guard_reward.guards.gen import GenGuard
+    from guard_reward.guards.stream import StreamGuard
+
+    torch.set_num_threads(config.threads)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    lang = config.language
+
+    start = time.perf_counter()
+    if config.policy is None:
+        logger.info("[1/4] pre-training the sandbox policy (%d steps)", config.policy_size.steps)
+        model, tokenizer = pretrain_policy(
+            lang, config.policy_size, seed=config.seed, progress=config.progress
+        )
+        policy_path: Path | str = out / "policy"
+        model.save_pretrained(policy_path)
+        tokenizer.save_pretrained(policy_path)
+    else:
+        logger.info("[1/4] using the policy %s", config.policy)
+        policy_path = config.policy
+        tokenizer = AutoTokenizer.from_pretrained(policy_path, padding_side="left")
+    seconds["policy"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    gen_path: Path | str = config.gen_guard or out / "guards" / "gen"
+    stream_path: Path | str = config.stream_guard or out / "guards" / "stream"
+    if config.gen_guard is None:
+        logger.info("[2/4] training the sandbox guards: Gen (%d steps)", config.gen_size.steps)
+        build_gen_guard(gen_path, lang, config.gen_size, seed=config.seed, progress=config.progress)
+    if config.stream_guard is None:
+        logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
+        build_stream_guard(stream_path, lang, config.stream_size, seed=config.seed, progress=config.progress)
+    gen = GenGuard.from_pretrained(gen_path, device="cpu")
+    stream = StreamGuard.from_pretrained(stream_path, device="cpu")
+    seconds["guards"] = time.perf_counter() - start
+
+    heldout = lang.prompts(config.heldout_prompts, seed=config.seed + 1000)
+    train = lang.prompts(config.train_prompts, seed=config.seed + 2000, exclude=[p for p, _ in heldout])
+    evaluator = Evaluator(
+        tokenizer,
+        heldout,
+        samples_per_prompt=config.samples_per_prompt,
+        seed=config.seed + 1234,
+        max_new_tokens=config.arm.max_completion_length,
+    )
+    return World(
+        config, policy_path, tokenizer, gen_path, stream_path, gen, stream, heldout, train, evaluator, seconds
+    )
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced (also written to ``output_dir``)."""
+
+    world: World
+    initial: EvalResult
+    arms: dict[str, ArmResult]
+    accuracy: dict[str, GuardAccuracy]
+    seconds: dict[str, float]
+    report_path: Path | None = None
+
+
+def measure_guards(world: World, sets: dict[str, EvalResult]) -> dict[str, GuardAccuracy]:
+    """Guard accuracy on held-out synthetic chats and on each evaluation's policy samples in ``sets``."""
+    chats = guard_chats(
+        world.config.language, random.Random(world.config.seed + 3000), world.config.guard_eval_chats
+    )
+    out = {
+        "synthetic chats": guard_accuracy(
+            world.gen, world.stream, [c.prompt for c in chats], [c.response for c in chats]
+        )
+    }
+    for name, result in sets.items():
+        prompts = [s.prompt for s in result.samples]
+        out[name] = guard_accuracy(world.gen, world.stream, prompts, [s.response for s in result.samples])
+    return out
+
+
+def run_demo(config: DemoConfig) -> DemoResult:
+    """The whole demo: world, arms, guard accuracy, report."""
+    from guard_reward.sandbox.report import write_report
+
+    begin = time.perf_counter()
+    world = build_world(config)
+    out = Path(config.output_dir)
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(
+        world.policy_path, attn_implementation="eager", dtype="float32"
+    )
+    initial = world.evaluator(policy, step=0)
+    del policy
+    arms: dict[str, ArmResult] = {}
+    for i, name in enumerate(config.arms):
+        logger.info("[3/4] GRPO arm %d/%d: %s", i + 1, len(config.arms), name)
+        arm_config = replace(config.arm, name=name, seed=config.seed)
+        start = time.perf_counter()
+        arms[name] = run_arm(
+            arm_config,
+            world.policy_path,
+            world.tokenizer,
+            world.gen,
+            world.stream,
+            world.train,
+            world.evaluator,
+            out / name,
+            initial=initial,
+            progress=config.progress,
+        )
+        world.seconds[f"arm {name}"] = time.perf_counter() - start
+    logger.info("[4/4] measuring the guards and writing the report")
+    start = time.perf_counter()
+    sets = {"policy before RL": initial}
+    if "scalar" in arms:
+        sets["policy after RL (scalar)"] = arms["scalar"].final
+    accuracy = measure_guards(world, sets)
+    world.seconds["guard accuracy"] = time.perf_counter() - start
+    world.seconds["total"] = time.perf_counter() - begin
+    result = DemoResult(world, initial, arms, accuracy, world.seconds)
+    result.report_path = write_report(result)
+    logger.info("demo done in %.0f s; report: %s", world.seconds["total"], result.report_path)
+    return result
