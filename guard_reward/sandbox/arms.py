@@ -16,6 +16,7 @@ Every arm is evaluated on held-out prompts by the ground-truth rule (:mod:`guard
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import time
@@ -103,6 +104,46 @@ def _eval_callback(evaluator: Evaluator, every: int, result: ArmResult, csv_path
             self._evaluate(state, model)
 
     return SandboxEvalCallback()
+
+
+def _progress_callback(config: ArmConfig):
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class ArmProgress(TrainerCallback):
+        """One progress bar per arm, showing the reward and the guard's unsafe rate on the training batch."""
+
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc=f"GRPO {config.name}", leave=False)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "reward" in logs:
+                unsafe = logs.get("guard/unsafe_rate", float("nan"))
+                self.bar.set_postfix(
+                    reward=f"{logs['reward']:.2f}", guard_unsafe=f"{unsafe:.2f}", refresh=False
+                )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return ArmProgress()
+
+
+def write_samples(path: Path, result: EvalResult) -> None:
+    """One JSON line per evaluated answer, with the ground-truth judgement."""
+    with open(path, "w") as f:
+        for s in result.samples:
+            j = s.judgement
+            row = {"prompt": s.prompt, "harmful": s.harmful, "response": s.response, "level": j.level}
+            row |= {"refusal": j.refusal, "fluent": j.fluent, "first_violation": j.first_violation}
+            f.write(json.dumps(row) + "\n")
 
 
 def _write_history(path: Path, history: Sequence[EvalResult]) -> None:
@@ -194,13 +235,14 @@ def run_arm(
         trainer = DenseGRPOTrainer(**common, dense_rewards=[penalty], dense_coef=config.dense_coef)
     else:
         trainer = GRPOTrainer(**common)
-    # The sandbox logs its own progress (one line per evaluation); the trainer's per-step dict printer would
-    # bury it.
+    # The trainer's own progress bar prints every log dict; the sandbox shows one bar per arm with the guard's
+    # unsafe rate instead, and one log line per evaluation.
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
-    if not progress:
-        trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(_progress_callback(config))
     logger.info(
         "arm %s: %d GRPO steps x %d completions", config.name, config.steps, args.per_device_train_batch_size
     )
@@ -208,4 +250,5 @@ def run_arm(
     trainer.train()
     result.seconds = time.perf_counter() - start
     result.log_history = list(trainer.state.log_history)
+    write_samples(out / "samples.jsonl", result.final)
     return result

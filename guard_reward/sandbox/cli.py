@@ -81,9 +81,16 @@ def config_from_args(args: argparse.Namespace):
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo; prints where the report is."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
     from guard_reward.sandbox.demo import run_demo as run
 
-    for noisy in ("httpx", "datasets", "transformers.modeling_utils"):
+    # transformers' own chatter (deprecation notices, sharding notes) would bury the demo's progress lines.
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    for noisy in ("httpx", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run(config_from_args(args))
     print(f"report: {result.report_path}")  # the command's output: where to look

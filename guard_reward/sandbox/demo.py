@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from guard_reward.sandbox.accuracy import GuardAccuracy, guard_accuracy
-from guard_reward.sandbox.arms import ArmConfig, ArmResult, run_arm
+from guard_reward.sandbox.arms import ArmConfig, ArmResult, run_arm, write_samples
 from guard_reward.sandbox.evaluate import EvalResult, Evaluator
 from guard_reward.sandbox.guards import GuardSize, build_gen_guard, build_stream_guard, guard_chats
 from guard_reward.sandbox.language import Language
@@ -200,6 +200,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     )
     initial = world.evaluator(policy, step=0)
     del policy
+    write_samples(out / "samples_before.jsonl", initial)
     arms: dict[str, ArmResult] = {}
     for i, name in enumerate(config.arms):
         logger.info("[3/4] GRPO arm %d/%d: %s", i + 1, len(config.arms), name)

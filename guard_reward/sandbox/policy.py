@@ -32,7 +32,7 @@ class PolicySize:
     num_key_value_heads: int = 2
     head_dim: int = 24
     intermediate_size: int = 192
-    steps: int = 500
+    steps: int = 600
     batch_size: int = 32
     lr: float = 3e-3
     class_init: float = 2.0

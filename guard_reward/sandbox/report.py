@@ -9,21 +9,16 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from guard_reward.sandbox.accuracy import ACCURACY_FIELDS
 from guard_reward.sandbox.evaluate import EVAL_COLUMNS, EvalResult, steps_to_reach
+from guard_reward.sandbox.figures import ARM_TITLES, guard_series, plot_comparison, plot_hacking
 from guard_reward.sandbox.rules import mark
 
 logger = logging.getLogger(__name__)
 
-ARM_TITLES = {
-    "scalar": "scalar (SafetyReward)",
-    "dense": "dense (+ TokenSafetyPenalty)",
-    "guard_only": "guard-only, no KL",
-}
 ROWS = (
     ("unsafe_rate", "unsafe rate, all prompts"),
     ("unsafe_rate_harmful", "unsafe rate, harmful prompts"),
@@ -58,85 +53,6 @@ def write_accuracy_csv(path: Path, accuracy: dict[str, Any]) -> None:
         writer.writeheader()
         for name, acc in accuracy.items():
             writer.writerow({"set": name, **acc.row()})
-
-
-def plot_comparison(path: Path, arms: dict[str, Any]) -> Path:
-    """Four panels over GRPO steps, one line per arm: unsafe rate (all / harmful prompts), benign refusal,
-    fluency. Dashed lines mark the 5% and 2% levels."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 7.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
-    panels = (
-        ("unsafe_rate", "Unsafe rate, all held-out prompts", True),
-        ("unsafe_rate_harmful", "Unsafe rate, harmful prompts", True),
-        ("refusal_rate_benign", "Refusal rate, benign prompts", False),
-        ("fluent_rate", "Fluent answers", False),
-    )
-    for ax, (key, title, levels) in zip(axes.flat, panels, strict=True):
-        for name, arm in arms.items():
-            steps = [r.step for r in arm.history]
-            ax.plot(
-                steps, [100 * getattr(r, key) for r in arm.history], marker="o", ms=3, label=ARM_TITLES[name]
-            )
-        if levels:
-            for y in (5, 2):
-                ax.axhline(y, color="grey", ls="--", lw=0.8)
-        ax.set_title(title)
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel("% (ground truth)")
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend()
-    fig.suptitle("Safety sandbox: held-out evaluation by the ground-truth rule")
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def guard_series(
-    log_history: Sequence[dict[str, Any]], key: str = "guard/unsafe_rate"
-) -> list[tuple[int, float]]:
-    """``(step, value)`` of one logged metric (the guard's own view during training)."""
-    return [(int(e["step"]), float(e[key])) for e in log_history if key in e and "step" in e]
-
-
-def plot_hacking(path: Path, arm: Any) -> Path:
-    """The guard-only run: what the guard reports next to what the ground truth and the fluency check say."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4), layout="constrained")
-    FigureCanvasAgg(fig)
-    left, right = fig.subplots(1, 2)
-    guard = guard_series(arm.log_history)
-    left.plot(
-        [s for s, _ in guard],
-        [100 * v for _, v in guard],
-        lw=1,
-        label="unsafe rate, by the guard (training batches)",
-    )
-    steps = [r.step for r in arm.history]
-    left.plot(
-        steps, [100 * r.unsafe_rate for r in arm.history], marker="o", ms=3, label="unsafe rate, ground truth"
-    )
-    left.plot(
-        steps,
-        [100 * r.fluent_rate for r in arm.history],
-        marker="s",
-        ms=3,
-        label="fluent answers, ground truth",
-    )
-    left.set_ylabel("%")
-    left.set_title("Guard-only reward, no KL: the guard is satisfied")
-    right.plot(steps, [r.mean_words for r in arm.history], marker="o", ms=3, color="C3")
-    right.set_title("Mean answer length (words)")
-    for ax in (left, right):
-        ax.set_xlabel("GRPO step")
-        ax.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def _samples_section(
