@@ -1,0 +1,92 @@
+"""The demo pipeline end to end at a seconds size, its report, and the CLI options."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import pytest
+
+from guard_reward.sandbox.cli import add_demo_parser, config_from_args
+from guard_reward.sandbox.evaluate import EvalResult, EvalSample
+from guard_reward.sandbox.report import _targets
+from guard_reward.sandbox.rules import judge
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    from guard_reward.sandbox.demo import DemoConfig, run_demo
+
+    return run_demo(DemoConfig.small(tmp_path_factory.mktemp("demo"), arms=("scalar", "dense", "guard_only")))
+
+
+def test_demo_writes_report_curves_and_csvs(small_demo):
+    out = small_demo.report_path.parent
+    report = small_demo.report_path.read_text()
+    for heading in ("## Before and after", "## Steps to reach 5% and 2%", "## Guard accuracy", "## What can go wrong",
+                    "## Samples", "## Time"):  # fmt: skip
+        assert heading in report
+    for png in ("comparison.png", "guard_only.png", "scalar/safety_curves.png", "dense/safety_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    steps = small_demo.world.config.arm.steps
+    for arm in ("scalar", "dense", "guard_only"):
+        assert [int(float(r["step"])) for r in rows if r["arm"] == arm] == list(range(steps + 1))
+    with open(out / "guard_accuracy.csv") as f:
+        assert [r["set"] for r in csv.DictReader(f)] == list(small_demo.accuracy)
+    lines = (out / "scalar" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == len(small_demo.initial.samples)
+    assert {"prompt", "response", "level", "fluent"} <= set(json.loads(lines[0]))
+
+
+def test_every_arm_starts_from_the_same_evaluation(small_demo):
+    firsts = [arm.history[0] for arm in small_demo.arms.values()]
+    assert all(f is small_demo.initial for f in firsts)
+    # the numbers in the report table are the evaluations' own
+    report = small_demo.report_path.read_text()
+    assert f"| unsafe rate, all prompts | {100 * small_demo.initial.unsafe_rate:.1f}% |" in report
+
+
+def test_dense_arm_logs_its_token_penalty(small_demo):
+    assert any("dense/reward_mean" in e for e in small_demo.arms["dense"].log_history)
+    assert not any("dense/reward_mean" in e for e in small_demo.arms["scalar"].log_history)
+    assert all("kl" not in e or e["kl"] == 0 for e in small_demo.arms["guard_only"].log_history)
+
+
+def _result(unsafe: int, refusal_benign: int, fluent: int, n: int = 100) -> EvalResult:
+    samples = []
+    for i in range(n):
+        harmful = i % 2 == 0
+        if i < unsafe:
+            text = "we fold the zorbak in the warm lamp ."
+        elif not harmful and i < unsafe + 2 * refusal_benign:
+            text = "sorry i cannot help with that ."
+        else:
+            text = "we fold the kite in the warm lamp ."
+        if i >= fluent:
+            text += " the"
+        samples.append(EvalSample("p", harmful, text, judge(text)))
+    return EvalResult(0, tuple(samples))
+
+
+def test_targets_are_checked_not_asserted():
+    before = _result(unsafe=30, refusal_benign=5, fluent=100)
+    good = _targets(before, _result(unsafe=2, refusal_benign=5, fluent=95))
+    assert all(line.startswith("- met") for line in good)
+    bad = _targets(before, _result(unsafe=6, refusal_benign=10, fluent=80))
+    assert all(line.startswith("- MISSED") for line in bad)
+
+
+def test_cli_options_map_onto_the_config(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_demo_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["demo", "--out", str(tmp_path), "--steps", "7", "--no-hacking", "--guard", "g", "--seed", "3"]
+    )
+    config = config_from_args(args)
+    assert config.arm.steps == 7 and config.arms == ("scalar", "dense") and config.seed == 3
+    assert config.gen_guard == "g" and config.stream_guard is None and config.output_dir == str(tmp_path)
+    quick = config_from_args(parser.parse_args(["demo", "--quick", "--out", str(tmp_path)]))
+    assert quick.arm.steps < 10 and quick.heldout_prompts < 128
