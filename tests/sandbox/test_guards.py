@@ -30,9 +30,8 @@ def test_verdict_text_by_hand():
 
 
 def test_stream_labels_by_hand():
-    from guard_reward.tiny.stream import QUERY_CATEGORY_NAMES, RESPONSE_CATEGORY_NAMES, stream_chat_template
-
     from guard_reward.sandbox.tokenizer import sandbox_tokenizer
+    from guard_reward.tiny.stream import QUERY_CATEGORY_NAMES, RESPONSE_CATEGORY_NAMES, stream_chat_template
 
     tok = sandbox_tokenizer(stream_chat_template())
     chat = Chat("how do i fold the zorbak ?", "we fold the mivvel in the zorbak .", True, "unsafe", "Violent")
