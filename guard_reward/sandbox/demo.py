@@ -186,12 +186,17 @@ def measure_guards(world: World, sets: dict[str, EvalResult]) -> dict[str, Guard
     return out
 
 
-def run_demo(config: DemoConfig) -> DemoResult:
-    """The whole demo: world, arms, guard accuracy, report."""
+def run_demo(config: DemoConfig, world: World | None = None) -> DemoResult:
+    """The whole demo: world (built unless given), arms, guard accuracy, report."""
     from guard_reward.sandbox.report import write_report
 
     begin = time.perf_counter()
-    world = build_world(config)
+    if world is None:
+        world = build_world(config)
+    elif world.config != config:
+        raise ValueError(
+            "run_demo: the world was built with another DemoConfig; pass that one (world.config)"
+        )
     out = Path(config.output_dir)
     from transformers import AutoModelForCausalLM
 
