@@ -297,7 +297,8 @@ class GenGuard:
             prompt_mask = torch.cat([past.key_mask.long(), batch.prompt_mask], dim=1)
             self.stats.update(shared_batches=1, tokens_saved=plan.tokens_unshared - plan.tokens_shared)
         first = batch.prompt_width + len(self.tree.prefix_ids) - 1  # the prefix end, then the tree nodes
-        step_logits = self.model.lm_head(out.last_hidden_state[:, first:])
+        # contiguous: (B, 1 + N, H) then folds into one matmul on every dispatch path (a strided slice may not)
+        step_logits = self.model.lm_head(out.last_hidden_state[:, first:].contiguous())
         probs = torch.softmax(label_log_probs(step_logits, self.tree), dim=-1).cpu()
         prob_dicts = [dict(zip(self.tree.labels, row.tolist())) for row in probs]
         if not decode:

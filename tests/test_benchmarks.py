@@ -1,0 +1,55 @@
+"""The benchmark suite's own instruments: the tensor-memory counter, the ratio arithmetic, and a tiny end-to-end
+run of the memory part (so the suite keeps running as the guards change)."""
+
+import torch
+
+from benchmarks.bench_memory import LiveTensors, deep_size
+from benchmarks.bench_memory import run as memory_run
+from benchmarks.common import Setup, fmt_ratio, ratio
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    intermediate_size=64,
+    max_position_embeddings=1024,
+)
+
+
+def test_live_tensors_counts_storages_until_their_last_view_dies():
+    with LiveTensors() as mode:
+        a = torch.ones(1000)  # 4000 bytes
+        b = a * 2  # 4000 more: peak 8000
+        view = b[:10]  # a view: no new storage
+        del a  # 4000 live
+        c = torch.zeros(500, dtype=torch.float64)  # 4000: live 8000, peak stays 8000
+        del b  # the view keeps b's storage alive
+        live_with_view = mode.live
+        del view
+        live_after = mode.live
+    assert mode.peak == 8000
+    assert live_with_view == 8000 and live_after == 4000
+    assert c.numel() == 500
+
+
+def test_deep_size_counts_a_shared_storage_once():
+    base = torch.zeros(1000)  # 4000 bytes of storage
+    two_views = [base[:10], base[10:20]]
+    assert 4000 <= deep_size(two_views) < 4000 + 2000  # storage once, plus small Python objects
+
+
+def test_ratio_best_and_spread():
+    r = ratio([4.0, 6.0], [1.0, 2.0])  # rounds: 4x, 3x; best-to-best 4/1
+    assert r == {"best": 4.0, "lo": 3.0, "hi": 4.0}
+    assert ratio([4.0], [2.0], scale=0.5)["best"] == 1.0
+    assert fmt_ratio(r, ".1f") == "4.0x (3.0–4.0)"
+
+
+def test_memory_part_runs_on_a_tiny_guard(tmp_path):
+    table, payload = memory_run(Setup(TINY, tmp=tmp_path), counts=(1, 3), budgets=(16384,))
+    gen = payload["by_count"]["gen"]
+    assert [r["count"] for r in gen] == [1, 3]
+    assert 0 < gen[0]["tensor_peak_mb"] <= gen[1]["tensor_peak_mb"]
+    assert "| stream | 3 |" in table
