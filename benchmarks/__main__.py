@@ -3,7 +3,8 @@
 Runs, in this order and in one process (so every table's ratios are measured side by side): Gen judging paths,
 Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes. Writes one markdown and one JSON
 file per part under ``benchmarks/results/`` plus ``summary.md`` (every target: measured figure, met or missed).
-``--gpu-size`` runs the Qwen3-0.6B-shaped configuration in bf16 on CUDA and writes ``*_gpu`` files instead.
+``--gpu-size`` runs the Qwen3-0.6B-shaped configuration in bf16 on CUDA and writes ``*_gpu`` files instead;
+``--only`` runs some parts (their files are rewritten, ``summary.md`` is not).
 """
 
 from __future__ import annotations
@@ -129,9 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         write_results(name + suffix, title, table, payload, args.out)
         logger.info("\n## %s (%.0f s)\n\n%s\n", title, payload["seconds"], table)
     text = summary(payloads, setup, time.perf_counter() - start)
-    write_results(
-        "summary" + suffix, "Benchmark summary: targets", text, {"targets": targets(payloads)}, args.out
-    )
+    if not args.only:  # a partial run does not replace the whole suite's summary
+        payload = {"targets": targets(payloads)}
+        write_results("summary" + suffix, "Benchmark summary: targets", text, payload, args.out)
     logger.info("\n## Summary\n\n%s", text)
 
 

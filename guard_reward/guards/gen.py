@@ -41,7 +41,6 @@ from guard_reward.guards.common import (
 from guard_reward.guards.gen_scoring import build_label_tree, label_log_probs, make_scoring_batch
 from guard_reward.guards.gen_verdicts import combine_parts, decode_verdicts
 from guard_reward.guards.prefix_sharing import (
-    MIN_SHARING_GAIN,
     attention_bias,
     block_mask,
     encode_shared,
@@ -269,8 +268,6 @@ class GenGuard:
     def _judge_batch(self, items: list[tuple[tuple[int, ...], bool, str]], decode: bool) -> list[Verdict]:
         prompts = [ids for ids, _, _ in items]
         plan = plan_sharing(prompts) if self.share_prefix else None
-        if plan is not None and plan.gain < MIN_SHARING_GAIN:
-            plan = None
         if plan is None:
             batch = make_scoring_batch(prompts, self.tree, self.pad_id)
             out = self.model.model(

@@ -29,9 +29,12 @@ from transformers.cache_utils import DynamicCache
 
 # Rows join a level-1 group when they share at least this many tokens beyond the micro-batch's common prefix;
 # a micro-batch is shared only when that cuts its padded token count by this factor (below it, the extra
-# forward calls and cache copies eat most of the saving: measured in benchmarks/bench_groups.py).
+# forward calls and cache copies eat most of the saving: measured in benchmarks/bench_groups.py), and only when
+# the padded row width (KV cache per row, with padding between levels) grows by at most this factor, so the
+# token budget keeps bounding memory.
 MIN_GROUP_TOKENS = 16
 MIN_SHARING_GAIN = 1.2
+MAX_WIDTH_GROWTH = 1.25
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -53,6 +56,8 @@ class SharePlan:
         cut: ``(B,)`` tokens of each row held in the shared cache; the row's own tokens are ``row[cut:]``.
         tokens_unshared: ``B x longest row``, the padded token count of the plain pass.
         tokens_shared: ``S0 + level-1 rows x widest group segment + B x widest own part``.
+        width_shared: columns of each row's KV cache after the shared pass (padding between levels included);
+            ``width_unshared`` is the longest row.
     """
 
     shared: int
@@ -61,6 +66,8 @@ class SharePlan:
     cut: tuple[int, ...]
     tokens_unshared: int
     tokens_shared: int
+    width_shared: int
+    width_unshared: int
 
     @property
     def gain(self) -> float:
@@ -68,8 +75,17 @@ class SharePlan:
         return self.tokens_unshared / max(1, self.tokens_shared)
 
 
-def plan_sharing(rows: Sequence[Sequence[int]], min_group_tokens: int = MIN_GROUP_TOKENS) -> SharePlan | None:
-    """Split ``rows`` (token ids) into shared levels (module docstring); ``None`` when nothing is shared."""
+def plan_sharing(
+    rows: Sequence[Sequence[int]],
+    min_group_tokens: int = MIN_GROUP_TOKENS,
+    min_gain: float = MIN_SHARING_GAIN,
+    max_width_growth: float = MAX_WIDTH_GROWTH,
+) -> SharePlan | None:
+    """Split ``rows`` (token ids) into shared levels (module docstring).
+
+    ``None`` when sharing does not pay: nothing shared, padded tokens cut by less than ``min_gain``, or the
+    padded row width (shared levels + own part) above ``max_width_growth x`` the longest row.
+    """
     if min_group_tokens < 1:
         raise ValueError(f"min_group_tokens must be >= 1, got {min_group_tokens}")
     bsz = len(rows)
@@ -96,14 +112,19 @@ def plan_sharing(rows: Sequence[Sequence[int]], min_group_tokens: int = MIN_GROU
     n_level1 = len(groups) + (1 if groups and -1 in row_group else 0)
     width1 = max((n for _, n in groups), default=0)
     own = max(length - c for length, c in zip(lengths, cut))
-    return SharePlan(
+    plan = SharePlan(
         shared=shared,
         groups=tuple(groups),
         row_group=tuple(row_group),
         cut=tuple(cut),
         tokens_unshared=bsz * max(lengths),
         tokens_shared=shared + n_level1 * width1 + bsz * own,
+        width_shared=shared + width1 + own,
+        width_unshared=max(lengths),
     )
+    if plan.gain < min_gain or plan.width_shared > max_width_growth * plan.width_unshared:
+        return None
+    return plan
 
 
 @dataclass

@@ -50,7 +50,6 @@ from guard_reward.guards.common import (
     token_budget_batches,
 )
 from guard_reward.guards.prefix_sharing import (
-    MIN_SHARING_GAIN,
     encode_shared,
     ordered_budget_batches,
     plan_sharing,
@@ -418,7 +417,7 @@ class StreamGuard:
         """Run the rows (right-padded; shared prefixes once when that pays) and return a lookup ``(rows (N,),
         positions (N,)) -> (N, H)`` of last hidden states."""
         plan = plan_sharing(ids) if self.share_prefix else None
-        if plan is not None and plan.gain >= MIN_SHARING_GAIN:
+        if plan is not None:
             past = encode_shared(self.model, ids, plan, self.pad_id, keep_hidden=True)
             own_ids = [row[cut:] for row, cut in zip(ids, plan.cut)]
             own = run_rows(self.model, past.cache, own_ids, past.key_mask, past.length, self.pad_id)

@@ -62,6 +62,18 @@ def test_a_row_that_would_shrink_a_large_group_starts_its_own():
     assert plan.row_group[4] == -1
 
 
+def test_plan_declines_what_does_not_pay():
+    # the padded-token gain is below 1.2x: a 5-token header over rows of 60 own tokens
+    assert plan_sharing([H + list(range(1000 + 60 * k, 1060 + 60 * k)) for k in range(3)]) is None
+    # the gain passes (a 16-row group shares a 200-token prompt) but one row's long own part would make every
+    # row's cache 5 + 200 + 150 columns wide against 215 for the longest row: more memory than the budget
+    # allows, so no sharing
+    prompt = list(range(2000, 2200))
+    rows = [[*H, *prompt, 3000 + k, *range(9)] for k in range(16)] + [H + list(range(5000, 5150))]
+    assert plan_sharing(rows, max_width_growth=10.0) is not None
+    assert plan_sharing(rows) is None
+
+
 def test_sharing_order_keeps_groups_together_and_budget_batches_keep_order():
     rng = random.Random(0)
     prompts = [[rng.randrange(1000, 2000) for _ in range(rng.randint(20, 40))] for _ in range(4)]
