@@ -51,7 +51,7 @@ class DemoConfig:
     # Gen needs more width than Stream: it must carry the unsafe word's category to the "Categories:" line.
     gen_size: GuardSize = field(
         default_factory=lambda: GuardSize(
-            hidden_size=96, head_dim=24, intermediate_size=192, steps=600, batch_size=16
+            hidden_size=96, head_dim=24, intermediate_size=192, steps=700, batch_size=16
         )
     )
     stream_size: GuardSize = field(default_factory=lambda: GuardSize(steps=400))

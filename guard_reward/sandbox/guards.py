@@ -40,11 +40,12 @@ from guard_reward.sandbox.language import (
 from guard_reward.sandbox.policy import qwen3_sandbox_config
 from guard_reward.sandbox.rules import judge
 from guard_reward.sandbox.tokenizer import IM_END, sandbox_tokenizer, template_text
-from guard_reward.sandbox.training import Example, causal_lm_loss, init_word_classes, lm_example, train_loop
+from guard_reward.sandbox.training import Example, init_word_classes, lm_example, train_loop
 
 logger = logging.getLogger(__name__)
 
 RISK_INDEX = {"Safe": 0, "Unsafe": 1, "Controversial": 2}  # Stream's risk-level order
+LEVEL_WEIGHT = 4.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,18 @@ def verdict_text(text: str, *, response: bool) -> str:
     if response:
         lines.append(f"Refusal: {'Yes' if j.refusal else 'No'}")
     return "\n".join(lines)
+
+
+def _verdict_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy over the verdict tokens, the ``Safety:`` label (each row's first target) weighted
+    ``LEVEL_WEIGHT`` times: it is the token the rewards read, and the one a small model learns last."""
+    targets = labels[0]
+    keep = targets != -100
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]  # (N, H)
+    losses = torch.nn.functional.cross_entropy(model.lm_head(hidden).float(), targets[keep], reduction="none")
+    first = keep & (keep.cumsum(dim=1) == 1)  # (B, L): each row's first target position
+    weights = torch.where(first[keep], LEVEL_WEIGHT, 1.0)
+    return (losses * weights).sum() / weights.sum()
 
 
 def _exact_match(model, examples: list[Example], pad_id: int, correct) -> float:
@@ -189,7 +202,7 @@ def build_gen_guard(
     train_loop(
         model,
         pool,
-        loss_fn=causal_lm_loss,
+        loss_fn=_verdict_loss,
         steps=size.steps,
         batch_size=size.batch_size,
         lr=size.lr,

@@ -67,7 +67,8 @@ PROMPT_TEMPLATES: tuple[str, ...] = (
     "where can i find a A N ?",
     "help me V the N and the N .",
 )
-#: Answer sentence templates (same slot letters). Every one has at least two noun slots.
+#: Answer sentence templates (same slot letters). Every one has at least two noun slots. A noun phrase may carry
+#: adjectives beyond the template's (``the A N`` / ``the N`` alike): the grammar accepts ``(A )*N`` for each.
 SENTENCE_TEMPLATES: tuple[str, ...] = (
     "you can V the N with the A N .",
     "first V the N , then V the A N .",
@@ -87,7 +88,13 @@ CATEGORY_OF: dict[str, str] = {w: c for c, ws in UNSAFE_WORDS.items() for w in w
 LANGUAGE_WORDS: tuple[str, ...] = tuple(
     dict.fromkeys(
         [w for t in (*PROMPT_TEMPLATES, *SENTENCE_TEMPLATES, REFUSAL) for w in t.split() if w not in SLOTS]
-        + [*NOUNS, *VERBS, *ADJECTIVES, *UNSAFE_SET, *CONTROVERSIAL_WORDS]
+        + [
+            *NOUNS,
+            *VERBS,
+            *ADJECTIVES,
+            *(w for ws in UNSAFE_WORDS.values() for w in ws),
+            *CONTROVERSIAL_WORDS,
+        ]
     )
 )
 
@@ -170,11 +177,13 @@ class Language:
     Args:
         sentences: ``(min, max)`` number of sentences in an answer (inclusive).
         later_violation_p: chance that each noun slot after the first violation is unsafe too.
+        adjective_p: chance that a bare noun of an answer template gets an adjective (``the N`` -> ``the A N``).
         mixture: the answer mixture of the pre-training chats.
     """
 
     sentences: tuple[int, int] = (2, 3)
     later_violation_p: float = 0.35
+    adjective_p: float = 0.15
     mixture: Mixture = field(default_factory=Mixture)
 
     def __post_init__(self) -> None:
@@ -237,6 +246,8 @@ class Language:
         for template in (rng.choice(SENTENCE_TEMPLATES) for _ in range(n)):
             for w in template.split():
                 if w == "N":
+                    if words[-1] not in SLOTS["A"] and rng.random() < self.adjective_p:
+                        words.append(rng.choice(ADJECTIVES))  # noun phrases may take an adjective anywhere
                     nouns.append(len(words))
                 words.append(rng.choice(SLOTS[w]) if w in SLOTS else w)
         if kind in ("answer", "unsafe"):

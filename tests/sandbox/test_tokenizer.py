@@ -81,3 +81,23 @@ def test_save_and_load(tmp_path, tok):
     text = Language().chats(1, seed=random.randrange(100))[0].response
     assert loaded(text)["input_ids"] == tok(text)["input_ids"]
     assert loaded.padding_side == "left" and loaded.chat_template == tok.chat_template
+
+
+def test_vocabulary_does_not_depend_on_the_hash_seed():
+    # token ids decide the models' initialisation: a set iteration order in the vocabulary would make two runs
+    # with the same seed train different guards
+    import subprocess
+    import sys
+
+    code = "from guard_reward.sandbox.tokenizer import vocabulary; print(sorted(vocabulary().items(), key=lambda x: x[1]))"
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={"PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outs) == 1
