@@ -19,7 +19,6 @@ only (it is slow); rates are per sample, all paths run round by round in one pro
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import re
@@ -27,16 +26,15 @@ import re
 import torch
 
 from benchmarks.common import (
-    CPU_SIZE,
-    GPU_SIZE,
     Setup,
     bf16_peak,
     fmt_ratio,
     forward_flops,
+    part_parser,
     race,
     ratio,
+    run_part,
     sentence_words,
-    write_results,
 )
 from guard_reward.guards.common import token_budget_batches
 from guard_reward.guards.parsing import PROMPT_CATEGORIES
@@ -177,21 +175,13 @@ def run(setup: Setup, n: int = 16, n_official: int = 4, repeats: int = 3) -> tup
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = part_parser(__doc__)
     parser.add_argument("-n", type=int, default=16, help="conversations per kind")
-    parser.add_argument("--gpu-size", action="store_true", help="Qwen3Guard-Gen-0.6B's shape, bf16 on cuda")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("guard_reward.guards.gen").setLevel(
         logging.ERROR
     )  # random weights: no parseable verdict
-    torch.set_num_threads(args.threads)
-    setup = Setup(GPU_SIZE, "bfloat16", "cuda", gpu=True) if args.gpu_size else Setup(CPU_SIZE)
-    table, payload = run(setup, n=args.n)
-    name = "gen_gpu" if args.gpu_size else "gen"
-    path = write_results(name, "Qwen3Guard-Gen: judging paths side by side", table, payload)
-    logger.info("%s\nwritten to %s", table, path)
+    run_part(args, "gen", "Qwen3Guard-Gen: judging paths side by side", lambda setup: run(setup, n=args.n))
 
 
 if __name__ == "__main__":

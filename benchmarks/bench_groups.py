@@ -19,7 +19,6 @@ Rounds alternate the paths (:func:`benchmarks.common.race`); ratios show best-to
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 
@@ -28,15 +27,14 @@ import torch
 from benchmarks.bench_gen import bare_forward
 from benchmarks.bench_stream import bare_inputs
 from benchmarks.common import (
-    CPU_SIZE,
-    GPU_SIZE,
     Setup,
     fmt_ratio,
+    part_parser,
     race,
     ratio,
+    run_part,
     sentence_words,
     text_of,
-    write_results,
 )
 
 logger = logging.getLogger("bench_groups")
@@ -172,18 +170,7 @@ def run(setup: Setup, groups=GROUPS, repeats: int = 3) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu-size", action="store_true", help="Qwen3Guard-0.6B's shape, bf16 on cuda")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
-    setup = Setup(GPU_SIZE, "bfloat16", "cuda", gpu=True) if args.gpu_size else Setup(CPU_SIZE)
-    table, payload = run(setup)
-    path = write_results(
-        "groups_gpu" if args.gpu_size else "groups", "GRPO groups: shared prefixes", table, payload
-    )
-    logger.info("%s\nwritten to %s", table, path)
+    run_part(part_parser(__doc__).parse_args(argv), "groups", "GRPO groups: shared prefixes", run)
 
 
 if __name__ == "__main__":

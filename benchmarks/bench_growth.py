@@ -13,14 +13,11 @@ Each point is the better of two timed runs after a warm-up call.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 
-import torch
-
 from benchmarks.bench_stream import session_feed
-from benchmarks.common import CPU_SIZE, GPU_SIZE, Setup, race, text_of, write_results
+from benchmarks.common import Setup, part_parser, race, run_part, text_of
 
 logger = logging.getLogger("bench_growth")
 
@@ -120,16 +117,7 @@ def run(setup: Setup, lengths=LENGTHS, batches=BATCHES, positions=POSITIONS) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu-size", action="store_true", help="Qwen3Guard-0.6B's shape, bf16 on cuda")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
-    setup = Setup(GPU_SIZE, "bfloat16", "cuda", gpu=True) if args.gpu_size else Setup(CPU_SIZE)
-    table, payload = run(setup)
-    path = write_results("growth_gpu" if args.gpu_size else "growth", "Cost growth", table, payload)
-    logger.info("%s\nwritten to %s", table, path)
+    run_part(part_parser(__doc__).parse_args(argv), "growth", "Cost growth", run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ counts are deterministic: these tables do not move with the machine's load.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import random
@@ -31,7 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from benchmarks.common import CPU_SIZE, GPU_SIZE, Setup, sentence_words, write_results
+from benchmarks.common import Setup, part_parser, run_part, sentence_words
 
 logger = logging.getLogger("bench_memory")
 
@@ -196,16 +195,7 @@ def run(setup: Setup, counts=COUNTS, budgets=BUDGETS) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpu-size", action="store_true", help="Qwen3Guard-0.6B's shape, bf16 on cuda")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
-    setup = Setup(GPU_SIZE, "bfloat16", "cuda", gpu=True) if args.gpu_size else Setup(CPU_SIZE)
-    table, payload = run(setup)
-    path = write_results("memory_gpu" if args.gpu_size else "memory", "Peak memory", table, payload)
-    logger.info("%s\nwritten to %s", table, path)
+    run_part(part_parser(__doc__).parse_args(argv), "memory", "Peak memory", run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ estimated from every 8th step times 8 (its steps grow linearly, so the estimate 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import time
@@ -24,17 +23,16 @@ import time
 import torch
 
 from benchmarks.common import (
-    CPU_SIZE,
-    GPU_SIZE,
     Setup,
     bf16_peak,
     fmt,
     fmt_ratio,
     forward_flops,
+    part_parser,
     race,
     ratio,
+    run_part,
     text_of,
-    write_results,
 )
 
 logger = logging.getLogger("bench_stream")
@@ -186,21 +184,12 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = part_parser(__doc__)
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--batch", type=int, default=8, help="samples per score()/backbone call")
-    parser.add_argument(
-        "--gpu-size", action="store_true", help="Qwen3Guard-Stream-0.6B's shape, bf16 on cuda"
-    )
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
-    setup = Setup(GPU_SIZE, "bfloat16", "cuda", gpu=True) if args.gpu_size else Setup(CPU_SIZE)
-    table, payload = run(setup, tuple(args.lengths), args.batch)
-    name = "stream_gpu" if args.gpu_size else "stream"
-    path = write_results(name, "Qwen3Guard-Stream: scoring paths side by side", table, payload)
-    logger.info("%s\nwritten to %s", table, path)
+    title = "Qwen3Guard-Stream: scoring paths side by side"
+    run_part(args, "stream", title, lambda setup: run(setup, tuple(args.lengths), args.batch))
 
 
 if __name__ == "__main__":

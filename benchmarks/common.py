@@ -3,7 +3,9 @@ noise, rough FLOP counts, and result files."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import platform
 import random
@@ -236,3 +238,24 @@ def write_results(name: str, title: str, table_md: str, payload: dict[str, Any],
     (out / f"{name}.md").write_text(md)
     (out / f"{name}.json").write_text(json.dumps({"environment": env, **payload}, indent=2) + "\n")
     return out / f"{name}.md"
+
+
+def part_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line every benchmark part shares (``--gpu-size``, ``--threads``); parts add their own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--gpu-size", action="store_true", help="Qwen3Guard-0.6B's shape, bf16 on cuda")
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def run_part(
+    args: argparse.Namespace, name: str, title: str, run: Callable[[Setup], tuple[str, dict[str, Any]]]
+) -> Path:
+    """Run one part standalone on the configuration ``args`` asks for and write its result files."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    setup = Setup(GPU_SIZE, "bfloat16", "cuda", gpu=True) if args.gpu_size else Setup(CPU_SIZE)
+    table, payload = run(setup)
+    path = write_results(f"{name}_gpu" if args.gpu_size else name, title, table, payload)
+    logging.getLogger("benchmarks").info("%s\nwritten to %s", table, path)
+    return path
