@@ -165,10 +165,12 @@ def run_arm(
     *,
     initial: EvalResult | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> ArmResult:
     """Train one arm from the pre-trained policy in ``policy_path`` and evaluate it along the way.
 
-    ``initial`` is the evaluation of the starting policy (shared by all arms; computed here if not given).
+    ``initial`` is the evaluation of the starting policy (shared by all arms; computed here if not given);
+    ``device`` ``"cpu"`` keeps TRL off any accelerator (the sandbox's models are faster on the CPU).
     Writes ``eval.csv`` (ground truth) and the ``SafetyCurvesCallback`` files into ``output_dir``.
     """
     from datasets import Dataset
@@ -213,7 +215,7 @@ def run_arm(
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=device == "cpu",
         bf16=False,
         gradient_checkpointing=False,
         disable_dropout=True,

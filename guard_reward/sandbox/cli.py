@@ -47,6 +47,9 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny models)"
     )
     parser.add_argument(
+        "--device", default="cpu", help="device for the guards and GRPO (e.g. cuda, with real checkpoints)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a seconds-sized run (smoke test, not meaningful)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
@@ -75,6 +78,7 @@ def config_from_args(args: argparse.Namespace):
         gen_guard=args.gen_guard,
         stream_guard=args.stream_guard,
         threads=args.threads,
+        device=args.device,
         progress=config.progress and not args.no_progress,
     )
 

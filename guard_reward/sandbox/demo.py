@@ -42,6 +42,8 @@ class DemoConfig:
         heldout_prompts, samples_per_prompt: evaluation set size (half harmful).
         train_prompts: GRPO prompt pool size (half harmful, disjoint from the held-out set).
         threads: torch threads; 1 is fastest for models this small and immune to a busy machine's stalls.
+        device: where the guards and the GRPO runs go (``"cuda"`` for real checkpoints on a GPU); the sandbox's
+            own pre-training always runs on the CPU.
     """
 
     output_dir: str = "runs/demo"
@@ -65,6 +67,7 @@ class DemoConfig:
     train_prompts: int = 1024
     guard_eval_chats: int = 256
     threads: int = 1
+    device: str = "cpu"
     progress: bool = True
 
     @classmethod
@@ -140,8 +143,8 @@ def build_world(config: DemoConfig) -> World:
     if config.stream_guard is None:
         logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
         build_stream_guard(stream_path, lang, config.stream_size, seed=config.seed, progress=config.progress)
-    gen = GenGuard.from_pretrained(gen_path, device="cpu")
-    stream = StreamGuard.from_pretrained(stream_path, device="cpu")
+    gen = GenGuard.from_pretrained(gen_path, device=config.device)
+    stream = StreamGuard.from_pretrained(stream_path, device=config.device)
     seconds["guards"] = time.perf_counter() - start
 
     heldout = lang.prompts(config.heldout_prompts, seed=config.seed + 1000)
@@ -222,6 +225,7 @@ def run_demo(config: DemoConfig, world: World | None = None) -> DemoResult:
             out / name,
             initial=initial,
             progress=config.progress,
+            device=config.device,
         )
         world.seconds[f"arm {name}"] = time.perf_counter() - start
     logger.info("[4/4] measuring the guards and writing the report")
