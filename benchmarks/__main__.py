@@ -31,7 +31,7 @@ PARTS = {
 
 
 def targets(payloads: dict[str, dict]) -> list[tuple[str, float | None, float, bool]]:
-    """``(target, measured, threshold, higher is better)`` for every target the issue sets."""
+    """``(target, measured, threshold, higher is better)`` for every target the suite checks."""
     out: list[tuple[str, float | None, float, bool]] = []
     if "gen" in payloads:
         res = payloads["gen"]["results"]
