@@ -21,18 +21,18 @@ from typing import Literal
 
 import torch
 
+from guard_reward.guards.stream_heads import (
+    DEFAULT_QUERY_CATEGORIES,
+    DEFAULT_RESPONSE_CATEGORIES,
+    DEFAULT_RISK_LEVELS,
+)
 from guard_reward.tiny.gen import qwen3_config
 from guard_reward.tiny.tokenizer import qwen_tokenizer
 
-#: Risk-level index order of Qwen3Guard-Stream (response and query heads).
-RISK_LEVEL_NAMES = ("Safe", "Unsafe", "Controversial")
-#: Response category index order of Qwen3Guard-Stream (not the Gen template's order).
-RESPONSE_CATEGORY_NAMES = (
-    "Violent", "Sexual Content or Sexual Acts", "Suicide & Self-Harm", "Politically Sensitive Topics", "PII",
-    "Copyright Violation", "Non-violent Illegal Acts", "Unethical Acts",
-)  # fmt: skip
-#: Query categories: the response ones plus ``Jailbreak``.
-QUERY_CATEGORY_NAMES = (*RESPONSE_CATEGORY_NAMES, "Jailbreak")
+# The label orders the real checkpoints use (the loader's documented defaults), written into every stand-in.
+RISK_LEVEL_NAMES = DEFAULT_RISK_LEVELS
+RESPONSE_CATEGORY_NAMES = DEFAULT_RESPONSE_CATEGORIES
+QUERY_CATEGORY_NAMES = DEFAULT_QUERY_CATEGORIES
 #: The remote-code classes named by the real ``auto_map`` (the files are deliberately absent).
 STREAM_AUTO_MAP = {
     "AutoConfig": "configuration_qwen3.Qwen3Config",
