@@ -1,10 +1,9 @@
 """Teach a tiny Qwen3Guard-Gen stand-in to answer in the verdict format.
 
-A random-weight stand-in tests the maths but never emits a parseable verdict. Fine-tuning it for a few hundred
-steps on conversations labelled by a simple rule makes it emit real ``Safety:`` / ``Categories:`` / ``Refusal:``
-lines, so decoding, parsing and the offline annotation CLI are exercised end to end. The loss is taken on the
-verdict tokens only, and the language-model head is applied to those positions only (the 151,936-row head over
-~300 template tokens would otherwise dominate the cost).
+A random-weight stand-in tests the maths but never emits a parseable verdict. Fine-tuning it on labelled
+conversations (the bundled examples' reference verdicts) until it reproduces them makes it emit real
+``Safety:`` / ``Categories:`` / ``Refusal:`` lines, so decoding, parsing and the offline annotation CLI are
+exercised end to end. It reuses the sandbox's training loop; the loss is taken on the verdict tokens only.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,54 +30,83 @@ def train_tiny_gen(
     path: str | os.PathLike,
     examples: Sequence[tuple[Conversation, str]],
     *,
-    steps: int = 150,
+    steps: int = 200,
     batch_size: int = 8,
     lr: float = 3e-3,
     seed: int = 0,
 ) -> Path:
-    """Fine-tune the checkpoint in ``path`` on ``(conversation, verdict text)`` pairs and save it in place."""
+    """Fine-tune the checkpoint in ``path`` on ``(conversation, verdict text)`` pairs and save it in place.
+
+    Training stops early once every example's verdict tokens are the model's greedy choice under teacher
+    forcing (so greedy decoding reproduces them); ``steps`` is the ceiling.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guard_reward.sandbox.training import Example, lm_example, train_loop
 
     path = Path(path)
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     end = tok.convert_tokens_to_ids("<|im_end|>")
-    encoded = []
-    for conv, target in examples:
-        prompt = tok.encode(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False)
-        answer = [*tok.encode(target, add_special_tokens=False), end]
-        encoded.append((prompt, answer))
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        picks = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
-        loss = _verdict_loss(model, [encoded[i] for i in picks], tok.pad_token_id)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    model.eval()
+    pool: list[Example] = [
+        lm_example(
+            tok.encode(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False),
+            [*tok.encode(target, add_special_tokens=False), end],
+        )
+        for conv, target in examples
+    ]
+    train_loop(
+        model,
+        pool,
+        loss_fn=_verdict_loss,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        pad_id=tok.pad_token_id,
+        seed=seed,
+        desc="tiny Gen stand-in",
+        progress=False,
+        validate=lambda m: _all_verdicts_greedy(m, pool, tok.pad_token_id),
+        target=1.0,
+        check_every=25,
+        min_steps=50,
+    )
     model.save_pretrained(path)
     return path
 
 
+def _verdict_logits(
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(N, V)`` at the ``N`` labelled positions of a right-padded batch, and their targets ``(N,)``.
+
+    The LM head runs on those positions only: over ~300 template tokens the 151,936-row head would otherwise
+    dominate the cost.
+    """
+    targets = labels[0]
+    where = targets != -100
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[where]
+    return model.lm_head(hidden).float(), targets[where]
+
+
 def _verdict_loss(
-    model: torch.nn.Module, batch: list[tuple[list[int], list[int]]], pad_id: int
+    model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: list[torch.Tensor]
 ) -> torch.Tensor:
-    """Mean cross-entropy over the verdict tokens of a right-padded batch."""
-    width = max(len(p) + len(a) for p, a in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(batch), width, dtype=torch.long)
-    rows, cols, targets = [], [], []
-    for i, (prompt, answer) in enumerate(batch):
-        ids[i, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-        mask[i, : len(prompt) + len(answer)] = 1
-        rows += [i] * len(answer)
-        cols += range(len(prompt) - 1, len(prompt) + len(answer) - 1)  # positions predicting the verdict
-        targets += answer
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[rows, cols]  # (N, H)
-    return torch.nn.functional.cross_entropy(model.lm_head(hidden).float(), torch.tensor(targets))
+    logits, targets = _verdict_logits(model, ids, mask, labels)
+    return torch.nn.functional.cross_entropy(logits, targets)
+
+
+def _all_verdicts_greedy(model: torch.nn.Module, pool: Sequence[Any], pad_id: int) -> float:
+    """Fraction of examples whose every verdict token is the argmax under teacher forcing."""
+    from guard_reward.sandbox.training import batch_tensors
+
+    exact = 0
+    for example in pool:
+        ids, mask, labels = batch_tensors([example], pad_id)
+        logits, targets = _verdict_logits(model, ids, mask, labels)
+        exact += bool((logits.argmax(-1) == targets).all())
+    return exact / len(pool)
 
 
 def bundled_examples() -> list[tuple[Conversation, str]]:
@@ -98,7 +127,7 @@ def bundled_examples() -> list[tuple[Conversation, str]]:
     return pairs
 
 
-def build_trained_tiny_gen(path: str | os.PathLike, *, steps: int = 150, seed: int = 0) -> Path:
+def build_trained_tiny_gen(path: str | os.PathLike, *, steps: int = 200, seed: int = 0) -> Path:
     """A tiny Gen stand-in that has learned the bundled examples' verdicts (for demos and decode tests)."""
     from guard_reward.tiny.gen import build_tiny_gen
 
