@@ -39,6 +39,12 @@ class Verdict:
         parts: when reasoning and answer were judged separately, their own verdicts (``"reasoning"``,
             ``"answer"``); this verdict then combines them (both must be safe).
         error: why the verdict could not be produced or parsed, when ``level`` is ``None``.
+        reason: the short failure key of ``error`` (one of ``guard_reward.faults.REASONS``), or ``None``.
+        empty: the answer was empty or whitespace-only (after removing reasoning and end-of-turn tokens); the
+            guard was not asked and ``level`` is ``None``.
+        answer_missing: the reasoning block was cut off before ``</think>``: there is no answer, so no answer
+            verdict (``level`` is ``None``, ``reason`` is ``"no_answer"``); ``parts["reasoning"]`` may hold the
+            reasoning's own verdict.
     """
 
     level: Level | None
@@ -51,6 +57,9 @@ class Verdict:
     truncated: bool = False
     parts: Mapping[str, Verdict] | None = None
     error: str | None = None
+    reason: str | None = None
+    empty: bool = False
+    answer_missing: bool = False
 
     @property
     def ok(self) -> bool:
@@ -85,6 +94,9 @@ class TokenRisk:
             ``StreamGuard.score_ids``; ids before ``start`` (a reasoning block when only the answer is
             judged) and after ``end`` (trailing ``<|im_end|>``/``<|endoftext|>``) were not scored. ``None``
             when scored from text.
+        error: why this sample could not be scored (then ``T == 0``), else ``None``.
+        reason: the short failure key of ``error`` (one of ``guard_reward.faults.REASONS``), or ``None``.
+        answer_missing: the reasoning block was cut off before ``</think>``, so there is no answer to score.
     """
 
     token_ids: torch.Tensor
@@ -98,6 +110,14 @@ class TokenRisk:
     query_category_probs: Mapping[str, float] | None = None
     truncated: bool = False
     span: tuple[int, int] | None = None
+    error: str | None = None
+    reason: str | None = None
+    answer_missing: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Whether the guard scored this sample."""
+        return self.error is None
 
     def __len__(self) -> int:
         return int(self.token_ids.shape[0])
