@@ -146,3 +146,15 @@ def test_hybrid_values_an_empty_answer_as_a_refusal(gen):
     assert HybridSafetyReward(gen, len_reward, no_answer_value=-3.0, thinking="answer")(
         [BENIGN], [msg(CUT_OFF)]
     ) == [-3.0]
+
+
+def test_a_malformed_sample_is_a_counted_none(gen):
+    log = Log()
+    reward = SafetyReward(gen, refusal=False, decode=False)
+    values = reward(
+        [BENIGN, BENIGN, BENIGN], [msg(ANSWER), 42, [{"role": "tool"}]], log_metric=log.log_metric
+    )
+    assert values[0] is not None and values[1:] == [None, None]
+    assert log.metrics["guard/failures/invalid_input"] == [2.0]
+    with pytest.raises(SampleError, match="completion"):
+        SafetyReward(gen, refusal=False, decode=False, on_error="raise")([BENIGN], [42])
