@@ -158,3 +158,44 @@ def test_a_malformed_sample_is_a_counted_none(gen):
     assert log.metrics["guard/failures/invalid_input"] == [2.0]
     with pytest.raises(SampleError, match="completion"):
         SafetyReward(gen, refusal=False, decode=False, on_error="raise")([BENIGN], [42])
+
+
+class Rank:
+    """One of two ranks of a trainer, as TRL 1.16 logs reward metrics (``log_metric`` is its bound method)."""
+
+    accelerator = type("Accelerator", (), {"num_processes": 2})()
+
+    def __init__(self):
+        self.pending: dict[str, list[float]] = {}
+
+    def log_metric(self, name, value):
+        self.pending.setdefault(name, []).append(value)
+
+
+def test_two_ranks_log_global_rates_and_failure_totals(tiny_gen_path):
+    """TRL flushes (sum over all calls of all ranks) / (number of calls): rank 0 holds 1 sample, rank 1 five."""
+    gen = GenGuard.from_pretrained(tiny_gen_path, max_length=600)
+    long = "word " * 600
+    reward = SafetyReward(gen, refusal=False, decode=False, harmful_column="harmful")
+    batches = [
+        ([BENIGN], [msg(ANSWER)]),
+        ([BENIGN] * 5, [msg(long), msg(""), msg(long), msg("Knead it well."), msg("Bake it hot.")]),
+    ]
+    ranks = [Rank(), Rank()]
+    for rank, (prompts, completions) in zip(ranks, batches, strict=True):
+        reward(prompts, completions, harmful=[False] * len(prompts), log_metric=rank.log_metric)
+    flushed = {}
+    for key in {k for r in ranks for k in r.pending}:
+        values = [x for r in ranks for x in r.pending.get(key, [])]
+        flushed[key] = sum(values) / len(values)
+    texts = [c[0]["content"] for _, cs in batches for c in cs]
+    judged = [t for t in texts if t.strip() and t != long]
+    verdicts = gen.moderate(
+        [[*BENIGN, {"role": "assistant", "content": t}] for t in judged], thinking="separate"
+    )
+    assert flushed["guard/safe_rate"] == pytest.approx(
+        sum(v.level == "Safe" for v in verdicts) / len(verdicts)
+    )
+    assert flushed["guard/empty_rate"] == pytest.approx(1 / 6)
+    assert flushed["guard/failures"] == 2.0 and flushed["guard/failures/context_too_long"] == 2.0
+    assert flushed["guard/failures/no_answer"] == 0.0
