@@ -28,7 +28,19 @@ class Server:
     url: str
     gen_path: str
     stream_path: str
-    app_name: str = "guard_reward"
+    options: object = None
+    port: int = 0
+
+    def restart(self) -> None:
+        """Stop Serve (proxy and replicas) and start the same application on the same port again."""
+        from ray import serve
+
+        from guard_reward.serving.app import build, wait_healthy
+
+        serve.shutdown()
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        serve.run(build(self.options), name="guard_reward", route_prefix="/")
+        wait_healthy(self.url, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -53,10 +65,12 @@ def server(tiny_gen_path) -> Server:
         device="cpu",
         dtype="float32",
         torch_threads=1,
+        # the random tiny Gen cannot decode verdict lines, so /get_reward values label probabilities
+        reward_config={"guard_mode": "soft", "refusal": False},
     )
     serve.run(build(options), name="guard_reward", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, timeout=120)
-    yield Server(url, str(tiny_gen_path), str(stream_path))
+    yield Server(url, str(tiny_gen_path), str(stream_path), options, port)
     serve.shutdown()
     ray.shutdown()
