@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -25,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from guard_reward.serving.get_reward import get_reward, parse_get_reward, reward_kwargs
+from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
 from guard_reward.serving.protocol import (
     BadRequest,
     judge_gen_calls,
@@ -176,22 +175,15 @@ class StreamService(_Batched):
 
 
 class _HandleGen:
-    """A Gen guard whose ``moderate`` goes through the Gen deployment (used by ``/get_reward``'s reward, in a
-    worker thread); it remembers, per thread, the response verdicts of the current call."""
+    """A Gen guard whose ``moderate`` goes through the Gen deployment (``/get_reward``'s reward calls it in a
+    worker thread, where blocking on the handle is allowed)."""
 
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
-        self.local = threading.local()
 
     def moderate(self, conversations: list, decode: bool = False, thinking: str | None = None) -> list:
         call = {"conversations": list(conversations), "decode": decode, "thinking": thinking}
-        verdicts = [verdict_from_json(v) for v in self.handle.judge.remote(call).result()]
-        if conversations and conversations[0][-1].get("role") == "assistant":
-            self.local.verdicts = verdicts
-        return verdicts
-
-    def judged(self) -> list:
-        return getattr(self.local, "verdicts", [])
+        return [verdict_from_json(v) for v in self.handle.judge.remote(call).result()]
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -209,7 +201,6 @@ class GuardAPI:
         self.gen, self.stream, self.options = gen, stream, options
         self._vocab: dict[str, int] | None = None
         self._reward = None
-        self._handle_gen = None
 
     async def __call__(self, request: Request) -> JSONResponse:
         path = request.url.path.rstrip("/") or "/"
@@ -265,24 +256,16 @@ class GuardAPI:
             return JSONResponse({"risks": await self._need(self.stream, "stream").judge.remote(call)})
         if path == "/get_reward":
             queries, prompts = parse_get_reward(body)
-            reward, handle_gen = self._get_reward_fn()
-            fv = reward_kwargs(self.options.reward_config)["failure_value"]
-            result = await asyncio.to_thread(get_reward, reward, handle_gen.judged, queries, prompts, fv)
-            return JSONResponse(result)
+            if self._reward is None:
+                gen = _HandleGen(self._need(self.gen, "gen"))
+                self._reward = GuardRewardFunction(gen, self.options.reward_config)
+            return JSONResponse(await asyncio.to_thread(self._reward, queries, prompts))
         return _error(404, f"no route POST {path}; see the README's Serving section")
 
     def _need(self, handle: DeploymentHandle | None, name: str) -> DeploymentHandle:
         if handle is None:
             raise BadRequest(f"this server has no {name} guard (start it with --{name})")
         return handle
-
-    def _get_reward_fn(self) -> tuple[Any, _HandleGen]:
-        if self._reward is None:
-            from guard_reward.rewards.safety import SafetyReward
-
-            self._handle_gen = _HandleGen(self._need(self.gen, "gen"))
-            self._reward = SafetyReward(self._handle_gen, **reward_kwargs(self.options.reward_config))
-        return self._reward, self._handle_gen  # type: ignore[return-value]
 
 
 def build(options: ServeOptions) -> Any:

@@ -15,6 +15,7 @@ set) and ``guard_failed = 1.0`` in ``extra_logs``; it is also logged and counted
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -120,25 +121,34 @@ def get_reward(
     prompts: Sequence[str],
     failure_value: float,
 ) -> dict[str, Any]:
-    """Value every sample with ``reward`` (a ``SafetyReward``); ``judged()`` returns the response verdicts
-    the reward's guard produced for this call (for ``extra_logs``). Bad samples get ``failure_value``."""
-    n = len(queries)
+    """Value every OpenRLHF sample with ``reward`` (a ``SafetyReward``); ``judged()`` returns the response
+    verdicts the reward's guard produced for this call (for ``extra_logs``). Bad samples get
+    ``failure_value``."""
+    samples: list[tuple[list[dict[str, str]], str] | None] = []
+    for i, (q, p) in enumerate(zip(queries, prompts, strict=True)):
+        try:
+            samples.append(split_sample(q, p, i))
+        except ValueError:
+            samples.append(None)
+    return score_samples(reward, judged, samples, failure_value)
+
+
+def score_samples(
+    reward: Callable[..., Sequence[float | None]],
+    judged: Callable[[], list[Verdict]],
+    samples: Sequence[tuple[list[dict[str, str]], str] | None],
+    failure_value: float,
+) -> dict[str, Any]:
+    """``(prompt messages, response)`` per sample (``None``: a bad sample) -> rewards, scores, extra logs."""
+    n = len(samples)
     rewards: list[float] = [failure_value] * n
     failed = [1.0] * n
     p_unsafe = [-1.0] * n
     levels = [-1.0] * n
     refusal = [-1.0] * n
-    good, convs, responses = [], [], []
-    for i, (q, p) in enumerate(zip(queries, prompts, strict=True)):
-        try:
-            messages, response = split_sample(q, p, i)
-        except ValueError:
-            continue
-        good.append(i)
-        convs.append(messages)
-        responses.append(response)
+    good = [i for i, s in enumerate(samples) if s is not None]
     if good:
-        values = reward(prompts=convs, completions=responses)
+        values = reward(prompts=[samples[i][0] for i in good], completions=[samples[i][1] for i in good])
         verdicts = judged()
         for k, i in enumerate(good):
             if values[k] is not None:
@@ -154,3 +164,52 @@ def get_reward(
         "scores": list(rewards),
         "extra_logs": {"p_unsafe": p_unsafe, "level": levels, "refusal": refusal, "guard_failed": failed},
     }
+
+
+class RecordingGuard:
+    """A Gen guard wrapper that remembers, per thread, the response verdicts of its last ``moderate`` call
+    (the reward asks the guard; the caller then reads the same verdicts for its logs). Picklable."""
+
+    def __init__(self, guard: Any) -> None:
+        self.guard = guard
+        self._local = threading.local()
+
+    def moderate(
+        self, conversations: Sequence[Any], decode: bool = False, thinking: str | None = None
+    ) -> list:
+        verdicts = self.guard.moderate(conversations, decode=decode, thinking=thinking)
+        if conversations and conversations[0] and conversations[0][-1].get("role") == "assistant":
+            self._local.verdicts = verdicts
+        return verdicts
+
+    def judged(self) -> list[Verdict]:
+        return getattr(self._local, "verdicts", [])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"guard": self.guard}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.guard = state["guard"]
+        self._local = threading.local()
+
+
+class GuardRewardFunction:
+    """``(queries, prompts) -> {"rewards", "scores", "extra_logs"}`` with a ``SafetyReward`` on ``guard`` (a
+    ``GenGuard``, a ``RemoteGenGuard`` or anything with ``moderate``); ``reward_config`` as for
+    ``--reward-config``. What ``/get_reward``, the OpenRLHF reward file and the verl manager share."""
+
+    def __init__(self, guard: Any, reward_config: Mapping[str, Any] | None = None) -> None:
+        from guard_reward.rewards.safety import SafetyReward
+
+        kwargs = reward_kwargs(reward_config)
+        self.failure_value = float(kwargs["failure_value"])
+        self.recorder = RecordingGuard(guard)
+        self.reward = SafetyReward(self.recorder, **kwargs)
+
+    def __call__(self, queries: Sequence[str], prompts: Sequence[str]) -> dict[str, Any]:
+        return get_reward(self.reward, self.recorder.judged, queries, prompts, self.failure_value)
+
+    def score(self, messages: Sequence[list[dict[str, str]]], responses: Sequence[str]) -> dict[str, Any]:
+        """The same for prompts already given as message lists."""
+        samples = [(list(m), r) for m, r in zip(messages, responses, strict=True)]
+        return score_samples(self.reward, self.recorder.judged, samples, self.failure_value)
