@@ -203,7 +203,11 @@ class GuardAPI:
         self._reward = None
 
     async def __call__(self, request: Request) -> JSONResponse:
-        path = request.url.path.rstrip("/") or "/"
+        path = request.url.path
+        root = request.scope.get("root_path", "")  # the app's route prefix, when deployed under one
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        path = path.rstrip("/") or "/"
         try:
             if request.method == "GET":
                 return await self._get(path)
