@@ -46,7 +46,7 @@ def start_service(setup: Setup) -> tuple[str, str]:
 
     from guard_reward.serving.app import ServeOptions, build, wait_healthy
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = 8765
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"

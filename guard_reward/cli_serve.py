@@ -61,7 +61,8 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ray.init(address=args.address)
+    # without --address: always a fresh local Ray, never one that happens to run on this machine
+    ray.init(address=args.address or "local")
     gpus = args.gpus_per_replica
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

@@ -54,7 +54,7 @@ def server(tiny_gen_path) -> Server:
 
     stream_path = stream_ckpt.path("single")
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = ServeOptions(
         gen=str(tiny_gen_path),
