@@ -45,6 +45,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(tiny_gen_path) -> Server:
+    pytest.importorskip("ray.serve", reason="the serving tests need ray[serve] (the serve extra)")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
