@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -37,6 +39,13 @@ from guard_reward.serving.wire import verdict_from_json
 
 logger = logging.getLogger(__name__)
 
+#: Errors that mean "try again": the guard deployment's queue is full, or its replica died or is restarting.
+RETRYABLE = (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RayActorError,
+)
 #: Seconds a client is told to wait after a 503.
 RETRY_AFTER_S = 1
 
@@ -52,6 +61,8 @@ class ServeOptions:
         max_batch_size: requests merged into one guard call at most.
         batch_wait_ms: how long a replica waits for more requests before running a partial batch.
         max_queued_requests: requests waiting per guard deployment beyond those in flight; more -> 503.
+        max_ongoing_requests: requests in flight per guard replica (``None``: ``max(64, 2 x max_batch_size)``;
+            never below ``max_batch_size``, or batches could not fill).
         device, dtype, token_budget: the guards' loading options (``None``: the guards' own defaults).
         reward_config: ``SafetyReward`` fields for ``/get_reward`` (see ``get_reward.REWARD_FIELDS``).
         torch_threads: intra-op threads of each guard replica (``None``: torch's default).
@@ -65,6 +76,7 @@ class ServeOptions:
     max_batch_size: int = 32
     batch_wait_ms: float = 5.0
     max_queued_requests: int = 512
+    max_ongoing_requests: int | None = None
     device: str | None = None
     dtype: str | None = None
     token_budget: int = 16384
@@ -77,6 +89,11 @@ class ServeOptions:
         for name in ("replicas", "max_batch_size", "max_queued_requests", "token_budget"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} must be >= max_batch_size="
+                f"{self.max_batch_size}, or batches never fill"
+            )
         if self.batch_wait_ms < 0 or self.gpus_per_replica < 0 or self.cpus_per_replica < 0:
             raise ValueError("batch_wait_ms, gpus_per_replica and cpus_per_replica must be >= 0")
         reward_kwargs(self.reward_config)  # fail here, not in a replica
@@ -220,13 +237,12 @@ class GuardAPI:
             return await self._post(path, body)
         except BadRequest as exc:
             return _error(400, str(exc))
-        except Exception as exc:  # back-pressure, a replica lost mid-request: retryable
-            name = type(exc).__name__
-            if name in ("BackPressureError", "RayActorError", "ActorDiedError", "ActorUnavailableError"):
-                logger.warning("%s: %s -> 503", path, name)
-                return _error(503, f"guard busy or restarting ({name}); retry")
+        except RETRYABLE as exc:  # back-pressure, a replica lost mid-request: the client should retry
+            logger.warning("%s: %s -> 503", path, type(exc).__name__)
+            return _error(503, f"guard busy or restarting ({type(exc).__name__}); retry")
+        except Exception as exc:
             logger.exception("%s failed", path)
-            return _error(500, f"{name}: {exc}")
+            return _error(500, f"{type(exc).__name__}: {exc}")
 
     async def _get(self, path: str) -> JSONResponse:
         if path == "/health":
@@ -276,7 +292,7 @@ def build(options: ServeOptions) -> Any:
     """The Serve ``Application`` for ``options`` (``serve.run(build(options))``)."""
     actor = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
     # @serve.batch can only fill a batch if that many requests may be in flight on the replica
-    ongoing = max(64, 2 * options.max_batch_size)
+    ongoing = options.max_ongoing_requests or max(64, 2 * options.max_batch_size)
     common = dict(
         num_replicas=options.replicas,
         ray_actor_options=actor,

@@ -270,6 +270,46 @@ def test_server_slower_than_timeout_counts_guard_unavailable_and_the_reward_comp
         RemoteGenGuard(server.url, timeout=0.001, retries=0, on_error="raise").moderate(convs)
 
 
+def test_overload_is_503_with_retry_after_and_the_client_gets_through(server, local_stream):
+    """A second application whose Stream replica takes one request at a time and queues one more."""
+    from ray import serve
+
+    from guard_reward.serving.app import ServeOptions, build
+
+    options = ServeOptions(
+        stream=server.stream_path, cpus_per_replica=0.25, max_batch_size=1, max_ongoing_requests=1,
+        max_queued_requests=1, device="cpu", dtype="float32", torch_threads=1,
+    )  # fmt: skip
+    serve.run(build(options), name="small", route_prefix="/small")
+    try:
+        url = f"{server.url}/small"
+        convs = conversations(24)
+
+        def raw(i):
+            req = urllib.request.Request(
+                f"{url}/v1/stream/score", data=json.dumps({"conversations": [convs[i]]}).encode()
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=120) as resp:
+                    return resp.status, None
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.headers.get("Retry-After")
+
+        with ThreadPoolExecutor(24) as pool:
+            answers = list(pool.map(raw, range(24)))
+        assert {s for s, _ in answers} <= {200, 503}
+        busy = [retry for s, retry in answers if s == 503]
+        assert busy and all(retry for retry in busy), answers  # bounded queue, with a retry hint
+        assert any(s == 200 for s, _ in answers)
+        # the client's retries get every sample through, in place
+        guard = RemoteStreamGuard(url, retries=20, backoff=0.05, backoff_max=1.0)
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: guard.score([convs[i]])[0], range(8)))
+        assert_risks_equal(got, local_stream.score(convs[:8]))
+    finally:
+        serve.delete("small")
+
+
 def test_client_recovers_when_the_server_restarts_between_calls(server, local_gen):
     """Last in the module: it restarts the whole application."""
     convs = conversations(2)
