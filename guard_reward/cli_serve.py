@@ -24,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-queued-requests", type=int, default=512, help="queued requests per guard; more -> 503"
     )
+    p.add_argument(
+        "--max-ongoing-requests",
+        type=int,
+        default=None,
+        help="in flight per replica (default max(64, 2 x batch))",
+    )
     p.add_argument("--device", default=None, help="guard device inside a replica (default: the guards' own)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     p.add_argument("--token-budget", type=int, default=16384, help="padded tokens per guard micro-batch")
@@ -52,6 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             batch_wait_ms=args.batch_wait_ms,
             max_queued_requests=args.max_queued_requests,
+            max_ongoing_requests=args.max_ongoing_requests,
             device=args.device,
             dtype=args.dtype,
             token_budget=args.token_budget,
