@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -111,7 +112,7 @@ class _Batched:
 
             torch.set_num_threads(options.torch_threads)
         self.options = options
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest batches only: a run is long
         self._judge.set_max_batch_size(options.max_batch_size)
         self._judge.set_batch_wait_timeout_s(options.batch_wait_ms / 1000)
 
@@ -125,7 +126,7 @@ class _Batched:
         return await asyncio.to_thread(self._run, calls)
 
     def stats(self) -> dict[str, Any]:
-        """How many requests each merged guard call took (the batching at work)."""
+        """How many requests each of the latest merged guard calls took (the batching at work)."""
         return {"batch_sizes": list(self.batch_sizes)}
 
 
