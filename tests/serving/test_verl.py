@@ -44,7 +44,7 @@ def verl_env() -> Path:
     return TARGET
 
 
-def test_verl_reward_loop_with_guard_manager_and_compute_score(server, tmp_path, qwen_tok):
+def test_verl_reward_loop_with_guard_manager_and_compute_score(server, tmp_path):
     from guard_reward.guards.gen import GenGuard
     from guard_reward.rewards.safety import SafetyReward
     from guard_reward.tiny.tokenizer import qwen_tokenizer
