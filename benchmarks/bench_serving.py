@@ -33,6 +33,9 @@ from benchmarks.common import Setup, fmt_ratio, part_parser, race, ratio, run_pa
 logger = logging.getLogger("bench_serving")
 
 CLIENTS = 16
+#: How long a replica waits for more requests: a batch takes ~0.5-1.5 s here, so waiting 50 ms to merge the
+#: clients' requests into one call costs little and avoids alternating small and large batches.
+BATCH_WAIT_MS = 50
 TARGET_THROUGHPUT = 0.7
 TARGET_BATCHING = 0.9
 
@@ -56,7 +59,7 @@ def start_service(setup: Setup) -> tuple[str, str]:
             stream=str(setup.stream_path()),
             cpus_per_replica=0.5,
             max_batch_size=batch,
-            batch_wait_ms=10,
+            batch_wait_ms=BATCH_WAIT_MS,
             device=setup.device,
             dtype=setup.dtype,
             torch_threads=1,
@@ -81,6 +84,15 @@ def concurrent_singles(call: Any, n: int, latencies: list[float]) -> None:
 
     with ThreadPoolExecutor(CLIENTS) as pool:
         list(pool.map(one, range(n)))
+
+
+def batch_sizes(url: str, guard: str) -> list[int]:
+    """Requests merged into each guard call so far, from the service's ``/v1/stats``."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/v1/stats", timeout=60) as resp:
+        return list(json.loads(resp.read())[guard]["batch_sizes"])
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -126,7 +138,9 @@ def run(setup: Setup, repeats: int = 3) -> tuple[str, dict]:
                     concurrent_singles(lambda i: getattr(g, m)([c[i]]), n, out)
                 ),
             }
+            before = len(batch_sizes(on_url, kind))
             times = race(fns, repeats=repeats, warmup=True, device=setup.device)
+            merged = batch_sizes(on_url, kind)[before:]
             for k in lat:  # drop the warm-up round's latencies (in place: the lambdas hold these lists)
                 del lat[k][:n]
             local_gain = ratio(times["local single"], times["local batched"])
@@ -139,6 +153,7 @@ def run(setup: Setup, repeats: int = 3) -> tuple[str, dict]:
                 "local_batching_gain": local_gain,
                 "served_batching_gain": served_gain,
                 "captured": served_gain["best"] / local_gain["best"],
+                "mean_requests_per_guard_call": statistics.mean(merged) if merged else None,
                 "latency_ms": {
                     k: {"p50": 1000 * statistics.median(v), "p99": 1000 * percentile(v, 0.99)}
                     for k, v in lat.items()
@@ -154,12 +169,14 @@ def run(setup: Setup, repeats: int = 3) -> tuple[str, dict]:
         ray.shutdown()
     lines = [
         f"{setup.describe()}; one GRPO batch of 4 prompts x 8 completions per guard (Stream responses 128 "
-        f"tokens); {CLIENTS} concurrent single-sample clients; one replica per guard, one torch thread; "
+        f"tokens); {CLIENTS} concurrent single-sample clients; one replica per guard, one torch thread, "
+        f"batch wait {BATCH_WAIT_MS} ms; "
         f"{repeats} rounds; wall clock on a shared 2-core machine.",
         "",
         "| guard | local batched | local single | served | served, batch 1 | served / local batched "
-        "| batching gain local | batching gain served | captured | p50 / p99 ms served | p50 / p99 ms batch 1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| batching gain local | batching gain served | captured | requests per guard call | p50 / p99 ms served "
+        "| p50 / p99 ms batch 1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, lat = r["samples_per_s"], r["latency_ms"]
@@ -167,7 +184,7 @@ def run(setup: Setup, repeats: int = 3) -> tuple[str, dict]:
             f"| {r['guard']} | {s['local batched']:.1f} | {s['local single']:.1f} | {s['served']:.1f} | "
             f"{s['served, batch 1']:.1f} | {fmt_ratio(r['served_over_local'])} | "
             f"{fmt_ratio(r['local_batching_gain'])} | {fmt_ratio(r['served_batching_gain'])} | "
-            f"{r['captured']:.2f} | {lat['served']['p50']:.0f} / {lat['served']['p99']:.0f} | "
+            f"{r['captured']:.2f} | {r['mean_requests_per_guard_call'] or 0:.1f} | {lat['served']['p50']:.0f} / {lat['served']['p99']:.0f} | "
             f"{lat['served, batch 1']['p50']:.0f} / {lat['served, batch 1']['p99']:.0f} |"
         )
     lines += ["", "Samples/s; ratios best round against best round, (lowest–highest) over paired rounds.", ""]
