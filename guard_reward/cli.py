@@ -12,6 +12,7 @@ from pathlib import Path
 
 #: Modules that add their own subcommand: each has ``add_parser(subparsers)`` setting ``func`` on its parser.
 PLUGIN_MODULES: tuple[str, ...] = ("guard_reward.sandbox.cli", "guard_reward.cli_train")
+PLUGIN_MODULES += ("guard_reward.cli_serve",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
