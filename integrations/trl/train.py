@@ -156,9 +156,10 @@ def build_trainer(
     cfg: RecipeConfig, *, model: Any = None, tokenizer: Any = None, train_dataset: Any = None
 ) -> Any:
     """The configured trainer (``DenseGRPOTrainer``, ``RLOOTrainer`` or ``GuardPPOTrainer``), untrained."""
+    from trl import RLOOTrainer, get_peft_config
+
     from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
     from guard_reward.integrations.trl.grpo import DenseGRPOTrainer
-    from trl import RLOOTrainer, get_peft_config
 
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from guard_reward.integrations.trl.train import load_prompts, train
 
 from guard_reward.cli_train import add_plot_parser, add_train_parser
 from guard_reward.config import load_config
+from guard_reward.integrations.trl.train import load_prompts, train
 from tests.tiny_policy import PROMPTS, save_tiny_policy
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
