@@ -179,9 +179,12 @@ class GenGuard:
         """
         start = time.perf_counter()
         mode = check_thinking_mode(thinking or self.thinking)
-        if isinstance(conversations, (str, dict)) or (
-            len(conversations) > 0 and isinstance(conversations[0], dict)
-        ):
+        if not isinstance(conversations, Sequence) or isinstance(conversations, (str, bytes)):
+            raise TypeError(
+                "moderate(conversations): expected a list of conversations (each a list of "
+                f"{{'role', 'content'}} messages), got {type(conversations).__name__}"
+            )
+        if len(conversations) > 0 and isinstance(conversations[0], dict):
             raise TypeError("moderate() takes a list of conversations; wrap a single conversation in a list")
         convs = [validate_conversation(c, i) for i, c in enumerate(conversations)]
         units, plans = self._plan(convs, mode)
