@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from guard_reward.conversations import THINKING_MODES
@@ -25,8 +27,17 @@ from guard_reward.shaping.scalar import ScalarShaping
 
 logger = logging.getLogger(__name__)
 
+# TRL's configs default the deprecated ``gradient_checkpointing`` alias (GRPOConfig to True), and transformers'
+# ``TrainingArguments.__post_init__`` warns about the alias at every construction (parsing, every
+# ``dataclasses.replace`` of the args), although the recipe never chose it: a FutureWarning about TRL's own
+# default, repeated, that the user cannot act on. The alias is still honoured.
+warnings.filterwarnings(
+    "ignore", message=r"`gradient_checkpointing(_kwargs)?` is deprecated", category=FutureWarning
+)
+
 TRAINERS = ("grpo", "rloo", "ppo")
 GUARD_REWARDS = ("safety", "hybrid", "none")
+GUARD_MODES = ("hard", "soft")
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -136,6 +147,7 @@ class GuardArguments:
 
     def __post_init__(self) -> None:
         _choice("guard_reward", self.guard_reward, GUARD_REWARDS)
+        _choice("guard_mode", self.guard_mode, GUARD_MODES)
         _choice("guard_thinking", self.guard_thinking, THINKING_MODES)
         self.guard_controversial = _policy("guard_controversial", self.guard_controversial)  # type: ignore[assignment]
         if isinstance(self.guard_category_weights, str):
@@ -267,13 +279,43 @@ def config_classes(trainer: str) -> tuple[type, ...]:
     return RecipeArguments, GuardArguments, ShapingArguments, ScriptArguments, ModelConfig, training
 
 
-def _trainer_of(path: str | os.PathLike, overrides: Sequence[str]) -> str:
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship with the package (``configs/*.yaml``), by name (the file stem)."""
+    import guard_reward
+
+    package = Path(guard_reward.__file__).resolve().parent
+    # installed: guard_reward/configs (package-data); a source checkout: configs/ beside the package
+    for folder in (package / "configs", package.parent / "configs"):
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def resolve_recipe(path: str | os.PathLike) -> Path:
+    """A recipe file: ``path`` itself when it exists, else a shipped recipe of that name (``grpo_gen_safety``
+    or ``grpo_gen_safety.yaml`` or ``configs/grpo_gen_safety.yaml``)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    shipped = shipped_recipes()
+    name = given.name[: -len(".yaml")] if given.name.endswith(".yaml") else given.name
+    if name in shipped and (given.parent == Path(".") or given.parent.name == "configs"):
+        return shipped[name]
+    names = ", ".join(shipped) or "none found"
+    raise FileNotFoundError(f"recipe config {path} does not exist (shipped recipes: {names})")
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
     import yaml
 
     with open(path) as f:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):
         raise ValueError(f"{path} must contain a YAML mapping of option: value")
+    return data
+
+
+def _trainer_of(data: dict[str, Any], overrides: Sequence[str]) -> str:
     trainer = str(data.get("trainer", "grpo"))
     overrides = list(overrides)
     for i, arg in enumerate(overrides):
@@ -284,15 +326,33 @@ def _trainer_of(path: str | os.PathLike, overrides: Sequence[str]) -> str:
     return trainer
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RecipeConfig:
+def load_config(
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    smoke: bool = False,
+    smoke_cache: str | os.PathLike | None = None,
+    smoke_gen: str | os.PathLike | None = None,
+) -> RecipeConfig:
     """Parse a recipe YAML (plus ``--option value`` overrides) into a validated :class:`RecipeConfig`.
 
-    Unknown keys are an error naming them (``TrlParser``'s rule), so a typo never falls back to a default.
+    ``path`` is a file or the name of a shipped recipe (:func:`resolve_recipe`). Unknown keys are an error
+    naming them (``TrlParser``'s rule), so a typo never falls back to a default. ``smoke=True`` swaps in the
+    tiny stand-ins and a two-step CPU run (``guard_reward.tiny.smoke``; ``smoke_cache`` is where they are
+    kept, ``smoke_gen`` an existing tiny Gen folder to use); ``overrides`` still win over the swap.
     """
     from trl import TrlParser
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"recipe config {path} does not exist")
-    classes = config_classes(_trainer_of(path, overrides))
+    path = resolve_recipe(path)
+    data = _read_recipe(path)
+    overrides = list(overrides)
+    if smoke:
+        from guard_reward.tiny.smoke import smoke_overrides
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything a smoke run reads is local
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        gen = os.fspath(smoke_gen) if smoke_gen is not None else None
+        overrides = [*smoke_overrides(data, path.stem, smoke_cache, gen=gen), *overrides]
+    classes = config_classes(_trainer_of(data, overrides))
     parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
     return RecipeConfig(*parsed)
