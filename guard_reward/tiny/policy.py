@@ -17,6 +17,8 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+#: Ids the Qwen3 tokenizer can produce: 151,643 BPE ranks and 26 special tokens.
+QWEN3_TOKENIZER_SIZE = 151669
 _SIZES = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
 
 
@@ -25,7 +27,9 @@ def tiny_policy(seed: int = 0) -> tuple[Any, Any]:
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(qwen3_config(**_SIZES))
+    # the vocabulary is cut to the tokenizer's ids (a real Qwen3 pads it to 151,936 rows, but a trained policy
+    # never samples the padding; a random one would, and guards sharing the tokenizer rightly refuse those ids)
+    model = Qwen3ForCausalLM(qwen3_config(**_SIZES, vocab_size=QWEN3_TOKENIZER_SIZE))
     model.generation_config = GenerationConfig(eos_token_id=151645, pad_token_id=151643, bos_token_id=151643)
     return model, qwen_tokenizer(CHATML)
 
@@ -43,7 +47,7 @@ def build_tiny_reward_model(path: str | os.PathLike, *, seed: int = 1) -> Path:
     from transformers import Qwen3ForSequenceClassification
 
     torch.manual_seed(seed)
-    config = qwen3_config(**_SIZES, num_labels=1)
+    config = qwen3_config(**_SIZES, vocab_size=QWEN3_TOKENIZER_SIZE, num_labels=1)
     config.architectures = ["Qwen3ForSequenceClassification"]
     model = Qwen3ForSequenceClassification(config)
     model.save_pretrained(path)

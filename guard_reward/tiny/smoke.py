@@ -9,7 +9,7 @@ downloaded thing for a local stand-in and shrink the run, while keeping the reci
 - ``guard_stream`` (when set) -> a tiny Qwen3Guard-Stream; ``guard_helpfulness`` (hybrid) -> a tiny one-logit
   reward model;
 - ``dataset_name`` -> the bundled example prompts (benign and harmful, with a ``harmful`` column);
-- CPU, float32, two steps of 4 prompts x 2 answers of at most 16 tokens, no checkpoints, no vLLM, no reports,
+- CPU, float32, two steps of 2 prompts x 2 answers of at most 8 tokens, no checkpoints, no vLLM, no reports,
   output in ``runs/smoke/<recipe>``.
 
 The stand-ins are built once and kept in a cache folder (``$XDG_CACHE_HOME/guard_reward/smoke-<key>``, the
@@ -44,7 +44,7 @@ SMOKE_SETTINGS: dict[str, str] = {
     "per_device_train_batch_size": "4",
     "gradient_accumulation_steps": "1",
     "num_generations": "2",
-    "max_completion_length": "16",
+    "max_completion_length": "8",
     "logging_steps": "1",
     "save_strategy": "no",
     "report_to": "none",
