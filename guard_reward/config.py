@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,6 @@ from guard_reward.shaping.scalar import ScalarShaping
 
 logger = logging.getLogger(__name__)
 
-# TRL's configs default the deprecated ``gradient_checkpointing`` alias (GRPOConfig to True), and transformers'
-# ``TrainingArguments.__post_init__`` warns about the alias at every construction (parsing, every
-# ``dataclasses.replace`` of the args), although the recipe never chose it: a FutureWarning about TRL's own
-# default, repeated, that the user cannot act on. The alias is still honoured.
-warnings.filterwarnings(
-    "ignore", message=r"`gradient_checkpointing(_kwargs)?` is deprecated", category=FutureWarning
-)
 
 TRAINERS = ("grpo", "rloo", "ppo")
 GUARD_REWARDS = ("safety", "hybrid", "none")
@@ -354,5 +346,46 @@ def load_config(
         gen = os.fspath(smoke_gen) if smoke_gen is not None else None
         overrides = [*smoke_overrides(data, path.stem, smoke_cache, gen=gen), *overrides]
     classes = config_classes(_trainer_of(data, overrides))
+    overrides += _activation_checkpointing(data, overrides, classes[-1])
     parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
     return RecipeConfig(*parsed)
+
+
+def _last_value(data: dict[str, Any], overrides: Sequence[str], key: str) -> Any:
+    """The value of ``key`` on the command line (last one wins), else in the YAML, else ``None``."""
+    value = data.get(key)
+    for i, arg in enumerate(overrides):
+        if arg == f"--{key}" and i + 1 < len(overrides):
+            value = overrides[i + 1]
+        elif arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _activation_checkpointing(data: dict[str, Any], overrides: Sequence[str], training: type) -> list[str]:
+    """``--activation_checkpointing`` carrying the value of its deprecated alias ``gradient_checkpointing``.
+
+    TRL's configs still default the alias (``GRPOConfig`` to ``True``), and transformers' ``TrainingArguments``
+    warns with a ``FutureWarning`` whenever the alias is set and the new name is not — at every construction of
+    the config, over a default the recipe never chose. Setting the new name to the alias' value (the
+    command line's, else the YAML's, else the config class's default) keeps the behaviour and the warning
+    away; a recipe that sets ``activation_checkpointing`` itself is left alone.
+    """
+    import dataclasses
+
+    names = {f.name: f for f in dataclasses.fields(training)}
+    extra: list[str] = []
+    for old, new in (
+        ("gradient_checkpointing", "activation_checkpointing"),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+    ):
+        if new not in names or _last_value(data, overrides, new) is not None:
+            continue
+        value = _last_value(data, overrides, old)
+        if value is None:
+            default = names[old].default
+            value = None if default is dataclasses.MISSING else default
+        if value is None:
+            continue
+        extra += [f"--{new}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return extra
