@@ -12,9 +12,9 @@ downloaded thing for a local stand-in and shrink the run, while keeping the reci
 - CPU, float32, two steps of 2 prompts x 2 answers of at most 8 tokens, no checkpoints, no vLLM, no reports,
   output in ``runs/smoke/<recipe>``.
 
-The stand-ins are built once and kept in a cache folder (``$XDG_CACHE_HOME/guard_reward/smoke-<key>``, the
-key hashing the builders' code and the torch/transformers versions); a first run builds them (the Gen one
-trains for a few dozen steps), later runs reuse them. Overrides given on the command line after the switch
+The stand-ins are built once and kept in a cache folder (``$XDG_CACHE_HOME/guard_reward/smoke-<versions>/``, one
+folder per stand-in keyed by its builders' code); a first run builds them (the Gen one is trained until it
+writes the bundled examples' verdict lines: minutes of CPU), later runs reuse them. Overrides given on the command line after the switch
 still win.
 """
 
@@ -55,19 +55,34 @@ SMOKE_SETTINGS: dict[str, str] = {
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/guard_reward/smoke-<key>`` (``~/.cache`` without XDG)."""
+    """``$XDG_CACHE_HOME/guard_reward/smoke-<key>`` (``~/.cache`` without XDG), the key naming the torch and
+    transformers versions; inside it each stand-in has its own folder keyed by its builders' code."""
     import torch
     import transformers
 
-    package = Path(__file__).parent
     digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
-    for name in ("gen.py", "gen_training.py", "stream.py", "tokenizer.py", "policy.py", "smoke.py"):
-        digest.update((package / name).read_bytes())
-    for template in sorted((package / "templates").glob("*.jinja")):
-        digest.update(template.read_bytes())
-    digest.update(_examples_text().encode())
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "guard_reward"
     return root / f"smoke-{digest.hexdigest()[:16]}"
+
+
+#: The files each stand-in is built from (its cache folder changes when one of them does).
+_SOURCES = {
+    "policy": ("policy.py", "gen.py", "tokenizer.py"),
+    "gen": ("gen.py", "gen_training.py", "tokenizer.py", "templates/qwen3guard_gen.jinja"),
+    "stream": ("stream.py", "gen.py", "tokenizer.py", "templates/qwen3_stream.jinja"),
+    "helpfulness": ("policy.py", "gen.py", "tokenizer.py"),
+    "data": ("smoke.py",),
+}
+
+
+def _folder(root: Path, asset: str) -> Path:
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in _SOURCES[asset]:
+        digest.update((package / name).read_bytes())
+    if asset in ("gen", "data"):
+        digest.update(_examples_text().encode())
+    return root / f"{asset}-{digest.hexdigest()[:12]}"
 
 
 def _examples_text() -> str:
@@ -115,14 +130,14 @@ def smoke_assets(
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     assets = {
-        "policy": _cached(root / "policy", build_tiny_policy),
-        "gen": Path(gen) if gen else _cached(root / "gen", build_trained_tiny_gen),
-        "data": _cached(root / "data", _write_prompts) / "prompts.jsonl",
+        "policy": _cached(_folder(root, "policy"), build_tiny_policy),
+        "gen": Path(gen) if gen else _cached(_folder(root, "gen"), build_trained_tiny_gen),
+        "data": _cached(_folder(root, "data"), _write_prompts) / "prompts.jsonl",
     }
     if recipe.get("guard_stream") or recipe.get("shaping_mode"):
-        assets["stream"] = _cached(root / "stream", lambda p: build_tiny_stream(p, seed=3))
+        assets["stream"] = _cached(_folder(root, "stream"), lambda p: build_tiny_stream(p, seed=3))
     if recipe.get("guard_reward") == "hybrid" or recipe.get("guard_helpfulness"):
-        assets["helpfulness"] = _cached(root / "helpfulness", build_tiny_reward_model)
+        assets["helpfulness"] = _cached(_folder(root, "helpfulness"), build_tiny_reward_model)
     return {k: str(v) for k, v in assets.items()}
 
 
