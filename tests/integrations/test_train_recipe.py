@@ -106,9 +106,13 @@ def test_every_model_and_guard_is_loaded_before_the_first_step(smoke_cache, trai
     cfg = smoke_config(path, smoke_cache, trained_gen_path, "--model_name_or_path", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="no such folder"):
         build_trainer(cfg)
+    # the suite runs with HF_HUB_OFFLINE=1: a hub id names itself and the field it came from
     cfg = smoke_config(path, smoke_cache, trained_gen_path, "--guard_gen", "Qwen/Qwen3Guard-Gen-0.6B")
     with pytest.raises(OSError, match=r"'Qwen/Qwen3Guard-Gen-0.6B'.*hub is unreachable"):
-        build_trainer(cfg)  # the suite runs with HF_HUB_OFFLINE=1
+        build_trainer(cfg)
+    cfg = smoke_config(path, smoke_cache, trained_gen_path, "--model_name_or_path", "Qwen/Qwen3-0.6B")
+    with pytest.raises(OSError, match=r"policy \(model_name_or_path\) 'Qwen/Qwen3-0.6B'.*hub is unreachable"):
+        build_trainer(cfg)
 
 
 def test_shipped_recipes_are_found_by_name():
