@@ -347,7 +347,16 @@ def load_config(
         overrides = [*smoke_overrides(data, path.stem, smoke_cache, gen=gen), *overrides]
     classes = config_classes(_trainer_of(data, overrides))
     overrides += _activation_checkpointing(data, overrides, classes[-1])
-    parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
+    try:
+        parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
+    except ValueError as exc:
+        if "bf16/gpu" not in str(exc):
+            raise
+        raise ValueError(
+            f"recipe {path.name} trains in bf16 on a GPU (bf16 is on by default) and this machine has no "
+            f"GPU that supports it: run it where its header says, check the set-up here with "
+            f"`guard-reward train --config {path.stem} --smoke`, or add --use_cpu true --bf16 false"
+        ) from exc
     return RecipeConfig(*parsed)
 
 

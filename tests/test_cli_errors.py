@@ -82,3 +82,10 @@ def test_error_message_is_one_line():
     assert error_message(KeyError("line")) == "line"
     assert error_message(ValueError("a\n  b")) == "a b"
     assert error_message(AssertionError()) == "AssertionError"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_gpu_recipe_on_a_cpu_says_what_to_do(capsys):
+    assert main(["train", "--config", "grpo_gen_safety"]) == 1
+    err = capsys.readouterr().err
+    assert "trains in bf16 on a GPU" in err and "--smoke" in err and err.count("\n") == 1
