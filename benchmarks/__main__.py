@@ -4,7 +4,9 @@ Runs, in this order and in one process (so every table's ratios are measured sid
 Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes. Writes one markdown and one JSON
 file per part under ``benchmarks/results/`` plus ``summary.md`` (every target: measured figure, met or missed).
 ``--gpu-size`` runs the Qwen3-0.6B-shaped configuration in bf16 on CUDA and writes ``*_gpu`` files instead;
-``--only`` runs some parts (their files are rewritten, ``summary.md`` is not).
+``--only`` runs some parts and writes their files to ``runs/benchmarks/`` (``--out`` to choose); only a full run
+writes ``benchmarks/results/`` and ``summary.md``. A part run on its own (``python -m benchmarks.bench_gen``) writes
+to ``runs/benchmarks/`` too.
 """
 
 from __future__ import annotations
@@ -16,8 +18,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import bench_gen, bench_groups, bench_growth, bench_memory, bench_serving, bench_stream
-from benchmarks.common import CPU_SIZE, GPU_SIZE, RESULTS, Setup, environment, fmt, write_results
+from benchmarks import bench_gen, bench_groups, bench_growth, bench_memory, bench_stream
+from benchmarks.common import (
+    CPU_SIZE,
+    GPU_SIZE,
+    PARTIAL_RESULTS,
+    RESULTS,
+    Setup,
+    environment,
+    fmt,
+    write_results,
+)
 
 logger = logging.getLogger("benchmarks")
 
@@ -27,7 +38,6 @@ PARTS = {
     "growth": ("Cost growth", bench_growth.run),
     "memory": ("Peak memory", bench_memory.run),
     "groups": ("GRPO groups: shared prefixes", bench_groups.run),
-    "serving": ("Serving: the guards on Ray Serve", bench_serving.run),
 }
 
 
@@ -66,10 +76,6 @@ def targets(payloads: dict[str, dict]) -> list[tuple[str, float | None, float, b
                 out.append(
                     (f"{r['guard']} sharing on / off, {r['case']}", r["on_over_off"]["best"], 1.2, True)
                 )
-    if "serving" in payloads:
-        for r in payloads["serving"]["rows"]:
-            out.append((f"{r['guard']} served / local batched", r["served_over_local"]["best"], 0.7, True))
-            out.append((f"{r['guard']} served batching gain / local batching gain", r["captured"], 0.9, True))
     return out
 
 
@@ -109,8 +115,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1: steadier timings)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"result folder (default: {RESULTS} for a full run, {PARTIAL_RESULTS} with --only, so a partial "
+        "run never replaces the committed results)",
+    )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = PARTIAL_RESULTS if args.only else RESULTS
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Random weights never produce a parseable verdict: the guard's warning about it says nothing here.
     logging.getLogger("guard_reward.guards.gen").setLevel(logging.ERROR)
