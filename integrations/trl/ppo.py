@@ -14,8 +14,9 @@ completions table — and replaces only the advantage:
   the generation batch and handed to GRPO's loss as ``(B, T)`` advantages (the loss accepts that shape); no
   group baseline, so ``num_generations`` can be TRL's minimum of 2;
 * the critic is trained with PPO's clipped value loss by its own AdamW (``value_learning_rate``), stepped at
-  each optimiser step of the policy; with several processes its gradients are averaged by hand, so it is a
-  plain replica under any launcher. A fresh scalar head is drawn from ``args.seed`` alone (TRL reseeds every
+  each optimiser step of the policy; the loss is a mean over the value tokens of the whole (global) batch, as
+  TRL's ``dapo`` normalises the policy loss, so one process and several compute the same update; with several
+  processes its gradients are averaged by hand, so it is a plain replica under any launcher. A fresh scalar head is drawn from ``args.seed`` alone (TRL reseeds every
   process differently at the end of its ``__init__``), and rank 0's weights are broadcast after construction,
   so every process starts from, and keeps, the same critic; the saved critic is that replica.
 
@@ -302,6 +303,8 @@ class GuardPPOTrainer(GRPOTrainer):
         out["ppo_values"] = values
         out["ppo_returns"] = returns
         out["ppo_value_mask"] = value_mask
+        # value tokens of the generation batch over every process (0-dim: TRL's splitting keeps it whole)
+        out["ppo_value_items"] = self._sum_across(value_mask.sum().float())
         self._log_rollout(mode, scores, unscorable, kl, dense, values, returns, advantages, mask, policy_mask)
         return out
 
@@ -353,6 +356,12 @@ class GuardPPOTrainer(GRPOTrainer):
         return loss
 
     def _value_loss(self, inputs: dict[str, Any]) -> None:
+        """The critic's clipped value loss on this micro-batch, backpropagated into the critic alone.
+
+        The loss is normalised like TRL's ``dapo`` policy loss: summed over the local value tokens and divided
+        by the global batch's value tokens per process and optimiser window, so averaging the gradients over
+        processes gives the mean over all value tokens whatever their split across processes (a per-process
+        mean would weight a process with few tokens like one with many)."""
         mode = "train" if self.model.training else "eval"
         with self.accelerator.autocast():
             values = completion_values(
@@ -362,18 +371,22 @@ class GuardPPOTrainer(GRPOTrainer):
                 inputs["completion_ids"],
                 inputs["completion_mask"],
             )
-        loss, clip_fraction = ppo_math.clipped_value_loss(
-            values,
-            inputs["ppo_values"],
-            inputs["ppo_returns"],
-            inputs["ppo_value_mask"],
-            self.args.cliprange_value,
+        mask = inputs["ppo_value_mask"]
+        per_token, clipped = ppo_math.value_loss_terms(
+            values, inputs["ppo_values"], inputs["ppo_returns"], self.args.cliprange_value
         )
+        normalizer = inputs["ppo_value_items"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = (
+                normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            )
+        loss = (per_token * mask).sum() / normalizer
         if mode == "train" and torch.is_grad_enabled():
             # Own backward: the critic is not part of the policy's graph, optimiser or loss scaling.
-            (loss / self.current_gradient_accumulation_steps).backward()
-        self._metrics[mode]["ppo/value_loss"].append(self.accelerator.gather(loss.detach()).mean().item())
-        self._metrics[mode]["ppo/value_clipfrac"].append(self.accelerator.gather(clip_fraction).mean().item())
+            loss.backward()
+        metrics, reduce = self._metrics[mode], self._sum_across
+        metrics["ppo/value_loss"].append(ppo_math.masked_mean(per_token.detach(), mask, reduce).item())
+        metrics["ppo/value_clipfrac"].append(ppo_math.masked_mean(clipped.float(), mask, reduce).item())
 
     # ------------------------------------------------------------------ checkpoints
 
