@@ -13,7 +13,10 @@ first guard token have no value and are reported as such, never filled in silent
 Offsets for token ids (not text) come from the tokens' bytes: for byte-level BPE tokenizers (Qwen, Llama 3,
 GPT-2 families) each id is mapped to its bytes and the character spans are counted over the UTF-8 decoding, in
 one pass; a token holding only part of a multi-byte character gets the span of that character (like the fast
-tokenizers' offset mapping). Other tokenizers fall back to decoding growing prefixes.
+tokenizers' offset mapping). Other tokenizers (SentencePiece with byte fallback: Llama 2, Mistral, Gemma) fall
+back to decoding growing prefixes, with the same convention: a prefix that ends inside a character decodes to
+replacement characters, which are not counted as text until the character is complete. Ids past the
+tokenizer (a padded embedding row) have no text.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ def token_bytes(tokenizer: Any, ids: Sequence[int], *, skip_special_tokens: bool
     special = set(tokenizer.all_special_ids)
     out: list[bytes] = []
     for i, piece in zip(ids, tokenizer.convert_ids_to_tokens(list(ids)), strict=True):
-        if i in added:
+        if piece is None:  # past the tokenizer (a padded embedding row): decode() drops it, no text
+            out.append(b"")
+        elif i in added:
             out.append(b"" if skip_special_tokens and (added[i].special or i in special) else piece.encode())
         else:
             out.append(bytes(table[c] for c in piece))
@@ -143,17 +148,43 @@ def token_char_offsets(
     return expected, _prefix_decode_offsets(tokenizer, ids, skip_special_tokens)
 
 
+REPLACEMENT = "\ufffd"
+
+
+def _settled(prefix_text: str, final: str) -> tuple[int, bool]:
+    """How many leading characters of ``final`` a decoded prefix has settled, and whether it ends inside a
+    character (trailing replacement characters where ``final`` has something else).
+
+    A prefix ending inside a multi-byte character (byte fallback) decodes its partial bytes to ``U+FFFD``;
+    those are not text yet. Some decoders also change the prefix's last characters (a trailing space they
+    strip, a merge across the boundary), so only the part that agrees with the final text counts.
+    """
+    n = 0
+    limit = min(len(prefix_text), len(final))
+    while n < limit and prefix_text[n] == final[n]:
+        n += 1
+    rest = prefix_text[n:]
+    partial = bool(rest) and rest.strip(REPLACEMENT) == "" and n < len(final)
+    return n, partial
+
+
 def _prefix_decode_offsets(tokenizer: Any, ids: list[int], skip_special_tokens: bool) -> torch.Tensor:
-    """Offsets by decoding growing prefixes: ``O(T^2)`` characters, for tokenizers that are not byte-level."""
+    """Offsets by decoding growing prefixes: ``O(T^2)`` characters, for tokenizers that are not byte-level.
+
+    Same convention as :class:`OffsetTracker`: a token starts at the character in progress after the tokens
+    before it and ends after the last character it completes, or on the character it leaves unfinished.
+    Returns ``(T, 2)`` long spans into ``decode(ids)``.
+    """
+    kw = {"skip_special_tokens": skip_special_tokens, "clean_up_tokenization_spaces": False}
+    final = tokenizer.decode(ids, **kw)
     offsets = torch.empty((len(ids), 2), dtype=torch.long)
-    end = 0
+    settled = 0
     for k in range(len(ids)):
-        text = tokenizer.decode(
-            ids[: k + 1], skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False
-        )
-        offsets[k, 0] = min(end, len(text))
-        end = max(end, len(text))
-        offsets[k, 1] = end
+        n, partial = _settled(tokenizer.decode(ids[: k + 1], **kw), final)
+        n = max(n, settled)  # a decoder that rewrites the tail never takes text back from earlier tokens
+        offsets[k, 0] = settled
+        offsets[k, 1] = n + int(partial)
+        settled = n
     return offsets
 
 

@@ -19,6 +19,8 @@ THINKING_MODES: tuple[str, ...] = ("answer", "separate", "whole")
 JUDGED_ROLES = ("user", "assistant")
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+#: End-of-turn markers a decoded completion may still carry (when decoded with special tokens).
+END_OF_TURN_TEXTS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
 
 
 def validate_conversation(conversation: Any, index: int | None = None) -> Conversation:
@@ -81,6 +83,21 @@ def split_thinking(text: str) -> tuple[str | None, str]:
     head, _, answer = text.rpartition(THINK_CLOSE)
     reasoning = head.split(THINK_OPEN, 1)[-1] if THINK_OPEN in head else head
     return reasoning.strip("\n"), answer.lstrip("\n")
+
+
+def reasoning_cut_off(text: str) -> bool:
+    """Whether a reasoning block was opened and never closed (``<think>`` without a later ``</think>``): the
+    generation stopped inside the reasoning, so there is no answer."""
+    opened = text.rfind(THINK_OPEN)
+    return opened >= 0 and text.find(THINK_CLOSE, opened) < 0
+
+
+def is_empty_answer(answer: str) -> bool:
+    """Whether an answer (the text after the reasoning) is empty once end-of-turn markers and whitespace are
+    removed."""
+    for marker in END_OF_TURN_TEXTS:
+        answer = answer.replace(marker, "")
+    return answer.strip() == ""
 
 
 def to_conversation(

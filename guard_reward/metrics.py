@@ -1,21 +1,33 @@
 """Safety metrics: their names, and per-batch summaries of verdicts and per-token risk.
 
-Rewards call these on every batch and hand the result to TRL's ``log_metric`` (averaged over the logging
-window by the trainer) and ``log_extra`` (per-sample columns of the completions table). Everything is a pure
-function of the guard's outputs; nothing here touches a trainer.
+Rewards call these on every batch and hand the result to TRL's ``log_metric`` and ``log_extra`` (per-sample
+columns of the completions table). The summaries are pure functions of the guard's outputs.
 
-Rates are over the samples the guard could judge (failures are reported separately, as a count), and a rate
-whose denominator is empty in a batch is left out rather than logged as 0 — e.g. ``refusal_rate_benign`` in a
-batch without benign prompts — so the window average is not dragged towards 0 by batches that say nothing.
+How they reach the logs (:func:`emit_metrics`). TRL 1.16 flushes each metric once per step as (sum of every
+``log_metric`` call's value over all ranks) / (number of calls over all ranks). So:
+
+* a **rate or mean** is logged with one call per counted item (0/1, or the item's value): the result is the
+  rate over the global batch, weighted by each rank's own count (a rank with one benign prompt weighs one,
+  not as much as a rank with fifteen);
+* a **total** (``failures``, ``failures/<reason>``) is logged with one call per rank, valued ``local count ×
+  number of processes``, so that the mean over ranks is the global sum; every reason is logged on every call,
+  also at 0, so that every rank contributes to every key;
+* ``seconds`` is one call per rank: the mean over ranks.
+
+Rates are over the samples the guard could judge (failures are reported separately, as totals), and a rate
+whose denominator is empty is not logged at all — e.g. ``refusal_rate_benign`` in a batch without benign
+prompts — so it neither drags the average towards 0 nor counts towards it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
+from guard_reward.faults import REASONS
 from guard_reward.types import Verdict
 
 DEFAULT_PREFIX = "guard"
@@ -28,13 +40,15 @@ REFUSAL_RATE_BENIGN = "refusal_rate_benign"
 REFUSAL_RATE_HARMFUL = "refusal_rate_harmful"
 REFUSAL_RATE = "refusal_rate"  # the hybrid reward, which does not know the prompts' harm
 P_UNSAFE_MEAN = "p_unsafe_mean"
-FAILURES = "failures"
+FAILURES = "failures"  # "<prefix>/failures" and "<prefix>/failures/<reason>": totals over ranks
+EMPTY_RATE = "empty_rate"  # share of responses whose answer was empty (the guard was not asked)
 SECONDS = "seconds"
 CATEGORY = "category"  # "<prefix>/category/<slug>": share of judged responses flagged with that category
 #: Token-level metrics (Stream risk).
 FIRST_VIOLATION_POS = "first_violation_pos"
 STREAM_FLAG_RATE = "stream_flag_rate"
 TOKEN_P_UNSAFE_MEAN = "token_p_unsafe_mean"
+TOKEN_EMPTY_RATE = "stream_empty_rate"  # share of scored completions with no answer token to score
 
 
 def metric_name(prefix: str, key: str) -> str:
@@ -47,6 +61,103 @@ def category_slug(category: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", category.lower()).strip("_")
 
 
+def num_processes(log_metric: Any) -> int:
+    """How many ranks log through ``log_metric``: the trainer's ``accelerator.num_processes`` when
+    ``log_metric`` is a trainer's bound method, else the ``torch.distributed`` world size, else 1."""
+    trainer = getattr(log_metric, "__self__", None)
+    n = getattr(getattr(trainer, "accelerator", None), "num_processes", None)
+    if isinstance(n, int) and n >= 1:
+        return n
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    return 1
+
+
+def failure_totals(counts: Mapping[str, int], prefix: str = DEFAULT_PREFIX) -> dict[str, float]:
+    """This rank's failure counts: ``<prefix>/failures`` and ``<prefix>/failures/<reason>`` for every known
+    reason (0 included, so every rank logs every key). Log them with :func:`emit_metrics` as totals."""
+    unknown = set(counts) - set(REASONS)
+    if unknown:
+        raise ValueError(f"unknown failure reasons {sorted(unknown)}; known: {', '.join(REASONS)}")
+    out = {metric_name(prefix, FAILURES): float(sum(counts.values()))}
+    for reason in REASONS:
+        out[metric_name(prefix, f"{FAILURES}/{reason}")] = float(counts.get(reason, 0))
+    return out
+
+
+def emit_metrics(
+    log_metric: Callable[[str, float], None] | None,
+    rates: Mapping[str, Sequence[float]] | None = None,
+    totals: Mapping[str, float] | None = None,
+    per_rank: Mapping[str, float] | None = None,
+) -> None:
+    """Send metrics through TRL's ``log_metric`` so that its flush gives global values (module docstring).
+
+    Args:
+        rates: ``{key: per-item values}``; one call per item (an empty list logs nothing).
+        totals: ``{key: this rank's count}``; one call valued ``count × num_processes``.
+        per_rank: ``{key: value}``; one call (the flush averages it over ranks).
+    """
+    if log_metric is None:
+        return
+    world = num_processes(log_metric)
+    for key, items in (rates or {}).items():
+        for value in items:
+            log_metric(key, float(value))
+    for key, total in (totals or {}).items():
+        log_metric(key, float(total) * world)
+    for key, value in (per_rank or {}).items():
+        log_metric(key, float(value))
+
+
+def means(items: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """The mean of each non-empty list of per-item values."""
+    return {key: sum(values) / len(values) for key, values in items.items() if len(values)}
+
+
+def verdict_items(
+    verdicts: Sequence[Verdict],
+    *,
+    harmful: Sequence[float | None] | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    categories: Sequence[str] = (),
+) -> dict[str, list[float]]:
+    """Per-item values of the sequence-level rates for one batch of response verdicts.
+
+    Args:
+        verdicts: one per completion.
+        harmful: per completion, whether its prompt is harmful (``1``/``0``, a probability counts as harmful
+            when ≥ 0.5, ``None`` unknown); refusal rates count only the samples where it is known.
+        prefix: metric prefix.
+        categories: category names to report a rate for (every one, also at 0, so curves are continuous);
+            empty when the verdicts carry no categories (no decoding).
+
+    Returns:
+        ``{"<prefix>/safe_rate": [0/1 per judged verdict], ...}``: level rates, ``p_unsafe_mean`` and
+        ``category/*`` over judged verdicts, ``empty_rate`` over all verdicts, refusal rates over judged
+        verdicts with a refusal answer and a known prompt harm.
+    """
+    ok = [v for v in verdicts if v.ok]
+    out: dict[str, list[float]] = {metric_name(prefix, EMPTY_RATE): [float(v.empty) for v in verdicts]}
+    for key, level in ((SAFE_RATE, "Safe"), (CONTROVERSIAL_RATE, "Controversial"), (UNSAFE_RATE, "Unsafe")):
+        out[metric_name(prefix, key)] = [float(v.level == level) for v in ok]
+    out[metric_name(prefix, P_UNSAFE_MEAN)] = [float(v.probs.get("Unsafe", 0.0)) for v in ok]
+    for category in categories:
+        out[metric_name(prefix, f"{CATEGORY}/{category_slug(category)}")] = [
+            float(category in v.categories) for v in ok
+        ]
+    if harmful is not None:
+        if len(harmful) != len(verdicts):
+            raise ValueError(f"harmful has {len(harmful)} entries for {len(verdicts)} verdicts")
+        for key, want in ((REFUSAL_RATE_BENIGN, False), (REFUSAL_RATE_HARMFUL, True)):
+            out[metric_name(prefix, key)] = [
+                float(bool(v.refusal))
+                for v, h in zip(verdicts, harmful, strict=True)
+                if v.ok and v.refusal is not None and h is not None and (h >= 0.5) == want
+            ]
+    return {key: values for key, values in out.items() if values}
+
+
 def verdict_metrics(
     verdicts: Sequence[Verdict],
     *,
@@ -54,41 +165,15 @@ def verdict_metrics(
     prefix: str = DEFAULT_PREFIX,
     categories: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Summarise one batch of response verdicts.
-
-    Args:
-        verdicts: one per completion.
-        harmful: per completion, whether its prompt is harmful (``1``/``0``, a probability counts as harmful
-            when ≥ 0.5, ``None`` unknown); refusal rates are computed only where it is known.
-        prefix: metric prefix.
-        categories: category names to report a rate for (every one, also at 0, so curves are continuous);
-            empty when the verdicts carry no categories (no decoding).
+    """One batch of response verdicts summarised on one process: the means of :func:`verdict_items` and the
+    number of verdicts without a label or an empty answer (``failures``).
 
     Returns:
         ``{"<prefix>/safe_rate": ..., ...}``; see the module docstring for what is left out.
     """
-    ok = [v for v in verdicts if v.ok]
-    out: dict[str, float] = {metric_name(prefix, FAILURES): float(len(verdicts) - len(ok))}
-    if not ok:
-        return out
-    n = float(len(ok))
-    for key, level in ((SAFE_RATE, "Safe"), (CONTROVERSIAL_RATE, "Controversial"), (UNSAFE_RATE, "Unsafe")):
-        out[metric_name(prefix, key)] = sum(v.level == level for v in ok) / n
-    out[metric_name(prefix, P_UNSAFE_MEAN)] = sum(float(v.probs.get("Unsafe", 0.0)) for v in ok) / n
-    for category in categories:
-        share = sum(category in v.categories for v in ok) / n
-        out[metric_name(prefix, f"{CATEGORY}/{category_slug(category)}")] = share
-    if harmful is not None:
-        if len(harmful) != len(verdicts):
-            raise ValueError(f"harmful has {len(harmful)} entries for {len(verdicts)} verdicts")
-        for key, want in ((REFUSAL_RATE_BENIGN, False), (REFUSAL_RATE_HARMFUL, True)):
-            refusals = [
-                bool(v.refusal)
-                for v, h in zip(verdicts, harmful, strict=True)
-                if v.ok and v.refusal is not None and h is not None and (h >= 0.5) == want
-            ]
-            if refusals:
-                out[metric_name(prefix, key)] = sum(refusals) / len(refusals)
+    failed = sum(not v.ok and not v.empty for v in verdicts)
+    out: dict[str, float] = {metric_name(prefix, FAILURES): float(failed)}
+    out.update(means(verdict_items(verdicts, harmful=harmful, prefix=prefix, categories=categories)))
     return out
 
 
@@ -104,31 +189,45 @@ def verdict_columns(verdicts: Sequence[Verdict], prefix: str = DEFAULT_PREFIX) -
     }
 
 
-def token_metrics(
-    risk: torch.Tensor, mask: torch.Tensor, flag_index: torch.Tensor, *, prefix: str = DEFAULT_PREFIX
-) -> dict[str, float]:
-    """Summarise one batch of per-token risk.
+def token_items(
+    risk: torch.Tensor,
+    mask: torch.Tensor,
+    flag_index: torch.Tensor,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    rows: torch.Tensor | None = None,
+) -> dict[str, list[float]]:
+    """Per-item values of the token-level rates for one batch of per-token risk.
 
     Args:
         risk: ``(B, T)`` per-token unsafe probability (after the Controversial policy).
-        mask: ``(B, T)`` bool, real tokens.
+        mask: ``(B, T)`` bool, the scored tokens.
         flag_index: ``(B,)`` long, the token where the response was flagged, ``−1`` if never.
+        rows: ``(B,)`` bool, the responses that were scored (default: all); the others count nowhere.
 
     Returns:
-        ``stream_flag_rate`` (share of flagged responses), ``token_p_unsafe_mean`` (over real tokens) and
-        ``first_violation_pos`` (mean flag index over flagged responses; left out when none was flagged).
+        ``stream_flag_rate`` (0/1 per scored response), ``token_p_unsafe_mean`` (one value per scored token)
+        and ``first_violation_pos`` (the flag index of each flagged response); empty lists are left out.
     """
     mask = mask.to(torch.bool)
-    out: dict[str, float] = {}
-    if risk.shape[0] == 0:
-        return out
-    flagged = flag_index >= 0
-    out[metric_name(prefix, STREAM_FLAG_RATE)] = float(flagged.float().mean())
-    if bool(mask.any()):
-        out[metric_name(prefix, TOKEN_P_UNSAFE_MEAN)] = float(risk[mask].float().mean())
-    if bool(flagged.any()):
-        out[metric_name(prefix, FIRST_VIOLATION_POS)] = float(flag_index[flagged].float().mean())
-    return out
+    rows = torch.ones(risk.shape[0], dtype=torch.bool) if rows is None else rows.to(torch.bool)
+    flagged = (flag_index >= 0) & rows
+    out = {
+        metric_name(prefix, STREAM_FLAG_RATE): flagged[rows].float().tolist(),
+        metric_name(prefix, TOKEN_P_UNSAFE_MEAN): risk[mask & rows[:, None]].float().tolist(),
+        metric_name(prefix, FIRST_VIOLATION_POS): flag_index[flagged].float().tolist(),
+    }
+    return {key: values for key, values in out.items() if values}
+
+
+def token_metrics(
+    risk: torch.Tensor, mask: torch.Tensor, flag_index: torch.Tensor, *, prefix: str = DEFAULT_PREFIX
+) -> dict[str, float]:
+    """One batch of per-token risk summarised on one process: the means of :func:`token_items`.
+
+    ``risk``, ``mask``: ``(B, T)``; ``flag_index``: ``(B,)``, ``−1`` where never flagged.
+    """
+    return means(token_items(risk, mask, flag_index, prefix=prefix))
 
 
 def curve_keys(logs: dict[str, float], prefix: str = DEFAULT_PREFIX) -> list[str]:

@@ -71,6 +71,32 @@ class Verdict:
         """Probability of ``Unsafe`` (Controversial not included)."""
         return float(self.probs.get("Unsafe", float("nan")))
 
+    @classmethod
+    def failed(
+        cls,
+        reason: str,
+        error: str,
+        moderation: Moderation = "response",
+        *,
+        parts: Mapping[str, Verdict] | None = None,
+        answer_missing: bool = False,
+    ) -> Verdict:
+        """A verdict the guard could not give for one sample: ``level=None``, no probabilities."""
+        return cls(
+            level=None,
+            probs={},
+            moderation=moderation,
+            parts=parts,
+            error=error,
+            reason=reason,
+            answer_missing=answer_missing,
+        )
+
+    @classmethod
+    def empty_answer(cls, parts: Mapping[str, Verdict] | None = None) -> Verdict:
+        """The verdict of an empty answer: the guard was not asked (``level=None``, ``empty=True``)."""
+        return cls(level=None, probs={}, moderation="response", parts=parts, empty=True)
+
 
 @dataclass(frozen=True)
 class TokenRisk:
@@ -121,6 +147,32 @@ class TokenRisk:
 
     def __len__(self) -> int:
         return int(self.token_ids.shape[0])
+
+    @classmethod
+    def failed(
+        cls,
+        reason: str,
+        error: str,
+        category_names: tuple[str, ...],
+        *,
+        span: tuple[int, int] | None = None,
+        answer_missing: bool = False,
+    ) -> TokenRisk:
+        """The record of a sample the guard did not score: ``T == 0`` tensors, ``error`` and ``reason`` set."""
+        empty = torch.zeros(0)
+        return cls(
+            token_ids=torch.zeros(0, dtype=torch.long),
+            offsets=torch.zeros((0, 2), dtype=torch.long),
+            p_safe=empty,
+            p_unsafe=empty,
+            p_controversial=empty,
+            category_probs=torch.zeros((0, len(category_names))),
+            category_names=category_names,
+            span=span,
+            error=error,
+            reason=reason,
+            answer_missing=answer_missing,
+        )
 
 
 class DenseRewards(NamedTuple):

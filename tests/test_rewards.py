@@ -113,10 +113,13 @@ def test_metrics_and_columns_go_through_trl_loggers(gen):
     prompts, completions = batch()
     reward(prompts, completions, log_metric=log.log_metric, log_extra=log.log_extra)
     verdicts = gen.moderate(conversations(), thinking="separate")
-    unsafe = sum(v.level == "Unsafe" for v in verdicts) / 4
-    assert log.metrics["g/unsafe_rate"] == [pytest.approx(unsafe)]
-    assert log.metrics["g/p_unsafe_mean"] == [pytest.approx(sum(v.probs["Unsafe"] for v in verdicts) / 4)]
-    assert log.metrics["g/failures"] == [0.0] and log.metrics["g/seconds"][0] > 0
+    # rates: one call per judged sample (TRL's flush then weighs every sample alike across ranks)
+    assert log.metrics["g/unsafe_rate"] == [float(v.level == "Unsafe") for v in verdicts]
+    assert log.metrics["g/p_unsafe_mean"] == pytest.approx([v.probs["Unsafe"] for v in verdicts])
+    assert log.metrics["g/empty_rate"] == [0.0] * 4
+    # totals: one call per rank; seconds: one call
+    assert log.metrics["g/failures"] == [0.0] and log.metrics["g/failures/context_too_long"] == [0.0]
+    assert len(log.metrics["g/seconds"]) == 1 and log.metrics["g/seconds"][0] > 0
     assert log.extra["g_level"] == [v.level for v in verdicts]
     assert len(log.extra["g_category"]) == len(log.extra["g_refusal"]) == 4
 
@@ -128,8 +131,9 @@ def test_unjudgeable_samples_follow_the_failure_policy(gen4, caplog):
     reward = SafetyReward(gen4, refusal=False, decode=True)
     with caplog.at_level(logging.WARNING):
         assert reward(prompts, completions, log_metric=log.log_metric) == [None] * 4
-    assert "could not be valued" in caplog.text
+    assert caplog.text.count("could not be judged (unparseable)") == 1, "logged once per reason"
     assert reward.stats["failures"] == 4 and log.metrics["guard/failures"] == [4.0]
+    assert log.metrics["guard/failures/unparseable"] == [4.0]
     fixed = SafetyReward(gen4, refusal=False, decode=True, failure_value=-0.5)
     assert fixed(prompts, completions) == [-0.5] * 4
 

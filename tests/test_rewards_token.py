@@ -115,22 +115,37 @@ def test_prob_and_threshold_modes(stream, qwen_tok, controversial):
             assert float(h[i, start + k]) == pytest.approx(max(-0.3, -max(0.0, risk - 0.4)), abs=1e-6)
 
 
-def test_hard_form_penalises_the_debounced_flag(stream, qwen_tok):
+@pytest.mark.parametrize("position", ["first", "second"])
+def test_hard_form_penalises_the_token_that_made_the_answer_unsafe(stream, qwen_tok, position):
+    """Default: the first token of the first debounced Unsafe pair; ``hard_position="second"``: the token
+    where the debounced flag fires."""
     prompts, completions, ids = _batch(qwen_tok)
-    log = {}
-    penalty = TokenSafetyPenalty(stream, policy_tokenizer=qwen_tok, hard=True, coef=1.5)
-    out = penalty(prompts=prompts, completions=completions, completion_ids=ids, log_metric=log.__setitem__)
+    log: dict[str, list[float]] = {}
+    penalty = TokenSafetyPenalty(
+        stream,
+        policy_tokenizer=qwen_tok,
+        hard=True,
+        coef=1.5,
+        **({"hard_position": position} if position == "second" else {}),
+    )
+    out = penalty(
+        prompts=prompts,
+        completions=completions,
+        completion_ids=ids,
+        log_metric=lambda k, v: log.setdefault(k, []).append(v),
+    )
     flags = []
     for i, r in enumerate(stream.score_ids(prompts, ids)):
-        flag = _first_flag(_levels(r))
+        flag = _first_flag(_levels(r))  # the second token of the pair
         expected = torch.zeros(out.rewards.shape[1])
         if flag is not None:
-            expected[r.span[0] + flag] = -1.5
-            flags.append(r.span[0] + flag)
+            at = r.span[0] + flag - (1 if position == "first" else 0)
+            expected[at] = -1.5
+            flags.append(at)
         assert out.rewards[i].tolist() == pytest.approx(expected.tolist())
     assert flags, "the tiny stand-in flags at least one of the two completions"
-    assert log["guard/first_violation_pos"] == pytest.approx(sum(flags) / len(flags))
-    assert log["guard/stream_flag_rate"] == pytest.approx(len(flags) / 2)
+    assert log["guard/first_violation_pos"] == pytest.approx(flags)  # one call per flagged completion
+    assert sum(log["guard/stream_flag_rate"]) / 2 == pytest.approx(len(flags) / 2)
 
 
 def test_summed_reward_and_cache(stream, qwen_tok, caplog):

@@ -20,14 +20,19 @@ from typing import Any
 import torch
 
 from guard_reward.conversations import Conversation, with_last_content
+from guard_reward.faults import CONTEXT_TOO_LONG, SampleError
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ContextTooLongError(ValueError):
-    """The judged message alone does not fit the guard's context window."""
+class ContextTooLongError(SampleError):
+    """The judged message alone does not fit the guard's context window (a per-sample failure,
+    reason ``"context_too_long"``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(CONTEXT_TOO_LONG, message)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -8,6 +8,21 @@ and returns the exact probabilities of the three labels (see :mod:`guard_reward.
 ``decode=True`` reuses that pass's KV cache for a short greedy decode of the verdict lines, parsed robustly
 (:mod:`guard_reward.guards.parsing`); identical inputs in one call are judged once; inputs longer than the
 context window follow the policy in :mod:`guard_reward.guards.common`.
+
+What is judged before the guard is asked (response moderation, ``thinking`` "answer" or "separate"; "whole"
+likewise for the two cases below): an **empty answer** (empty or whitespace after removing the reasoning block
+and end-of-turn markers; also a completion that is only a reasoning block) is not sent to the guard as an
+answer: its verdict has ``empty=True`` and ``level=None``; a **cut-off reasoning block** (``<think>`` without
+``</think>``) is never judged as an answer: its verdict has ``answer_missing=True``, ``reason="no_answer"``
+and ``level=None``. In both cases, with ``thinking="separate"`` (or ``"whole"``) the reasoning is still judged,
+as reasoning, and reported in ``parts["reasoning"]``.
+
+Per-sample failures (``on_error``): with ``on_error="raise"`` (default) a malformed conversation, a judged
+message that alone does not fit the context window (``ContextTooLongError``) or non-finite label
+probabilities raise a :class:`~guard_reward.faults.SampleError`; with ``"skip"`` that sample gets
+``Verdict(level=None, error=..., reason=...)`` and the rest are judged. Unparseable verdict lines
+(``decode=True``) are always a ``level=None`` verdict with ``reason="unparseable"``. Batch-level errors (out
+of memory, a broken checkpoint) always raise.
 """
 
 from __future__ import annotations
@@ -22,14 +37,18 @@ from typing import Any
 import torch
 
 from guard_reward.conversations import (
+    THINK_OPEN,
     Conversation,
     ThinkingMode,
     check_thinking_mode,
+    is_empty_answer,
     moderation_of,
+    reasoning_cut_off,
     split_thinking,
     validate_conversation,
     with_last_content,
 )
+from guard_reward.faults import INVALID_INPUT, NO_ANSWER, NON_FINITE, OnError, SampleError, check_on_error
 from guard_reward.guards.common import (
     fit_to_context,
     hub_kwargs,
@@ -163,6 +182,7 @@ class GenGuard:
         conversations: Sequence[Conversation],
         decode: bool = False,
         thinking: ThinkingMode | None = None,
+        on_error: OnError = "raise",
     ) -> list[Verdict]:
         """Judge the last message of each conversation.
 
@@ -173,62 +193,132 @@ class GenGuard:
                 ``True``: also greedy-decode the verdict lines for categories and refusal (``level`` = the
                 parsed ``Safety:`` line, ``None`` when unparseable).
             thinking: overrides the guard's ``thinking`` option for this call.
+            on_error: what a per-sample failure does (module docstring): ``"raise"`` or ``"skip"``.
 
         Returns:
             one :class:`Verdict` per conversation, in input order.
         """
         start = time.perf_counter()
         mode = check_thinking_mode(thinking or self.thinking)
+        policy = check_on_error(on_error)
         if isinstance(conversations, (str, dict)) or (
             len(conversations) > 0 and isinstance(conversations[0], dict)
         ):
             raise TypeError("moderate() takes a list of conversations; wrap a single conversation in a list")
-        convs = [validate_conversation(c, i) for i, c in enumerate(conversations)]
+        convs: list[Conversation | SampleError] = []
+        for i, c in enumerate(conversations):
+            try:
+                convs.append(validate_conversation(c, i))
+            except (TypeError, ValueError) as exc:
+                if policy == "raise":
+                    raise
+                convs.append(SampleError(INVALID_INPUT, str(exc)))
         units, plans = self._plan(convs, mode)
-        rendered = self._render_units(units, decode)
-        judged = self._judge_unique(rendered, decode)
-        verdicts = [combine_parts({name: judged[u] for name, u in plan.items()}) for plan in plans]
-        failures = sum(not v.ok for v in verdicts)
+        rendered = self._render_units(units, decode, policy)
+        ok_units = [u for u, r in enumerate(rendered) if not isinstance(r, SampleError)]
+        judged: dict[int, Verdict] = dict(
+            zip(ok_units, self._judge_unique([rendered[u] for u in ok_units], decode), strict=True)  # type: ignore[misc]
+        )
+        for u, r in enumerate(rendered):
+            if isinstance(r, SampleError):
+                judged[u] = Verdict.failed(r.reason, str(r), moderation_of(units[u]))
+        verdicts = [self._verdict(plan, judged) for plan in plans]
+        if policy == "raise":
+            for v in verdicts:
+                if v.reason == NON_FINITE:
+                    raise SampleError(NON_FINITE, v.error or "non-finite label probabilities")
+        failures = sum(not v.ok and not v.empty for v in verdicts)
         self.stats.update(requested=len(convs), failures=failures)
+        self.stats.update(
+            empty=sum(v.empty for v in verdicts), no_answer=sum(v.answer_missing for v in verdicts)
+        )
         if failures:
-            logger.warning("%d of %d verdicts could not be parsed (level=None)", failures, len(convs))
+            logger.warning("%d of %d samples got no verdict (level=None)", failures, len(convs))
         self.stats["seconds"] += time.perf_counter() - start
         return verdicts
 
+    @staticmethod
+    def _verdict(plan: dict[str, Any], judged: dict[int, Verdict]) -> Verdict:
+        """One sample's verdict from its plan (see :meth:`_plan`) and the judged units."""
+        if "error" in plan:
+            error: SampleError = plan["error"]
+            return Verdict.failed(error.reason, str(error))
+        parts = {name: judged[u] for name, u in plan.items() if name in ("reasoning", "answer")}
+        failed = [v for v in parts.values() if not v.probs]  # a unit that failed before or in the pass
+        if failed:
+            return Verdict.failed(
+                failed[0].reason or INVALID_INPUT, failed[0].error or "", failed[0].moderation
+            )
+        if plan.get("status") == "no_answer":
+            return Verdict.failed(
+                NO_ANSWER,
+                "the reasoning block was cut off before </think>: there is no answer to judge",
+                parts=parts or None,
+                answer_missing=True,
+            )
+        if plan.get("status") == "empty":
+            return Verdict.empty_answer(parts or None)
+        return combine_parts(parts)
+
     # ------------------------------------------------------------------ planning and rendering
 
-    def _plan(self, convs: list[Conversation], mode: ThinkingMode) -> tuple[list[Conversation], list[dict]]:
-        """Split each conversation into the units the guard judges (answer, reasoning) per the thinking
-        mode."""
+    def _plan(
+        self, convs: list[Conversation | SampleError], mode: ThinkingMode
+    ) -> tuple[list[Conversation], list[dict[str, Any]]]:
+        """Split each conversation into the units the guard judges (``"answer"``, ``"reasoning"``) per the
+        thinking mode; an empty answer or a cut-off reasoning block gets no answer unit and a ``"status"``
+        (module docstring); a malformed sample carries its ``"error"``."""
         units: list[Conversation] = []
-        plans: list[dict[str, int]] = []
+        plans: list[dict[str, Any]] = []
         for conv in convs:
-            plan: dict[str, int] = {}
-            if moderation_of(conv) == "response" and mode != "whole":
-                reasoning, answer = split_thinking(conv[-1]["content"])
-                if mode == "separate" and reasoning:
-                    plan["reasoning"] = len(units)
-                    units.append(with_last_content(conv, reasoning))
-                plan["answer"] = len(units)
-                units.append(with_last_content(conv, answer))
-            else:
+            plan: dict[str, Any] = {}
+            plans.append(plan)
+            if isinstance(conv, SampleError):
+                plan["error"] = conv
+                continue
+            if moderation_of(conv) != "response":
                 plan["answer"] = len(units)
                 units.append(conv)
-            plans.append(plan)
+                continue
+            content = conv[-1]["content"]
+            if reasoning_cut_off(content):
+                plan["status"] = "no_answer"
+                reasoning: str | None = content.split(THINK_OPEN, 1)[-1].strip("\n")
+                answer = ""
+            else:
+                reasoning, answer = split_thinking(content)
+                if is_empty_answer(answer):
+                    plan["status"] = "empty"
+            if mode != "answer" and reasoning and reasoning.strip() and "status" in plan:
+                plan["reasoning"] = len(units)
+                units.append(with_last_content(conv, reasoning if mode == "separate" else content))
+            if "status" in plan:
+                continue
+            if mode == "separate" and reasoning:
+                plan["reasoning"] = len(units)
+                units.append(with_last_content(conv, reasoning))
+            plan["answer"] = len(units)
+            units.append(conv if mode == "whole" else with_last_content(conv, answer))
         return units, plans
 
     def _render_units(
-        self, units: list[Conversation], decode: bool
-    ) -> list[tuple[tuple[int, ...], bool, str]]:
+        self, units: list[Conversation], decode: bool, policy: str = "raise"
+    ) -> list[tuple[tuple[int, ...], bool, str] | SampleError]:
         """Render and tokenize each unit, fitting it to the context window: ``(ids, truncated,
-        moderation)``."""
+        moderation)``, or (``policy="skip"``) the :class:`SampleError` of a unit that does not fit."""
         limit = self.max_length - self.tree.n_extra - (self.max_new_tokens if decode else 0)
-        out = []
+        out: list[tuple[tuple[int, ...], bool, str] | SampleError] = []
         for conv in units:
             ids = self._encode(conv)
             truncated = False
             if len(ids) > limit:
-                conv, truncated = fit_to_context(conv, lambda c: len(self._encode(c)), limit)
+                try:
+                    conv, truncated = fit_to_context(conv, lambda c: len(self._encode(c)), limit)
+                except SampleError as exc:
+                    if policy == "raise":
+                        raise
+                    out.append(exc)
+                    continue
                 ids = self._encode(conv)
                 self.stats["truncated"] += 1
             out.append((tuple(ids), truncated, moderation_of(conv)))
@@ -299,7 +389,7 @@ class GenGuard:
         probs = torch.softmax(label_log_probs(step_logits, self.tree), dim=-1).cpu()
         prob_dicts = [dict(zip(self.tree.labels, row.tolist())) for row in probs]
         if not decode:
-            return [
+            verdicts = [
                 Verdict(
                     level=self.tree.labels[int(row.argmax())],  # type: ignore[arg-type]
                     probs=p,
@@ -308,7 +398,17 @@ class GenGuard:
                 )
                 for row, p, (_, truncated, moderation) in zip(probs, prob_dicts, items)
             ]
-        return decode_verdicts(self, prompt_ids, prompt_mask, out.past_key_values, prob_dicts, items)
+        else:
+            verdicts = decode_verdicts(self, prompt_ids, prompt_mask, out.past_key_values, prob_dicts, items)
+        finite = torch.isfinite(probs).all(dim=-1).tolist()
+        return [
+            v
+            if ok
+            else Verdict.failed(
+                NON_FINITE, "the guard produced NaN or infinite label probabilities", v.moderation
+            )
+            for v, ok in zip(verdicts, finite, strict=True)
+        ]
 
     def _check_template(self) -> None:
         probe = self.tokenizer.apply_chat_template([{"role": "user", "content": "probe"}], tokenize=False)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from guard_reward.faults import UNPARSEABLE
 from guard_reward.guards.parsing import PROMPT_CATEGORIES, RESPONSE_CATEGORIES, parse_verdict
 from guard_reward.types import LEVEL_RANK, Verdict
 
@@ -81,6 +82,7 @@ def decode_verdicts(
                 raw=raw,
                 truncated=truncated,
                 error=parsed.error,
+                reason=UNPARSEABLE if parsed.level is None else None,
             )
         )
     return verdicts
@@ -137,4 +139,5 @@ def combine_parts(parts: Mapping[str, Verdict]) -> Verdict:
         truncated=any(v.truncated for v in parts.values()),
         parts=dict(parts),
         error="; ".join(errors) or None,
+        reason=None if level is not None else next((v.reason for v in parts.values() if v.reason), None),
     )

@@ -22,6 +22,18 @@ Context policy: inputs longer than ``max_length`` (the checkpoint's ``max_positi
 follow :func:`guard_reward.guards.common.fit_to_context` — earlier turns are trimmed, the judged message is
 never cut, and ``ContextTooLongError`` is raised when it alone does not fit. Trimmed inputs are flagged
 ``truncated`` and counted.
+
+Per-sample failures (``on_error``): ``score``/``score_ids`` raise a :class:`~guard_reward.faults.SampleError`
+for a sample they cannot score (the default, ``on_error="raise"``: context too long, ids past the guard's
+embedding table, a malformed sample, non-finite probabilities); with ``on_error="skip"`` that sample gets a
+failed :class:`TokenRisk` (``error``/``reason`` set, empty tensors) and the others are scored as usual. A
+completion whose reasoning was cut off before ``</think>`` is never scored as an answer: under
+``thinking="answer"`` it gets a failed record with reason ``"no_answer"`` (under both policies: it is a fact
+about the completion, not an error of the guard); under ``"include"`` its reasoning is scored and
+``answer_missing`` is set. Batch-level errors (out of memory, a broken checkpoint) always raise.
+
+Ids: any id inside the guard's embedding table is scored, including ids past the tokenizer (Qwen3 models have
+151,936 embedding rows for 151,669 tokens, and a policy can sample the padded rows); such ids have no text.
 """
 
 from __future__ import annotations
@@ -41,6 +53,15 @@ from guard_reward.conversations import (
     Conversation,
     to_conversation,
     validate_conversation,
+)
+from guard_reward.faults import (
+    IDS_OUTSIDE_VOCABULARY,
+    INVALID_INPUT,
+    NO_ANSWER,
+    NON_FINITE,
+    OnError,
+    SampleError,
+    check_on_error,
 )
 from guard_reward.guards.common import (
     fit_to_context,
@@ -132,6 +153,10 @@ class StreamGuard:
         ids = tokenizer.convert_tokens_to_ids([IM_START, IM_END, THINK_OPEN, THINK_CLOSE, "<|endoftext|>"])
         self.im_start_id, self.im_end_id, self.think_open_id, self.think_close_id, endoftext = ids
         self.user_id = tokenizer.encode("user", add_special_tokens=False)[0]
+        # Ids the guard can embed: the whole embedding table, which may be larger than the tokenizer.
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        rows = getattr(embeddings, "num_embeddings", None) or getattr(model.config, "vocab_size", 0)
+        self.vocab_rows = max(int(rows or 0), len(tokenizer))
         # TRL's completion_ids end with the EOS that finished them; those ids are never content.
         self.trailing_ids = {i for i in (self.im_end_id, endoftext, tokenizer.eos_token_id) if i is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else endoftext
@@ -191,17 +216,35 @@ class StreamGuard:
 
     # ----------------------------------------------------------------------------------------------- scoring
 
-    def score(self, conversations: Sequence[Conversation], *, thinking: str | None = None) -> list[TokenRisk]:
+    def score(
+        self,
+        conversations: Sequence[Conversation],
+        *,
+        thinking: str | None = None,
+        on_error: OnError = "raise",
+    ) -> list[TokenRisk]:
         """Per-token risk of the last assistant message of each conversation, one batched pass.
 
-        ``TokenRisk.offsets`` are spans into that message's ``content`` string.
+        ``TokenRisk.offsets`` are spans into that message's ``content`` string. ``on_error``: what a
+        per-sample failure does (module docstring).
         """
         mode = check_stream_thinking(thinking or self.thinking)
-        encoded = []
+        policy = check_on_error(on_error)
+        encoded: list[Encoded | TokenRisk] = []
         for i, conv in enumerate(conversations):
-            conv = validate_conversation(conv, i)
-            encoded.append(self._fit(conv, lambda c, m=mode: self._encode_text(c, m)))
-        return self._run(encoded)
+            try:
+                conv = self._validate(conv, i)
+                content = conv[-1]["content"] if conv[-1]["role"] == "assistant" else ""
+                if THINK_OPEN in content and THINK_CLOSE not in content:  # reasoning cut off
+                    if mode != "include":
+                        encoded.append(self._no_answer(f"conversation {i}"))
+                    else:
+                        encoded.append(self._fit(conv, self._encode_cut_off))
+                    continue
+                encoded.append(self._fit(conv, lambda c, m=mode: self._encode_text(c, m)))
+            except SampleError as exc:
+                encoded.append(self._failed(exc, policy))
+        return self._run(encoded, policy)
 
     def score_ids(
         self,
@@ -209,6 +252,7 @@ class StreamGuard:
         completion_ids: Sequence[Sequence[int]],
         *,
         thinking: str | None = None,
+        on_error: OnError = "raise",
     ) -> list[TokenRisk]:
         """Per-token risk of policy completions given as token ids in the guard's vocabulary, scored verbatim.
 
@@ -217,7 +261,9 @@ class StreamGuard:
             completion_ids: ``list[list[int]]`` as TRL passes them. Trailing ``<|im_end|>``/``<|endoftext|>``
                 ids (TRL keeps the EOS) are not scored; with ``thinking="answer"`` a reasoning block up to
                 ``</think>`` is not scored either; newline tokens right after ``<think>`` / ``</think>``
-                belong to the template's scaffolding.
+                belong to the template's scaffolding. Any id inside the guard's embedding table is accepted
+                (ids past the tokenizer have no text).
+            on_error: what a per-sample failure does (module docstring).
 
         Returns:
             One :class:`TokenRisk` per completion; ``span = (start, end)`` tells which ``completion_ids[i]``
@@ -230,29 +276,49 @@ class StreamGuard:
                 f"got {len(prompts)} prompts but {len(completion_ids)} completion_ids; one per sample"
             )
         mode = check_stream_thinking(thinking or self.thinking)
+        policy = check_on_error(on_error)
         prefix_cache: dict[tuple[str, bool], list[int]] = {}
-        encoded = []
+        encoded: list[Encoded | TokenRisk] = []
         for i, (prompt, ids) in enumerate(zip(prompts, completion_ids, strict=True)):
-            conv = self._prompt_conversation(prompt, i)
-            ids = self._check_ids(ids, i)
-            start, end, include = self._completion_span(ids, mode)
-            _, offsets = token_char_offsets(self.tokenizer, ids)
-            placeholder = [*conv, {"role": "assistant", "content": ""}]
+            try:
+                encoded.append(self._encode_ids(prompt, ids, i, mode, prefix_cache))
+            except SampleError as exc:
+                encoded.append(self._failed(exc, policy))
+        return self._run(encoded, policy)
 
-            def encode(
-                c: Conversation, ids=ids, start=start, end=end, include=include, offsets=offsets
-            ) -> Encoded:
-                key = (json.dumps(c[:-1]), include)
-                if key not in prefix_cache:
-                    prefix_cache[key] = self._encode_prefix(c[:-1], include)
-                prefix = prefix_cache[key]
-                scored = list(ids[start:end])
-                return Encoded(
-                    [*prefix, *scored], scored, offsets[start:end], self._query_pos(prefix), span=(start, end)
-                )
+    def _encode_ids(
+        self,
+        prompt: str | Conversation,
+        raw_ids: Sequence[int],
+        i: int,
+        mode: str,
+        prefix_cache: dict[tuple[str, bool], list[int]],
+    ) -> Encoded | TokenRisk:
+        """One :meth:`score_ids` input, or the ``no_answer`` record of a cut-off reasoning block."""
+        conv = self._prompt_conversation(prompt, i)
+        ids = self._check_ids(raw_ids, i)
+        start, end, include, missing = self._completion_span(ids, mode)
+        if missing and not include:
+            return self._no_answer(f"completion_ids[{i}]", span=(start, start))
+        _, offsets = token_char_offsets(self.tokenizer, ids)
+        placeholder = [*conv, {"role": "assistant", "content": ""}]
 
-            encoded.append(self._fit(placeholder, encode))
-        return self._run(encoded)
+        def encode(c: Conversation) -> Encoded:
+            key = (json.dumps(c[:-1]), include)
+            if key not in prefix_cache:
+                prefix_cache[key] = self._encode_prefix(c[:-1], include)
+            prefix = prefix_cache[key]
+            scored = list(ids[start:end])
+            return Encoded(
+                [*prefix, *scored],
+                scored,
+                offsets[start:end],
+                self._query_pos(prefix),
+                span=(start, end),
+                answer_missing=missing,
+            )
+
+        return self._fit(placeholder, encode)
 
     def shares_tokenizer(self, other: Any) -> bool:
         """Whether ``other``'s ids mean the same tokens as the guard's (same vocabulary, or a subset of it at
@@ -310,22 +376,49 @@ class StreamGuard:
     # ------------------------------------------------------------------------------------------- internals
 
     def _prompt_conversation(self, prompt: str | Conversation, index: int) -> Conversation:
-        conv = validate_conversation(to_conversation(prompt), index)
+        try:
+            conv = validate_conversation(to_conversation(prompt), index)
+        except (TypeError, ValueError) as exc:
+            raise SampleError(INVALID_INPUT, f"prompt {index}: {exc}") from exc
         if conv[-1]["role"] != "user":
-            raise ValueError(
+            raise SampleError(
+                INVALID_INPUT,
                 f"prompt {index}: ends with a {conv[-1]['role']!r} message; a prompt to be completed "
-                "must end with the user's turn"
+                "must end with the user's turn",
             )
         return conv
 
+    def _validate(self, conv: Any, index: int) -> Conversation:
+        try:
+            return validate_conversation(conv, index)
+        except (TypeError, ValueError) as exc:
+            raise SampleError(INVALID_INPUT, str(exc)) from exc
+
+    def _failed(self, exc: SampleError, policy: str) -> TokenRisk:
+        """A per-sample failure: raised again under ``on_error="raise"``, else that sample's record."""
+        if policy == "raise":  # a malformed sample keeps its original TypeError / ValueError
+            raise (exc.__cause__ if exc.reason == INVALID_INPUT and exc.__cause__ else exc)
+        return TokenRisk.failed(exc.reason, str(exc), self.category_names)
+
+    def _no_answer(self, where: str, span: tuple[int, int] | None = None) -> TokenRisk:
+        return TokenRisk.failed(
+            NO_ANSWER,
+            f"{where}: the reasoning block was cut off before </think>; there is no answer to score "
+            "(score it with thinking='include' to judge the reasoning)",
+            self.category_names,
+            span=span,
+            answer_missing=True,
+        )
+
     def _check_ids(self, ids: Sequence[int], index: int) -> list[int]:
         out = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
-        bad = [i for i in out if not 0 <= i < len(self.tokenizer)]
+        bad = [i for i in out if not 0 <= i < self.vocab_rows]
         if bad:
-            raise ValueError(
-                f"completion_ids[{index}] has ids outside the guard's vocabulary "
-                f"(0..{len(self.tokenizer) - 1}): {bad[:5]}; for a policy with another tokenizer, score the "
-                "decoded text and align by offsets"
+            raise SampleError(
+                IDS_OUTSIDE_VOCABULARY,
+                f"completion_ids[{index}] has ids outside the guard's vocabulary (its embedding table, "
+                f"0..{self.vocab_rows - 1}): {bad[:5]}; for a policy with another tokenizer, score the "
+                "decoded text and align by offsets",
             )
         return out
 
@@ -335,29 +428,49 @@ class StreamGuard:
             self._newline_only[token_id] = text != "" and text.strip("\n") == ""
         return self._newline_only[token_id]
 
-    def _completion_span(self, ids: list[int], mode: str) -> tuple[int, int, bool]:
-        """``(start, end, include_reasoning)`` of the ids to score (see :meth:`score_ids`)."""
+    def _completion_span(self, ids: list[int], mode: str) -> tuple[int, int, bool, bool]:
+        """``(start, end, include_reasoning, answer_missing)`` of the ids to score (see :meth:`score_ids`).
+
+        A ``<think>`` without a later ``</think>`` is a reasoning block cut off: ``answer_missing``; its
+        reasoning is the span under ``thinking="include"``, nothing otherwise.
+        """
         end = len(ids)
         while end > 0 and ids[end - 1] in self.trailing_ids:
             end -= 1
         close = max((k for k in range(end) if ids[k] == self.think_close_id), default=-1)
+        opened = max((k for k in range(end) if ids[k] == self.think_open_id), default=-1)
 
         def skip_newlines(k: int, stop: int) -> int:
             while k < stop and self._is_newline(ids[k]):
                 k += 1
             return k
 
+        if opened > close:
+            start = skip_newlines(opened + 1, end)
+            return start, end, mode == "include", True
         if close >= 0 and mode == "include":
             start = skip_newlines(1 if ids and ids[0] == self.think_open_id else 0, close)
             if start < close:
-                return start, end, True
-        return skip_newlines(close + 1, end), end, False
+                return start, end, True, False
+        return skip_newlines(close + 1, end), end, False, False
 
     def _encode_prefix(self, before: Conversation, include: bool) -> list[int]:
         return self.tokenizer.encode(prefix_text(self.tokenizer, before, include), add_special_tokens=False)
 
     def _query_pos(self, ids: Sequence[int]) -> int | None:
         return query_position(ids, self.im_start_id, self.user_id, self.im_end_id)
+
+    def _encode_cut_off(self, conv: Conversation) -> Encoded:
+        """A reasoning block cut off before ``</think>``, judged as reasoning: after ``<think>\\n``."""
+        content = conv[-1]["content"]
+        start = content.find(THINK_OPEN) + len(THINK_OPEN)
+        while start < len(content) and content[start] == "\n":
+            start += 1
+        prefix_ids = self._encode_prefix(conv[:-1], True)
+        enc = self.tokenizer(content[start:], add_special_tokens=False, return_offsets_mapping=True)
+        offsets = torch.tensor(enc["offset_mapping"], dtype=torch.long).reshape(-1, 2) + start
+        ids = list(enc["input_ids"])
+        return Encoded([*prefix_ids, *ids], ids, offsets, self._query_pos(prefix_ids), answer_missing=True)
 
     def _encode_text(self, conv: Conversation, mode: str) -> Encoded:
         if conv[-1]["role"] == "user":  # prompt moderation: an empty response after the prompt
@@ -389,8 +502,12 @@ class StreamGuard:
         )
         return out
 
-    def _run(self, encoded: list[Encoded]) -> list[TokenRisk]:
-        results: list[TokenRisk | None] = [None] * len(encoded)
+    def _run(self, items: list[Encoded | TokenRisk], policy: str = "raise") -> list[TokenRisk]:
+        """Score the encoded items (records of samples that already failed pass through), then check that
+        every probability is finite."""
+        results: list[TokenRisk | None] = [x if isinstance(x, TokenRisk) else None for x in items]
+        todo = [k for k, x in enumerate(items) if not isinstance(x, TokenRisk)]
+        encoded: list[Encoded] = [items[k] for k in todo]  # type: ignore[misc]
         lengths = [len(e.ids) for e in encoded]
         if self.share_prefix:  # keep inputs that share a prefix in the same micro-batch
             order = sharing_order([e.ids for e in encoded])
@@ -398,8 +515,17 @@ class StreamGuard:
         else:
             batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
         for batch in batches:
-            for i, risk in zip(batch, self._forward([encoded[i] for i in batch]), strict=True):
-                results[i] = risk
+            for j, risk in zip(batch, self._forward([encoded[j] for j in batch]), strict=True):
+                finite = all(
+                    bool(torch.isfinite(t).all())
+                    for t in (risk.p_safe, risk.p_unsafe, risk.p_controversial, risk.category_probs)
+                )
+                if not finite:
+                    error = SampleError(
+                        NON_FINITE, f"sample {todo[j]}: the guard produced NaN or infinite risk"
+                    )
+                    risk = self._failed(error, policy)
+                results[todo[j]] = risk
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()

@@ -343,6 +343,7 @@ def token_risks(
                 query_category_probs=query_cats,
                 truncated=e.truncated,
                 span=e.span,
+                answer_missing=e.answer_missing,
             )
         )
         row += n

@@ -44,6 +44,7 @@ class Encoded:
     query_pos: int | None  # position of the <|im_end|> closing the last user turn
     truncated: bool = False
     span: tuple[int, int] | None = None
+    answer_missing: bool = False  # the reasoning was cut off before </think>; only reasoning is judged
 
     @property
     def start(self) -> int:

@@ -9,6 +9,15 @@ decoded text is scored with the guard's tokens and carried onto policy tokens by
 (``first_violation`` by default). Tokens the guard does not score — a reasoning block when only the answer is
 judged, the closing end-of-turn token, tokens without text — get 0.
 
+Fault policy (``on_error="skip"``, the default): a completion the guard cannot score (too long for its context,
+ids it can neither embed nor read as text, non-finite risk, a malformed sample, or a reasoning block cut off
+before ``</think>`` under ``thinking="answer"``) gets no signal: its whole row of the mask is False (a row
+whose completion has tokens but whose mask is all False is a sample without signal, like a scalar ``None``).
+It is counted per reason (``guard/failures/<reason>``) and logged once per reason with an example.
+``on_error="raise"`` raises a :class:`~guard_reward.faults.SampleError` instead (a cut-off reasoning block is a
+fact about the completion and is never raised). Ids past the guard's embedding table make that one row fall
+back to the text path (decode, score the text, align by offsets).
+
 ``SummedTokenReward`` folds it into one scalar per completion (the sum of its per-token rewards) for trainers
 that are sequence-level only, such as RLOO. With ``first_violation`` shaping the sum is ``−coef · max_t
 risk_t``: the worst risk the response reached.
@@ -19,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,12 +36,22 @@ import torch
 
 from guard_reward import metrics
 from guard_reward.alignment import align_values, guard_index_for_policy, token_char_offsets
+from guard_reward.faults import (
+    IDS_OUTSIDE_VOCABULARY,
+    NO_ANSWER,
+    FailureCounter,
+    SampleError,
+    check_on_error,
+)
 from guard_reward.guards.debounce import Debouncer, token_levels
-from guard_reward.rewards.base import GuardHandle, check_name, emit, emit_columns, response_conversations
+from guard_reward.rewards.base import GuardHandle, check_name, emit_columns, response_conversations
 from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shape_dense, unsafe_risk
 from guard_reward.types import DenseRewards, TokenRisk
 
 logger = logging.getLogger(__name__)
+
+#: Which token of the first debounced Unsafe pair carries the hard first-violation penalty.
+HARD_POSITIONS: tuple[str, ...] = ("first", "second")
 
 
 def _load_stream(path: str, **kw: Any) -> Any:
@@ -48,8 +68,11 @@ class TokenSafetyPenalty:
             ``guard_kwargs``.
         shaping: ``"first_violation"`` (default; the penalty lands where the response became unsafe),
             ``"prob"`` (``−risk_t`` on every token) or ``"threshold"`` (hinge above ``threshold``).
-        hard: with ``first_violation``, put ``−coef`` on the token where the debounced flag fires instead of
-            the soft ``−Δ`` running-max form.
+        hard: with ``first_violation``, put ``−coef`` on one token of the first debounced Unsafe pair (see
+            ``hard_position``) instead of the soft ``−Δ`` running-max form.
+        hard_position: ``"first"`` (default: the first token of the pair, the one that made the answer
+            unsafe) or ``"second"`` (where the debounced flag fires, the official stream's stopping point).
+            Also the position reported as ``first_violation_pos``.
         coef: scale of the penalty; clip: bound on each token's penalty (``None``: none).
         controversial: ``"strict"`` (Controversial counts as Unsafe), ``"loose"``, or a weight in [0, 1] on
             ``p(Controversial)``; also picks the debounce policy (strict when the weight is > 0).
@@ -57,6 +80,7 @@ class TokenSafetyPenalty:
         thinking: Stream's ``"answer"`` (reasoning not scored) or ``"include"`` (reasoning scored too).
         policy_tokenizer: the policy's tokenizer; ``DenseGRPOTrainer`` binds it (:meth:`bind_tokenizer`).
         mixed_pairs: debounce an ``Unsafe, Controversial`` pair too (the report's wording).
+        on_error: ``"skip"`` (a completion that cannot be scored gets no signal, counted) or ``"raise"``.
         name: the reward's ``__name__``; metric_prefix: prefix of the logged metrics.
     """
 
@@ -73,6 +97,8 @@ class TokenSafetyPenalty:
         thinking: str = "answer",
         policy_tokenizer: Any = None,
         mixed_pairs: bool = False,
+        hard_position: str = "first",
+        on_error: str = "skip",
         name: str = "guard_tokens",
         metric_prefix: str = metrics.DEFAULT_PREFIX,
         guard_kwargs: Mapping[str, Any] | None = None,
@@ -92,6 +118,12 @@ class TokenSafetyPenalty:
             raise ValueError(f"coef must be a number >= 0, got {coef!r}")
         if thinking not in ("answer", "include"):
             raise ValueError(f"thinking={thinking!r} is not accepted; use 'answer' or 'include'")
+        if hard_position not in HARD_POSITIONS:
+            raise ValueError(
+                f"hard_position={hard_position!r} is not accepted; use one of {', '.join(HARD_POSITIONS)}"
+            )
+        self.on_error = check_on_error(on_error)
+        self.hard_position = hard_position
         self.stream = GuardHandle(stream, _load_stream, dict(guard_kwargs or {}))
         self.shaping, self.hard, self.coef, self.clip = shaping, bool(hard), float(coef), clip
         self.controversial, self.threshold, self.thinking = controversial, float(threshold), thinking
@@ -100,7 +132,16 @@ class TokenSafetyPenalty:
         self.policy_tokenizer = policy_tokenizer
         self.__name__ = check_name(name)
         self.metric_prefix = check_name(metric_prefix)
-        self.stats: dict[str, float] = {"calls": 0, "samples": 0, "identity": 0, "aligned": 0, "seconds": 0.0}
+        self.stats: dict[str, float] = {
+            "calls": 0,
+            "samples": 0,
+            "identity": 0,
+            "aligned": 0,
+            "failures": 0,
+            "empty": 0,
+            "seconds": 0.0,
+        }
+        self.failures = FailureCounter(self.__name__)
         self._shared: bool | None = None
         self._cache: tuple[str, DenseRewards] | None = None
 
@@ -116,15 +157,20 @@ class TokenSafetyPenalty:
         self._shared = None
 
     def _flag(self, risk: TokenRisk) -> int | None:
-        """Guard-token index where the debounced flag fires (the online rule: the first flagging pair)."""
+        """Guard-token index of the first debounced pair (the online rule): its first token, or with
+        ``hard_position="second"`` the token where the flag fires."""
         debouncer = Debouncer(self.debounce_mode, mixed_pairs=self.mixed_pairs)  # type: ignore[arg-type]
         for level in token_levels(risk):
             if debouncer.push(level):
                 break
-        return debouncer.result[0]
+        index = debouncer.result[0]
+        if index is None:
+            return None
+        return index - 1 if self.hard_position == "first" else index
 
-    def _rows(self, prompts: Sequence[Any], completions: Sequence[Any], ids: list[list[int]]) -> list[tuple]:
-        """Per completion: ``(risk (T_i,), scored (T_i,) bool, flag index or None)`` in policy positions."""
+    def _rows(self, prompts: Sequence[Any], completions: Sequence[Any], ids: list[list[int]]) -> list[Any]:
+        """Per completion: ``(risk (T_i,), scored (T_i,) bool, flag index or None)`` in policy positions, or
+        the :class:`TokenRisk` of a sample that could not be scored."""
         guard = self.stream.get()
         if self.policy_tokenizer is None:
             raise ValueError(
@@ -133,28 +179,73 @@ class TokenSafetyPenalty:
             )
         if self._shared is None:
             self._shared = bool(guard.shares_tokenizer(self.policy_tokenizer))
-        rows = []
+        rows: list[Any] = [None] * len(ids)
+        by_text = list(range(len(ids)))
         if self._shared:
-            self.stats["identity"] += len(ids)
-            for row_ids, r in zip(ids, guard.score_ids(prompts, ids, thinking=self.thinking), strict=True):
-                risk = torch.zeros(len(row_ids))
-                scored = torch.zeros(len(row_ids), dtype=torch.bool)
-                start, end = r.span
-                risk[start:end] = unsafe_risk(
-                    r.p_unsafe.float(), r.p_controversial.float(), self.controversial
+            limit = int(getattr(guard, "vocab_rows", len(guard.tokenizer)))
+            # ids past the guard's embedding table: that row falls back to the text path
+            by_ids = [i for i, row in enumerate(ids) if all(0 <= t < limit for t in row)]
+            by_text = [i for i in range(len(ids)) if i not in set(by_ids)]
+            self.stats["identity"] += len(by_ids)
+            risks = guard.score_ids(
+                [prompts[i] for i in by_ids],
+                [ids[i] for i in by_ids],
+                thinking=self.thinking,
+                on_error="skip",
+            )
+            for i, r in zip(by_ids, risks, strict=True):
+                rows[i] = r if not r.ok else self._identity_row(r, len(ids[i]))
+        if by_text:
+            self.stats["aligned"] += len(by_text)
+            for i, row in zip(
+                by_text, self._text_rows(guard, prompts, completions, ids, by_text), strict=True
+            ):
+                rows[i] = row
+        return rows
+
+    def _identity_row(self, r: TokenRisk, n: int) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+        risk = torch.zeros(n)
+        scored = torch.zeros(n, dtype=torch.bool)
+        start, end = r.span  # type: ignore[misc]
+        risk[start:end] = unsafe_risk(r.p_unsafe.float(), r.p_controversial.float(), self.controversial)
+        scored[start:end] = True
+        flag = self._flag(r)
+        return risk, scored, None if flag is None else start + flag
+
+    def _text_rows(
+        self,
+        guard: Any,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        ids: list[list[int]],
+        which: list[int],
+    ) -> list[Any]:
+        """Decode with the policy's tokenizer, score the text, carry the risk onto policy tokens by offsets."""
+        decoded: dict[int, tuple[str, torch.Tensor]] = {}
+        rows: dict[int, Any] = {}
+        for i in which:
+            try:
+                decoded[i] = token_char_offsets(self.policy_tokenizer, ids[i])
+            except (IndexError, KeyError, TypeError, ValueError, OverflowError) as exc:
+                rows[i] = TokenRisk.failed(
+                    IDS_OUTSIDE_VOCABULARY,
+                    f"completion {i}: the policy tokenizer cannot decode its ids ({exc})",
+                    tuple(guard.category_names),
                 )
-                scored[start:end] = True
-                flag = self._flag(r)
-                rows.append((risk, scored, None if flag is None else start + flag))
-            return rows
-        self.stats["aligned"] += len(ids)
-        texts, offsets = zip(*(token_char_offsets(self.policy_tokenizer, row) for row in ids), strict=True)
+        todo = [i for i in which if i in decoded]
         plain = [
-            t if isinstance(c, str) else [{"role": "assistant", "content": t}]
-            for t, c in zip(texts, completions, strict=True)
+            decoded[i][0]
+            if isinstance(completions[i], str)
+            else [{"role": "assistant", "content": decoded[i][0]}]
+            for i in todo
         ]
-        risks = guard.score(response_conversations(prompts, plain), thinking=self.thinking)
-        for r, policy_offsets in zip(risks, offsets, strict=True):
+        conversations = response_conversations([prompts[i] for i in todo], plain)
+        risks = guard.score(conversations, thinking=self.thinking, on_error="skip")
+        for i, r in zip(todo, risks, strict=True):
+            if not r.ok:
+                rows[i] = r
+                continue
+            policy_offsets = decoded[i][1]
             value = unsafe_risk(r.p_unsafe.float(), r.p_controversial.float(), self.controversial)
             risk, valid = align_values(value, r.offsets, policy_offsets, fill=0.0)
             scored = valid & (policy_offsets[:, 1] > policy_offsets[:, 0])  # tokens without text: not scored
@@ -163,8 +254,17 @@ class TokenSafetyPenalty:
             if flag is not None:
                 reached = (guard_index_for_policy(r.offsets, policy_offsets) >= flag) & scored
                 policy_flag = int(reached.nonzero()[0, 0]) if bool(reached.any()) else None
-            rows.append((risk * scored, scored, policy_flag))
-        return rows
+            rows[i] = (risk * scored, scored, policy_flag)
+        return [rows[i] for i in which]
+
+    def _record_failure(self, index: int, r: TokenRisk, counts: Counter[str]) -> None:
+        """Count a sample without signal; under ``on_error="raise"`` raise it (a cut-off reasoning block is
+        never raised: it is a fact about the completion)."""
+        reason = r.reason or "invalid_input"
+        if self.on_error == "raise" and reason != NO_ANSWER:
+            raise SampleError(reason, f"{self.__name__}: completion {index}: {r.error}")
+        counts[reason] += 1
+        self.failures.record(reason, f"completion {index}: {r.error}")
 
     def __call__(
         self,
@@ -199,10 +299,19 @@ class TokenSafetyPenalty:
         scored = torch.zeros(b, t, dtype=torch.bool)
         mask = torch.zeros(b, t, dtype=torch.bool)
         flags = torch.full((b,), -1, dtype=torch.long)
-        for i, (r, s, f) in enumerate(rows):
+        judged = torch.zeros(b, dtype=torch.bool)
+        empty: list[float] = []
+        counts: Counter[str] = Counter()
+        for i, row in enumerate(rows):
+            if isinstance(row, TokenRisk):  # no signal: the whole row stays out of the mask
+                self._record_failure(i, row, counts)
+                continue
+            r, s, f = row
             risk[i, : len(r)] = r
             scored[i, : len(s)] = s
             mask[i, : len(ids[i])] = True
+            judged[i] = True
+            empty.append(float(not bool(s.any())))
             if f is not None:
                 flags[i] = f
         hard_flags = flags if self.hard else None
@@ -219,10 +328,17 @@ class TokenSafetyPenalty:
         seconds = time.perf_counter() - start
         self.stats["calls"] += 1
         self.stats["samples"] += b
+        self.stats["failures"] += sum(counts.values())
+        self.stats["empty"] += int(sum(empty))
         self.stats["seconds"] += seconds
-        summary = metrics.token_metrics(risk, scored, flags, prefix=self.metric_prefix)
-        summary[metrics.metric_name(self.metric_prefix, "stream_seconds")] = seconds
-        emit(log_metric, summary)
+        rates = metrics.token_items(risk, scored, flags, prefix=self.metric_prefix, rows=judged)
+        rates[metrics.metric_name(self.metric_prefix, metrics.TOKEN_EMPTY_RATE)] = empty
+        metrics.emit_metrics(
+            log_metric,
+            rates=rates,
+            totals=metrics.failure_totals(counts, self.metric_prefix),
+            per_rank={metrics.metric_name(self.metric_prefix, "stream_seconds"): seconds},
+        )
         emit_columns(
             log_extra, {f"{self.metric_prefix}_stream_flag": [None if f < 0 else int(f) for f in flags]}
         )
@@ -248,6 +364,16 @@ class SummedTokenReward:
         if callable(bind):
             bind(tokenizer)
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
+    ) -> list[float | None]:
+        """The per-row sum; ``None`` (no signal) for a completion with tokens whose mask row is all False
+        (the dense reward could not score it)."""
         rewards, mask = self.dense(prompts=prompts, completions=completions, **kwargs)
-        return [float(x) for x in (rewards * mask).sum(dim=1)]
+        ids = kwargs.get("completion_ids")
+        lengths = [len(row) for row in ids] if ids is not None else [1] * rewards.shape[0]
+        sums = (rewards * mask).sum(dim=1).tolist()
+        has_signal = mask.any(dim=1).tolist()
+        return [
+            float(x) if ok or n == 0 else None for x, ok, n in zip(sums, has_signal, lengths, strict=True)
+        ]

@@ -120,14 +120,20 @@ def prompt_harm(verdict: Verdict, config: ScalarShaping) -> float | None:
     return float(p.get("Unsafe", 0.0)) + (float(p.get("Controversial", 0.0)) if counts else 0.0)
 
 
+def refusal_value(config: ScalarShaping, harmful: float) -> float:
+    """What a refusal of a prompt is worth: ``harmful_refusal_value`` for a harmful prompt,
+    ``benign_refusal_value`` for a benign one (a probability of harm mixes the two). Used for refusals and,
+    by default, for empty answers (answering nothing is a refusal), whether or not ``config.refusal`` is on."""
+    return harmful * config.harmful_refusal_value + (1.0 - harmful) * config.benign_refusal_value
+
+
 def _safe_side(config: ScalarShaping, p_refusal: float, harmful: float | None) -> float | None:
     """Value of a response on the safe side of the line, mixing in refusal (``p_refusal`` in [0, 1])."""
     if not config.refusal or p_refusal == 0.0:
         return config.safe_value
     if harmful is None:
         return None
-    refusal_value = harmful * config.harmful_refusal_value + (1.0 - harmful) * config.benign_refusal_value
-    return (1.0 - p_refusal) * config.safe_value + p_refusal * refusal_value
+    return (1.0 - p_refusal) * config.safe_value + p_refusal * refusal_value(config, harmful)
 
 
 def scalar_reward(verdict: Verdict, config: ScalarShaping, harmful: float | None = None) -> float | None:
