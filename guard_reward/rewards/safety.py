@@ -91,10 +91,24 @@ class _GenReward:
         return f"{type(self).__name__}(name={self.__name__!r})"
 
     def _judge(self, prompts: Sequence[Any], completions: Sequence[Any], decode: bool) -> list[Verdict]:
-        conversations = response_conversations(prompts, completions)
-        return self.guard.get().moderate(
-            conversations, decode=decode, thinking=self.thinking, on_error="skip"
+        """One verdict per sample; a malformed sample gets an ``invalid_input`` verdict (the guard is not
+        asked about it)."""
+        if len(prompts) != len(completions):
+            raise ValueError(
+                f"got {len(prompts)} prompts and {len(completions)} completions; they must pair up"
+            )
+        conversations: dict[int, Any] = {}
+        verdicts: dict[int, Verdict] = {}
+        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            try:
+                conversations[i] = response_conversations([prompt], [completion])[0]
+            except (TypeError, ValueError) as exc:
+                verdicts[i] = Verdict.failed(INVALID_INPUT, f"sample {i}: {exc}")
+        judged = self.guard.get().moderate(
+            list(conversations.values()), decode=decode, thinking=self.thinking, on_error="skip"
         )
+        verdicts.update(zip(conversations, judged, strict=True))
+        return [verdicts[i] for i in range(len(prompts))]
 
     def _failed(self, index: int, reason: str, error: str | None, counts: Counter[str]) -> float | None:
         """A sample without a value: counted and logged once per reason; raised under ``on_error="raise"``

@@ -5,11 +5,13 @@ Every function here is pure tensor code on right-padded ``(B, T)`` batches with 
 
 Where this differs from the textbook uses of a per-token safety signal:
 
-* ``first_violation`` (the default) is potential-based shaping (Ng, Harada & Russell, 1999) with potential
-  ``Φ_t = −c_t``, ``c_t = max_{j≤t} risk_j`` (the running maximum): ``d_t = −(c_t − c_{t−1})``. A response's
-  rewards telescope to ``−c_T``, its final (worst) risk, so the optimal policy of the sequence-level objective
-  is unchanged, while the whole penalty lands on the tokens that raised the risk — usually the one token where
-  the response became unsafe.
+* ``first_violation`` (the default) has the potential-difference form ``d_t = Φ_t − Φ_{t−1}`` with
+  ``Φ_t = −c_t``, ``c_t = max_{j≤t} risk_j`` (the running maximum). A response's rewards telescope to ``−c_T``,
+  its worst risk; the potential does not vanish at the end, so this is not neutral shaping but the objective
+  "minus the worst risk", with the penalty placed on the tokens that raised the risk. Under return-to-go credit
+  (``Σ_{j≥t} d_j = −(c_T − c_{t−1})``, ``c_{t−1}`` a baseline of the prefix) the gradient is the REINFORCE
+  gradient of ``E[−c_T]``; with per-token credit (``"token"``) each token gets only its own ``d_t``: a myopic
+  objective that is not the gradient of any sequence-level one in general.
 * ``prob`` feeds Qwen3Guard-Stream's per-token probability straight in (``d_t = −risk_t``). Stream's labels
   are cumulative ("the response *so far* is unsafe"), so every token after a violation is charged again
   although it carries no new information: long unsafe tails are punished more than short ones, and the credit
@@ -107,7 +109,8 @@ def first_violation(risk: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def first_violation_hard(flag_index: torch.Tensor, mask: torch.Tensor, value: float = 1.0) -> torch.Tensor:
-    """Hard first-violation shaping: ``−value`` on the token where the (debounced) flag fires, 0 elsewhere.
+    """Hard first-violation shaping: ``−value`` on the given token of each row (``TokenSafetyPenalty`` gives the
+    first token of the first debounced Unsafe pair), 0 elsewhere.
 
     Args:
         flag_index: ``(B,)`` long, the flagged token per row, ``−1`` when the row was never flagged.
