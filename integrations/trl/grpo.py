@@ -18,10 +18,20 @@ The dense term is added after group normalisation, so ``dense_coef`` is relative
 advantages. Losses that turn the advantage into a sequence-level quantity cannot use per-token credit and are
 refused: ``importance_sampling_level="sequence"`` (GSPO: one ratio per sequence), ``luspo`` (sequence-level by
 design) and ``vespo`` (its gamma weights are chosen by the sign of the sequence's advantage).
+
+A row gets no dense term when it has no signal: every scalar reward returned ``None`` for it (TRL gives it
+advantage 0, and so does this class, on every token), or its dense mask is False on every token (the dense
+reward could not judge it). Such rows are also left out of ``process_supervision``'s group statistics.
+Non-finite dense rewards where the mask is True are an error naming the reward.
+
+With several processes only ``process_supervision`` needs other processes' rows (its group statistics), so only
+that mode gathers; ``token`` and ``return_to_go`` are computed on the local rows. ``off_policy_mask_threshold``
+works per token (:func:`per_token_off_policy_mask`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -29,6 +39,7 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import is_async_callable
 
 from guard_reward.shaping.dense import DENSE_ADVANTAGES, dense_advantages
 from guard_reward.types import DenseRewards
@@ -54,6 +65,73 @@ def check_dense_loss(args: Any) -> None:
         )
 
 
+def check_dense_rewards(dense_rewards: Any) -> list[Callable[..., DenseRewards]]:
+    """The dense rewards as a list, refusing what cannot work: a non-callable, an async callable, one whose
+    signature takes no ``completion_ids`` (dense rewards are aligned to them), or two with one ``__name__``."""
+    if dense_rewards is None:
+        return []
+    funcs = list(dense_rewards) if isinstance(dense_rewards, (list, tuple)) else [dense_rewards]
+    for func in funcs:
+        if not callable(func):
+            raise TypeError(
+                f"dense_rewards must be callables returning DenseRewards, got {type(func).__name__}"
+            )
+        if is_async_callable(func):
+            raise TypeError(f"dense reward {_name(func)!r} is async; dense rewards must be synchronous")
+        if not _takes_completion_ids(func):
+            raise TypeError(
+                f"dense reward {_name(func)!r} does not take completion_ids: dense rewards are called as "
+                "func(prompts=..., completions=..., completion_ids=..., **kwargs) and return (B, T) rewards "
+                "aligned to completion_ids; add a completion_ids (or **kwargs) parameter"
+            )
+    names = [_name(f) for f in funcs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dense rewards need distinct __name__s (their metrics use them), got {names}")
+    return funcs
+
+
+def _takes_completion_ids(func: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature (a C callable): cannot tell, accept it
+        return True
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == "completion_ids" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        for p in params
+    )
+
+
+def per_token_off_policy_mask(
+    advantages: torch.Tensor,
+    per_token_logps: torch.Tensor,
+    sampling_per_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    off_policy_threshold: float,
+) -> torch.Tensor:
+    """DeepSeek-V3.2's off-policy mask, per token: keep token ``t`` when ``A_t >= 0`` or when its sequence's
+    mean ``log pi_sampling - log pi_current`` over real tokens is at most ``off_policy_threshold``.
+
+    With one advantage per sequence this is TRL's sequence mask; with per-token advantages a sequence that
+    drifted too far loses only its negatively credited tokens (e.g. the one that made it unsafe), the rest of
+    it still trains.
+
+    Args:
+        advantages: ``(B, T)``, or ``(B, 1)`` for one advantage per sequence.
+        per_token_logps, sampling_per_token_logps: ``(B, T)`` current and sampling-time log-probabilities.
+        mask: ``(B, T)`` 1 on real completion tokens.
+        off_policy_threshold: the KL bound.
+
+    Returns:
+        ``(B, T)`` in ``mask``'s dtype, 1 = keep.
+    """
+    # Tokens the sampler could not score (NaN) carry no KL evidence, as in TRL.
+    kl = torch.nan_to_num(sampling_per_token_logps - per_token_logps.detach(), nan=0.0)
+    mean_kl = (kl * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    keep = (advantages >= 0) | (mean_kl <= off_policy_threshold)
+    return keep.expand_as(mask).to(dtype=mask.dtype)
+
+
 def _name(func: Any) -> str:
     return str(getattr(func, "__name__", type(func).__name__))
 
@@ -71,6 +149,9 @@ class DenseGRPOTrainer(GRPOTrainer):
             :mod:`guard_reward.shaping.dense`; the last one has a length bias).
     """
 
+    # TRL calls self.get_off_policy_mask(...); ours keeps the (B, T) shape of per-token advantages on purpose.
+    get_off_policy_mask = staticmethod(per_token_off_policy_mask)
+
     def __init__(
         self,
         *args: Any,
@@ -79,12 +160,7 @@ class DenseGRPOTrainer(GRPOTrainer):
         dense_advantage: str = "token",
         **kwargs: Any,
     ) -> None:
-        dense = [dense_rewards] if callable(dense_rewards) else list(dense_rewards)
-        for d in dense:
-            if not callable(d):
-                raise TypeError(
-                    f"dense_rewards must be callables returning DenseRewards, got {type(d).__name__}"
-                )
+        dense = check_dense_rewards(dense_rewards)
         if (
             isinstance(dense_coef, bool)
             or not isinstance(dense_coef, (int, float))
@@ -100,9 +176,9 @@ class DenseGRPOTrainer(GRPOTrainer):
                 f"dense_advantage={dense_advantage!r} is not accepted; "
                 f"use one of {', '.join(DENSE_ADVANTAGES)}"
             )
-        names = [_name(d) for d in dense]
-        if len(set(names)) != len(names):
-            raise ValueError(f"dense rewards need distinct __name__s for their metrics, got {names}")
+        args_ = kwargs.get("args", args[2] if len(args) > 2 else None)
+        if args_ is not None:
+            check_dense_loss(args_)  # before TRL loads models: a refused config costs nothing
         super().__init__(*args, **kwargs)
         check_dense_loss(self.args)
         if len(set(self.reward_func_names)) != len(self.reward_func_names):
@@ -113,8 +189,10 @@ class DenseGRPOTrainer(GRPOTrainer):
         self.dense_rewards = dense
         self.dense_coef = float(dense_coef)
         self.dense_advantage = dense_advantage
-        self._dense_names = names
+        self._dense_names = [_name(d) for d in dense]
         self._pending_dense: DenseRewards | None = None
+        self._pending_scalar: torch.Tensor | None = None
+        self._warned_no_signal = False
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         for d in [*dense, *self.reward_funcs]:
             bind = getattr(d, "bind_tokenizer", None)
@@ -125,11 +203,15 @@ class DenseGRPOTrainer(GRPOTrainer):
     # --------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._pending_scalar = rewards_per_func  # (N, F) over all processes; NaN = the reward returned None
         if self.dense_rewards:
             self._pending_dense = self._score_dense(inputs, prompts, completions, completion_ids_list)
         return rewards_per_func
 
     def _score_dense(self, inputs, prompts, completions, completion_ids_list) -> DenseRewards:
+        """Call every dense reward; ``(B, T)`` summed rewards (0 where no reward's mask is True) and the union
+        of their masks. Positions a reward masks out are never read (a NaN there is ignored); a non-finite
+        value where its mask is True is an error naming the reward."""
         keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
         kwargs: dict[str, Any] = {k: [example[k] for example in inputs] for k in keys}
         kwargs.update(
@@ -151,23 +233,34 @@ class DenseGRPOTrainer(GRPOTrainer):
                     f"dense reward {name!r} returned rewards {tuple(rewards.shape)} / mask {tuple(m.shape)}; "
                     f"expected ({b}, {t}): one row per completion, T = the longest completion_ids"
                 )
-            total += rewards.float() * m.bool()
-            mask |= m.bool()
+            m = m.bool()
+            bad = m & ~torch.isfinite(rewards.float())
+            if bool(bad.any()):
+                rows = bad.any(dim=1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"dense reward {name!r} returned non-finite values (NaN/inf) at {int(bad.sum())} "
+                    f"positions its mask marks as scored (rows {rows[:8]}); return finite rewards, and "
+                    "mask out (mask False) any token or row it cannot judge"
+                )
+            total += torch.where(m, rewards.float(), torch.zeros_like(total))
+            mask |= m
         return DenseRewards(total, mask)
 
     # -- step 3: per-token advantages
     # ---------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
-        self._pending_dense = None
+        self._pending_dense, self._pending_scalar = None, None
         out = super()._generate_and_score_completions(inputs)
         if not self.dense_rewards:
             return out
         dense, self._pending_dense = self._pending_dense, None
-        if dense is None:
+        scalar, self._pending_scalar = self._pending_scalar, None
+        if dense is None or scalar is None:
             raise RuntimeError(
                 "the dense rewards were not computed for this batch (_calculate_rewards not called)"
             )
-        device = out["advantages"].device
+        seq = out["advantages"]
+        device = seq.device
         mode = "train" if self.model.training else "eval"
         b, t = out["completion_ids"].shape
         mask = out["completion_mask"].bool()
@@ -180,38 +273,69 @@ class DenseGRPOTrainer(GRPOTrainer):
         d[:, :t_dense] = dense.rewards.to(device)
         dmask = torch.zeros(b, t, dtype=torch.bool, device=device)
         dmask[:, :t_dense] = dense.mask.to(device)
-        d = d * (mask & dmask)
+        # A row without signal (no scalar reward, or no token the dense rewards could judge) keeps TRL's
+        # advantage alone: 0 for an unscorable row, A_seq for a row only the dense reward failed on.
+        start = self.accelerator.process_index * b
+        unscorable = torch.isnan(scalar[start : start + b]).all(dim=1).to(device)
+        has_signal = (mask & dmask).any(dim=1) & ~unscorable
+        dense_mask = mask & has_signal.unsqueeze(1)
+        d = torch.where(dense_mask & dmask, d, torch.zeros_like(d))
         group = self.num_generations if mode == "train" else self.num_generations_eval
-        out["advantages"] = self._dense_advantages(out["advantages"], d, mask, group)
-        real = d[mask]
-        gathered = self.accelerator.gather(
-            torch.stack([real.sum(), real.new_tensor(real.numel()), d.sum(1).mean()])
-        )
-        totals = gathered.view(-1, 3)
-        self._metrics[mode]["dense/reward_mean"].append(
-            (totals[:, 0].sum() / totals[:, 1].sum().clamp(min=1)).item()
-        )
-        self._metrics[mode]["dense/sum_mean"].append(totals[:, 2].mean().item())
+        adv = self._dense_advantages(seq, d, dense_mask, group)
+        out["advantages"] = torch.where(dense_mask, adv, seq.to(adv.dtype).unsqueeze(1)) * mask
+        self._log_dense(mode, d, dense_mask, has_signal)
         return out
+
+    def _log_dense(
+        self, mode: str, d: torch.Tensor, dense_mask: torch.Tensor, has_signal: torch.Tensor
+    ) -> None:
+        """Global ``dense/reward_mean`` (per scored token), ``dense/sum_mean`` (per row with signal) and
+        ``dense/no_signal_frac`` (rows that got no dense term)."""
+        local = torch.stack(
+            [
+                d.sum(),
+                dense_mask.sum().float(),
+                has_signal.sum().float(),
+                d.new_tensor(float(has_signal.numel())),
+            ]
+        ).float()
+        totals = self.accelerator.gather(local).view(-1, 4).sum(dim=0)
+        self._metrics[mode]["dense/reward_mean"].append((totals[0] / totals[1].clamp(min=1)).item())
+        self._metrics[mode]["dense/sum_mean"].append((totals[0] / totals[2].clamp(min=1)).item())
+        no_signal = int(totals[3] - totals[2])
+        self._metrics[mode]["dense/no_signal_frac"].append(no_signal / max(float(totals[3]), 1.0))
+        if no_signal and not self._warned_no_signal:
+            self._warned_no_signal = True
+            logger.warning(
+                "%d of %d completions got no dense term (every scalar reward returned None, or the dense "
+                "rewards masked every token); counted in dense/no_signal_frac, further batches not logged",
+                no_signal,
+                int(totals[3]),
+            )
 
     def _dense_advantages(
         self, seq: torch.Tensor, d: torch.Tensor, mask: torch.Tensor, group: int
     ) -> torch.Tensor:
-        """Per-token advantages for the local rows. Group statistics (``process_supervision``) need every row
-        of a group, which may sit on another process, so the batch is gathered first and the local rows sliced
-        back."""
-        if self.accelerator.num_processes == 1:
-            return dense_advantages(
-                seq, d, mask, coef=self.dense_coef, mode=self.dense_advantage, group_size=group
-            )
-        t = d.shape[1]
-        d_all = self.accelerator.gather(self.accelerator.pad_across_processes(d, dim=1))
-        m_all = self.accelerator.gather(self.accelerator.pad_across_processes(mask, dim=1))
-        seq_all = self.accelerator.gather(seq)
-        adv = dense_advantages(
-            seq_all, d_all, m_all, coef=self.dense_coef, mode=self.dense_advantage, group_size=group
-        )
-        rows = slice(
-            self.accelerator.process_index * d.shape[0], (self.accelerator.process_index + 1) * d.shape[0]
-        )
-        return adv[rows, :t]
+        """Per-token advantages ``(B, T)`` for the local rows from ``seq`` ``(B,)``, ``d`` and ``mask``
+        ``(B, T)``.
+
+        Only ``process_supervision`` needs other processes' rows (a group may span processes); it gathers
+        ``d`` and ``mask`` padded to the widest process's ``T`` with explicit, equal dtypes (every process
+        must send the same shape and dtype), computes on the whole batch and slices the local rows back.
+        """
+        kwargs = dict(coef=self.dense_coef, mode=self.dense_advantage, group_size=group)
+        if self.dense_advantage != "process_supervision" or self.accelerator.num_processes == 1:
+            return dense_advantages(seq, d, mask, **kwargs)
+        b, t = d.shape
+        widths = self.accelerator.gather(torch.tensor([t], dtype=torch.int64, device=d.device))
+        width = int(widths.max())
+        d_pad = torch.zeros(b, width, dtype=torch.float32, device=d.device)
+        d_pad[:, :t] = d.float()
+        m_pad = torch.zeros(b, width, dtype=torch.float32, device=d.device)
+        m_pad[:, :t] = mask.float()
+        d_all = self.accelerator.gather(d_pad)
+        m_all = self.accelerator.gather(m_pad) > 0.5
+        seq_all = self.accelerator.gather(seq.float().contiguous())
+        adv = dense_advantages(seq_all, d_all, m_all, **kwargs)
+        start = self.accelerator.process_index * b
+        return adv[start : start + b, :t].to(d.dtype)

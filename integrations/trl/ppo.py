@@ -14,13 +14,18 @@ completions table — and replaces only the advantage:
   the generation batch and handed to GRPO's loss as ``(B, T)`` advantages (the loss accepts that shape); no
   group baseline, so ``num_generations`` can be TRL's minimum of 2;
 * the critic is trained with PPO's clipped value loss by its own AdamW (``value_learning_rate``), stepped at
-  each optimiser step of the policy; with several processes its gradients are averaged by hand, so it is a
-  plain replica under any launcher.
+  each optimiser step of the policy; the loss is a mean over the value tokens of the whole (global) batch, as
+  TRL's ``dapo`` normalises the policy loss, so one process and several compute the same update; with several
+  processes its gradients are averaged by hand, so it is a plain replica under any launcher. A fresh scalar head is drawn from ``args.seed`` alone (TRL reseeds every
+  process differently at the end of its ``__init__``), and rank 0's weights are broadcast after construction,
+  so every process starts from, and keeps, the same critic; the saved critic is that replica.
 
 Differences from textbook PPO-RLHF: the KL term is in the reward (as in RLHF PPO), so GRPO's in-loss KL is
 switched off while the policy loss runs; a completion for which every reward function returned ``None`` keeps
 its dense and KL terms out of training (advantage 0, not used for the critic) and is counted in
-``ppo/unscorable_frac``; multimodal policies are not supported (the critic reads text tokens only).
+``ppo/unscorable_frac``; a row whose dense mask is False everywhere (the dense reward could not judge it) gets
+no dense term, the rest of its reward stands; ``off_policy_mask_threshold`` works per token
+(:func:`~guard_reward.integrations.trl.grpo.per_token_off_policy_mask`); multimodal policies are not supported (the critic reads text tokens only).
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ import torch
 from torch import nn
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import disable_dropout_in_model, get_config_model_id, is_async_callable
+from trl.trainer.utils import disable_dropout_in_model, get_config_model_id
 
 from guard_reward.types import DenseRewards
 
 from . import ppo_math
-from .grpo import DenseGRPOTrainer, check_dense_loss
+from .grpo import DenseGRPOTrainer, check_dense_loss, check_dense_rewards, per_token_off_policy_mask
 from .ppo_config import GuardPPOConfig
 from .value import check_value_model, completion_values, load_value_model, load_value_state, save_value_model
 
@@ -68,6 +73,8 @@ class GuardPPOTrainer(GRPOTrainer):
 
     _tag_names: ClassVar[list[str]] = ["trl", "ppo", "guard-reward"]
     _name = "GuardPPO"
+    # TRL calls self.get_off_policy_mask(...); PPO's advantages are per token, so is the mask.
+    get_off_policy_mask = staticmethod(per_token_off_policy_mask)
 
     def __init__(
         self,
@@ -108,7 +115,7 @@ class GuardPPOTrainer(GRPOTrainer):
                              f"got {dense_coef!r}")  # fmt: skip
         check_dense_loss(args)  # PPO's advantages are per token: sequence-level losses cannot use them
         # Attribute names shared with DenseGRPOTrainer, whose dense-reward caller is reused below.
-        self.dense_rewards = _as_dense_list(dense_rewards)
+        self.dense_rewards = check_dense_rewards(dense_rewards)
         self._dense_names = [_name(f) for f in self.dense_rewards]
         self.dense_coef = float(dense_coef)
         self._ppo_pending: dict[str, Any] = {}
@@ -152,14 +159,31 @@ class GuardPPOTrainer(GRPOTrainer):
                     "cannot build the critic: the policy has no checkpoint path (config._name_or_path is "
                     "empty); pass value_model= or GuardPPOConfig(value_model_name_or_path=...)"
                 )
-            value_model = load_value_model(source, **(self.args.model_init_kwargs or {}))
+            # TRL ends its __init__ with set_seed(seed, device_specific=True): a head drawn now would differ
+            # on every process. Draw it from the seed alone, without disturbing the processes' generators.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.args.seed)
+                value_model = load_value_model(source, **(self.args.model_init_kwargs or {}))
         check_value_model(value_model)
         if self.args.disable_dropout:
             disable_dropout_in_model(value_model)
         if self.args.gradient_checkpointing and hasattr(value_model, "gradient_checkpointing_enable"):
             value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         value_model.train()
-        return value_model.to(self.accelerator.device)
+        value_model = value_model.to(self.accelerator.device)
+        self._broadcast_critic(value_model)
+        return value_model
+
+    def _broadcast_critic(self, value_model: nn.Module) -> None:
+        """Copy process 0's critic onto every process (a module passed in may differ by process too)."""
+        if self.accelerator.num_processes == 1:
+            return
+        from accelerate.utils import broadcast
+
+        with torch.no_grad():
+            for tensor in value_model.state_dict().values():
+                if tensor.is_floating_point() or tensor.dtype in (torch.int64, torch.int32, torch.bool):
+                    tensor.copy_(broadcast(tensor.detach().contiguous().clone(), from_process=0))
 
     def _sum_across(self, x: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(x, reduction="sum") if self.accelerator.num_processes > 1 else x
@@ -194,11 +218,9 @@ class GuardPPOTrainer(GRPOTrainer):
         # Dense rewards run inside TRL's scoring, so their log_metric/log_extra calls are flushed with the
         # scalar rewards' in the same generation batch (and can reuse a guard pass the scalar reward cached).
         # The caller is DenseGRPOTrainer's, so both trainers call and validate dense rewards the same way.
-        if self.dense_rewards:
+        if self.dense_rewards:  # the caller also refuses non-finite rewards where a mask is True, by name
             score = DenseGRPOTrainer._score_dense
             dense = score(self, inputs, prompts, completions, completion_ids_list)  # type: ignore[arg-type]
-            if not bool(torch.isfinite(dense.rewards).all()):
-                raise ValueError(f"dense rewards {self._dense_names} returned non-finite values (NaN/inf)")
             self._ppo_pending["dense"] = dense
         return rewards_per_func
 
@@ -231,7 +253,9 @@ class GuardPPOTrainer(GRPOTrainer):
                     f"dense rewards cover {d.rewards.shape[1]} tokens, the completions only {width}"
                 )
             dense = torch.zeros(batch, width, device=device)
-            dense[:, : d.rewards.shape[1]] = d.rewards.to(device) * d.mask.to(device)
+            # _score_dense returns 0 wherever no dense reward's mask is True: a row the dense rewards could
+            # not judge gets no dense term, its score and KL stand
+            dense[:, : d.rewards.shape[1]] = d.rewards.to(device)
             dense = self.dense_coef * dense * mask
 
         input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
@@ -279,6 +303,8 @@ class GuardPPOTrainer(GRPOTrainer):
         out["ppo_values"] = values
         out["ppo_returns"] = returns
         out["ppo_value_mask"] = value_mask
+        # value tokens of the generation batch over every process (0-dim: TRL's splitting keeps it whole)
+        out["ppo_value_items"] = self._sum_across(value_mask.sum().float())
         self._log_rollout(mode, scores, unscorable, kl, dense, values, returns, advantages, mask, policy_mask)
         return out
 
@@ -330,6 +356,12 @@ class GuardPPOTrainer(GRPOTrainer):
         return loss
 
     def _value_loss(self, inputs: dict[str, Any]) -> None:
+        """The critic's clipped value loss on this micro-batch, backpropagated into the critic alone.
+
+        The loss is normalised like TRL's ``dapo`` policy loss: summed over the local value tokens and divided
+        by the global batch's value tokens per process and optimiser window, so averaging the gradients over
+        processes gives the mean over all value tokens whatever their split across processes (a per-process
+        mean would weight a process with few tokens like one with many)."""
         mode = "train" if self.model.training else "eval"
         with self.accelerator.autocast():
             values = completion_values(
@@ -339,18 +371,22 @@ class GuardPPOTrainer(GRPOTrainer):
                 inputs["completion_ids"],
                 inputs["completion_mask"],
             )
-        loss, clip_fraction = ppo_math.clipped_value_loss(
-            values,
-            inputs["ppo_values"],
-            inputs["ppo_returns"],
-            inputs["ppo_value_mask"],
-            self.args.cliprange_value,
+        mask = inputs["ppo_value_mask"]
+        per_token, clipped = ppo_math.value_loss_terms(
+            values, inputs["ppo_values"], inputs["ppo_returns"], self.args.cliprange_value
         )
+        normalizer = inputs["ppo_value_items"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = (
+                normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            )
+        loss = (per_token * mask).sum() / normalizer
         if mode == "train" and torch.is_grad_enabled():
             # Own backward: the critic is not part of the policy's graph, optimiser or loss scaling.
-            (loss / self.current_gradient_accumulation_steps).backward()
-        self._metrics[mode]["ppo/value_loss"].append(self.accelerator.gather(loss.detach()).mean().item())
-        self._metrics[mode]["ppo/value_clipfrac"].append(self.accelerator.gather(clip_fraction).mean().item())
+            loss.backward()
+        metrics, reduce = self._metrics[mode], self._sum_across
+        metrics["ppo/value_loss"].append(ppo_math.masked_mean(per_token.detach(), mask, reduce).item())
+        metrics["ppo/value_clipfrac"].append(ppo_math.masked_mean(clipped.float(), mask, reduce).item())
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -377,18 +413,3 @@ class GuardPPOTrainer(GRPOTrainer):
 
 def _name(func: Any) -> str:
     return str(getattr(func, "__name__", type(func).__name__))
-
-
-def _as_dense_list(dense_rewards: Any) -> list[DenseRewardFunc]:
-    if dense_rewards is None:
-        return []
-    funcs = list(dense_rewards) if isinstance(dense_rewards, (list, tuple)) else [dense_rewards]
-    for f in funcs:
-        if not callable(f):
-            raise TypeError(f"dense_rewards must be callables returning DenseRewards, got {type(f).__name__}")
-        if is_async_callable(f):
-            raise TypeError(f"dense reward {_name(f)!r} is async; dense rewards must be synchronous")
-    names = [_name(f) for f in funcs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"dense rewards need distinct __name__s (their metrics use them), got {names}")
-    return funcs

@@ -194,14 +194,11 @@ def explained_variance(
     return float(1.0 - var_residual / var_returns)
 
 
-def clipped_value_loss(
-    values: torch.Tensor,
-    old_values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    clip: float,
+def value_loss_terms(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped value loss ``0.5 * mean(max((V - R)^2, (V_clip - R)^2))`` over the masked tokens.
+    """Per-token terms of PPO's clipped value loss: ``0.5 * max((V - R)^2, (V_clip - R)^2)`` and whether the
+    clipped term was the larger one.
 
     ``V_clip = V_old + clamp(V - V_old, -clip, clip)``: the critic may not move its prediction further than
     ``clip`` from the rollout-time value in one update unless that also brings it closer to the return.
@@ -210,6 +207,28 @@ def clipped_value_loss(
         values: ``(B, T)`` current value predictions (with grad).
         old_values: ``(B, T)`` predictions made at rollout time.
         returns: ``(B, T)`` GAE returns.
+        clip: the clipping range (> 0).
+
+    Returns:
+        ``(per_token_loss, clipped)``: ``(B, T)`` float (with grad) and ``(B, T)`` bool, unmasked.
+    """
+    clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+    unclipped_sq = (values - returns) ** 2
+    clipped_sq = (clipped_values - returns) ** 2
+    return 0.5 * torch.maximum(unclipped_sq, clipped_sq), clipped_sq > unclipped_sq
+
+
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped value loss (:func:`value_loss_terms`) averaged over the masked tokens.
+
+    Args:
+        values, old_values, returns: ``(B, T)`` (see :func:`value_loss_terms`).
         mask: ``(B, T)`` bool.
         clip: the clipping range (> 0).
 
@@ -218,10 +237,7 @@ def clipped_value_loss(
         of masked tokens where the clipped term was the larger one.
     """
     mask = _check_mask(values, mask, "values")
-    clipped = old_values + (values - old_values).clamp(-clip, clip)
-    unclipped_sq = (values - returns) ** 2
-    clipped_sq = (clipped - returns) ** 2
-    per_token = 0.5 * torch.maximum(unclipped_sq, clipped_sq)
+    per_token, clipped = value_loss_terms(values, old_values, returns, clip)
     loss = masked_mean(per_token, mask)
-    clip_fraction = masked_mean((clipped_sq > unclipped_sq).float(), mask)
+    clip_fraction = masked_mean(clipped.float(), mask)
     return loss, clip_fraction.detach()
