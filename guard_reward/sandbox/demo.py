@@ -183,6 +183,9 @@ def build_world(config: DemoConfig) -> World:
         config, policy_path, tokenizer, gen_path, stream_path, gen, stream, heldout, train, evaluator, seconds
     )
     world.cpu_seconds.update(cpu_seconds)
+    for stage, wall in seconds.items():
+        stage_cpu = cpu_seconds.get(stage.split(" (")[0])
+        logger.info("time: %s: wall %.0f s, CPU %.0f s", stage, wall, stage_cpu or 0.0)
     return world
 
 
@@ -323,7 +326,12 @@ def _run_arms(world: World, initial: EvalResult) -> dict[str, ArmResult]:
                 jobs = {name: pool.submit(_arm_job, name, False) for name in order}
                 for name in order:
                     results[name] = jobs[name].result()
-                    logger.info("arm %s done: %.0f s", name, results[name][0].seconds)
+                    logger.info(
+                        "time: arm %s: wall %.0f s, CPU %.0f s",
+                        name,
+                        results[name][0].seconds,
+                        results[name][1],
+                    )
         else:
             for i, name in enumerate(names):
                 logger.info("[3/4] GRPO arm %d/%d: %s", i + 1, len(names), name)
