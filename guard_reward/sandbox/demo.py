@@ -53,6 +53,9 @@ class DemoConfig:
             own pre-training always runs on the CPU.
         workers: processes for the stages that run side by side (guards next to the policy, arms in a pool);
             1 runs everything in this process. Forced to 1 on an accelerator.
+        arm_processes: processes for the arms when ``workers > 1``; ``None`` = one per arm, so the operating
+            system packs the arms' work evenly onto the cores (five arms in two fixed workers would leave one
+            core idle while the last arm runs).
     """
 
     output_dir: str = "runs/demo"
@@ -79,6 +82,7 @@ class DemoConfig:
     device: str = "cpu"
     progress: bool = True
     workers: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))
+    arm_processes: int | None = None
 
     @classmethod
     def small(cls, output_dir: str | os.PathLike, **overrides: Any) -> DemoConfig:
@@ -317,12 +321,11 @@ def _run_arms(world: World, initial: EvalResult) -> dict[str, ArmResult]:
     results: dict[str, tuple[ArmResult, float]] = {}
     try:
         if _parallel(config) and len(names) > 1:
-            logger.info("[3/4] GRPO arms %s in %d processes", ", ".join(names), config.workers)
-            # Longest arms first, so the pool's two queues finish close together.
+            processes = min(config.arm_processes or len(names), len(names))
+            logger.info("[3/4] GRPO arms %s in %d processes", ", ".join(names), processes)
+            # Longest arms first, so that with fewer processes than arms the queues finish close together.
             order = sorted(names, key=lambda n: -_ARM_COST.get(n, 1.0))
-            with ProcessPoolExecutor(
-                min(config.workers, len(names)), mp_context=multiprocessing.get_context("fork")
-            ) as pool:
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
                 jobs = {name: pool.submit(_arm_job, name, False) for name in order}
                 for name in order:
                     results[name] = jobs[name].result()
