@@ -177,3 +177,45 @@ def test_two_ranks_hold_the_same_lambda(tmp_path):
     )  # 4 from rank 1 (all 1), 1 from rank 0
     reference = LagrangeController(ConstraintConfig(threshold=0.2, lambda_init=1.0, lambda_lr=0.5))
     assert ranks[0]["lambda"] == pytest.approx([reference.update(c).lam for c in ranks[0]["costs"]])
+
+
+class CostAt:
+    """A per-token cost of 1 on token ``k`` (as DenseRewards of costs, dense_sign=+1)."""
+
+    __name__ = "cost_at"
+
+    def __init__(self, k: int = 2):
+        self.k = k
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        from guard_reward.types import DenseRewards
+
+        t = max(len(ids) for ids in completion_ids)
+        costs = torch.zeros(len(completion_ids), t)
+        mask = torch.zeros(len(completion_ids), t, dtype=torch.bool)
+        for i, ids in enumerate(completion_ids):
+            mask[i, : len(ids)] = True
+            if len(ids) > self.k + 1:
+                costs[i, self.k] = 1.0
+        return DenseRewards(costs, mask)
+
+
+def test_dense_cost_lands_on_its_token(tmp_path):
+    model, tok = tiny_policy()
+    constraint = Constraint(
+        long_cost, ConstraintConfig(threshold=0.1, lambda_init=2.0, lambda_lr=0.0),
+        dense_cost=CostAt(2), dense_coef=0.5, dense_sign=1.0,
+    )  # fmt: skip
+    trainer = Recorder(
+        model, [length_reward], args=GRPOConfig(output_dir=str(tmp_path), **{**COMMON, "max_steps": 1}),
+        train_dataset=prompt_dataset(), processing_class=tok, constraint=constraint,
+    )  # fmt: skip
+    trainer.train()
+    adv = trainer.record[0]["adv"]
+    assert adv.dim() == 2
+    # λ = 2: the token with cost 1 gets -2 * 0.5 / 3 more than its neighbours
+    rows = [i for i in range(adv.shape[0]) if bool((adv[i, 3:5] != 0).all())]
+    assert rows
+    for i in rows:
+        assert float(adv[i, 2] - adv[i, 1]) == pytest.approx(-2 * 0.5 / 3, abs=1e-5)
+        assert float(adv[i, 3]) == pytest.approx(float(adv[i, 1]), abs=1e-6)
