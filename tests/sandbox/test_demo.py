@@ -91,7 +91,9 @@ def test_cli_options_map_onto_the_config(tmp_path):
     assert config.gen_guard == "g" and config.stream_guard is None and config.output_dir == str(tmp_path)
     quick = config_from_args(parser.parse_args(["demo", "--quick", "--out", str(tmp_path)]))
     assert quick.arm.steps < 10 and quick.heldout_prompts < 128
-    more = config_from_args(parser.parse_args(["demo", "--fixed-lambda", "--no-constraint", "--workers", "1"]))
+    more = config_from_args(
+        parser.parse_args(["demo", "--fixed-lambda", "--no-constraint", "--workers", "1"])
+    )
     assert more.arms == ("scalar", "dense", "guard_only", "fixed_low", "fixed_high") and more.workers == 1
 
 
