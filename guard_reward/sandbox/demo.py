@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything the demo does, with the sizes that fit a 2-core CPU in about three minutes.
+    """Everything the demo does, sized for a 2-core CPU (see the README for measured times).
 
     Args:
         output_dir: where checkpoints, CSVs, PNGs and ``report.md`` go.
