@@ -194,7 +194,9 @@ def build_world(config: DemoConfig) -> World:
 
 
 def _parallel(config: DemoConfig) -> bool:
-    return config.workers > 1 and config.device == "cpu"
+    """Side-by-side stages need forked processes (they inherit the loaded world); elsewhere run serially."""
+    forkable = "fork" in multiprocessing.get_all_start_methods()
+    return config.workers > 1 and config.device == "cpu" and forkable
 
 
 def _train_guards(config: DemoConfig, gen_path: Path | str, stream_path: Path | str, progress: bool) -> float:
