@@ -226,6 +226,78 @@ class ShapingArguments:
 
 
 @dataclass
+class ConstraintArguments:
+    """Safety as a constraint (``constraint_…``; see :mod:`guard_reward.constraint`): maximise
+    ``constraint_reward`` subject to ``E[guard cost] <= constraint_threshold``, with safe-rlhf's λ knobs. Off
+    while ``constraint_threshold`` is unset."""
+
+    constraint_threshold: float | None = field(
+        default=None, metadata={"help": "Largest acceptable expected cost, e.g. 0.02 (None: no constraint)."}
+    )
+    constraint_reward: str | None = field(
+        default=None,
+        metadata={"help": "The objective: 'package.module:function' reward or a sequence-classification RM."},
+    )
+    constraint_mode: str = field(
+        default="hard", metadata={"help": "'hard' (Unsafe -> 1) or 'soft' (P(Unsafe))."}
+    )
+    constraint_controversial: str = field(
+        default="strict", metadata={"help": "'strict' (costs 1), 'loose' (costs 0) or its cost in [0, 1]."}
+    )
+    constraint_category_weights: dict | str | None = field(
+        default=None,
+        metadata={"help": "Per-category weights on an Unsafe verdict's cost (mapping, or JSON)."},
+    )
+    constraint_lambda_init: float = field(default=1.0, metadata={"help": "Initial λ (> 0)."})
+    constraint_lambda_lr: float = field(
+        default=0.1, metadata={"help": "SGD step size on log λ (0: λ fixed)."}
+    )
+    constraint_lambda_max: float | None = field(default=5.0, metadata={"help": "Upper clamp of λ."})
+    constraint_update_delay_steps: int = field(
+        default=0, metadata={"help": "Batches before λ starts moving."}
+    )
+    constraint_cost_window: int = field(default=128, metadata={"help": "Mean cost over the last N samples."})
+    constraint_dense: bool = field(
+        default=False,
+        metadata={"help": "Add Qwen3Guard-Stream's per-token cost (first violation) to A_cost."},
+    )
+    constraint_dense_coef: float = field(default=1.0, metadata={"help": "Weight of the per-token cost."})
+
+    @property
+    def enabled(self) -> bool:
+        return self.constraint_threshold is not None
+
+    def __post_init__(self) -> None:
+        _choice("constraint_mode", self.constraint_mode, ("hard", "soft"))
+        self.constraint_controversial = _policy("constraint_controversial", self.constraint_controversial)  # type: ignore[assignment]
+        if isinstance(self.constraint_category_weights, str):
+            try:
+                self.constraint_category_weights = json.loads(self.constraint_category_weights)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"constraint_category_weights is not valid JSON: {exc}") from None
+        if not self.enabled:
+            return
+        weights = dict(self.constraint_category_weights or {})
+        self.controller_config(max([1.0, *map(float, weights.values())]))  # validates threshold and knobs
+        if self.constraint_dense_coef < 0:
+            raise ValueError(f"constraint_dense_coef must be >= 0, got {self.constraint_dense_coef}")
+
+    def controller_config(self, max_cost: float = 1.0):
+        """The :class:`~guard_reward.constraint.ConstraintConfig` of these arguments."""
+        from guard_reward.constraint import ConstraintConfig
+
+        return ConstraintConfig(
+            threshold=self.constraint_threshold,  # type: ignore[arg-type]
+            lambda_init=self.constraint_lambda_init,
+            lambda_lr=self.constraint_lambda_lr,
+            lambda_max=self.constraint_lambda_max,
+            update_delay_steps=self.constraint_update_delay_steps,
+            cost_window=self.constraint_cost_window,
+            max_cost=max_cost,
+        )
+
+
+@dataclass
 class RecipeConfig:
     """Everything a recipe needs, as parsed from one YAML file (and command-line overrides)."""
 
@@ -235,9 +307,12 @@ class RecipeConfig:
     script: Any  # trl.ScriptArguments
     model: Any  # trl.ModelConfig
     training: Any  # trl.GRPOConfig | trl.RLOOConfig | GuardPPOConfig
+    constraint: ConstraintArguments = field(default_factory=ConstraintArguments)
 
     def __post_init__(self) -> None:
         from guard_reward.integrations.trl.grpo import check_dense_loss
+
+        self._check_constraint()
 
         dense = self.shaping.shaping_mode is not None
         if dense and not self.guard.guard_stream:
@@ -247,7 +322,11 @@ class RecipeConfig:
             self.shaping.shaping_fold = True
         if (self.recipe.trainer == "grpo" and dense) or self.recipe.trainer == "ppo":
             check_dense_loss(self.training)  # PPO's advantages are always per token
-        if self.guard.guard_reward == "none" and not (dense and self.shaping.shaping_fold):
+        if (
+            self.guard.guard_reward == "none"
+            and not (dense and self.shaping.shaping_fold)
+            and not self.constraint.enabled
+        ):
             raise ValueError(
                 "the recipe has no scalar reward: set guard_reward ('safety' or 'hybrid') or fold the dense "
                 "penalty into one (shaping_fold: true)"
@@ -259,6 +338,30 @@ class RecipeConfig:
         if not self.model.model_name_or_path:
             raise ValueError("model_name_or_path is required (the policy checkpoint)")
 
+    def _check_constraint(self) -> None:
+        c = self.constraint
+        if not c.enabled:
+            return
+        if self.recipe.trainer not in ("grpo", "ppo"):
+            raise ValueError(
+                "constraint_threshold needs trainer 'grpo' or 'ppo' (RLOO has no constrained form)"
+            )
+        if not self.guard.guard_gen:
+            raise ValueError(
+                "constraint_threshold needs guard_gen (the Qwen3Guard-Gen checkpoint that gives the cost)"
+            )
+        if c.constraint_dense and not self.guard.guard_stream:
+            raise ValueError("constraint_dense needs guard_stream (a Qwen3Guard-Stream checkpoint)")
+        if (
+            not c.constraint_reward
+            and self.guard.guard_reward == "none"
+            and self.shaping.shaping_mode is None
+        ):
+            raise ValueError(
+                "the constraint has no reward to maximise: set constraint_reward (e.g. a helpfulness reward "
+                "model) or guard_reward"
+            )
+
 
 def config_classes(trainer: str) -> tuple[type, ...]:
     """The dataclasses of a recipe, in :class:`RecipeConfig` field order, for ``TrlParser``."""
@@ -268,7 +371,8 @@ def config_classes(trainer: str) -> tuple[type, ...]:
     training = GRPOConfig if trainer == "grpo" else RLOOConfig
     if trainer == "ppo":
         from guard_reward.integrations.trl.ppo_config import GuardPPOConfig as training
-    return RecipeArguments, GuardArguments, ShapingArguments, ScriptArguments, ModelConfig, training
+    classes = (RecipeArguments, GuardArguments, ShapingArguments, ScriptArguments, ModelConfig, training)
+    return (*classes, ConstraintArguments)
 
 
 def shipped_recipes() -> dict[str, Path]:

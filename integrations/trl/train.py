@@ -141,7 +141,41 @@ def build_rewards(cfg: RecipeConfig) -> tuple[list[Any], list[Any]]:
             reward_funcs.append(SummedTokenReward(penalty))
         if cfg.recipe.trainer in ("grpo", "ppo"):
             dense.append(penalty)
+    if cfg.constraint.enabled and cfg.constraint.constraint_reward:
+        from guard_reward.rewards.helpfulness import load_reward_function
+
+        reward_funcs.append(load_reward_function(cfg.constraint.constraint_reward))
     return reward_funcs, dense
+
+
+def build_constraint(cfg: RecipeConfig) -> Any:
+    """The recipe's :class:`~guard_reward.constraint.Constraint` (Gen cost, optional Stream per-token cost)."""
+    from guard_reward.constraint import Constraint, SafetyCost
+
+    c, g = cfg.constraint, cfg.guard
+    cost = SafetyCost(
+        g.guard_gen,
+        mode=c.constraint_mode,
+        controversial=c.constraint_controversial,
+        category_weights=c.constraint_category_weights,  # type: ignore[arg-type]
+        thinking=g.guard_thinking,
+        metric_prefix=g.guard_metric_prefix,
+        guard_kwargs={**_guard_kwargs(cfg), "token_budget": g.guard_token_budget},
+    )
+    dense = None
+    if c.constraint_dense:
+        from guard_reward.rewards import TokenSafetyPenalty
+
+        dense = TokenSafetyPenalty(
+            g.guard_stream,
+            controversial=c.constraint_controversial,
+            name="guard_token_cost",
+            metric_prefix=g.guard_metric_prefix,
+            guard_kwargs=_guard_kwargs(cfg),
+        )
+    return Constraint(
+        cost, c.controller_config(cost.max_cost), dense_cost=dense, dense_coef=c.constraint_dense_coef
+    )
 
 
 def load_policy(cfg: RecipeConfig) -> tuple[Any, Any]:
@@ -223,6 +257,24 @@ def build_trainer(
         callbacks=callbacks,
         peft_config=get_peft_config(cfg.model),
     )
+    if cfg.constraint.enabled:  # safety as a constraint: the constrained forms of the same trainers
+        from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer, ConstrainedPPOTrainer
+
+        constraint = build_constraint(cfg)
+        if cfg.recipe.trainer == "ppo":
+            return ConstrainedPPOTrainer(
+                **common,
+                dense_rewards=dense,
+                dense_coef=cfg.shaping.shaping_dense_coef,
+                constraint=constraint,
+            )
+        return ConstrainedGRPOTrainer(
+            **common,
+            dense_rewards=dense,
+            dense_coef=cfg.shaping.shaping_dense_coef,
+            dense_advantage=cfg.shaping.shaping_dense_advantage,
+            constraint=constraint,
+        )
     if cfg.recipe.trainer == "grpo":
         return DenseGRPOTrainer(
             **common,
