@@ -119,6 +119,13 @@ def _write_prompts(path: Path) -> None:
     (path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _model_reward(recipe: Mapping[str, Any]) -> bool:
+    """Whether the recipe's constraint objective is a reward model (a checkpoint to swap), not a
+    ``'package.module:function'`` reward."""
+    reward = recipe.get("constraint_reward")
+    return isinstance(reward, str) and ":" not in reward
+
+
 def smoke_assets(
     recipe: Mapping[str, Any], cache_dir: str | os.PathLike | None = None, *, gen: str | None = None
 ) -> dict[str, str]:
@@ -136,7 +143,7 @@ def smoke_assets(
     }
     if recipe.get("guard_stream") or recipe.get("shaping_mode"):
         assets["stream"] = _cached(_folder(root, "stream"), lambda p: build_tiny_stream(p, seed=3))
-    if recipe.get("guard_reward") == "hybrid" or recipe.get("guard_helpfulness"):
+    if recipe.get("guard_reward") == "hybrid" or recipe.get("guard_helpfulness") or _model_reward(recipe):
         assets["helpfulness"] = _cached(_folder(root, "helpfulness"), build_tiny_reward_model)
     return {k: str(v) for k, v in assets.items()}
 
@@ -160,8 +167,10 @@ def smoke_overrides(
     }
     if "stream" in assets:
         values["guard_stream"] = assets["stream"]
-    if "helpfulness" in assets:
+    if recipe.get("guard_reward") == "hybrid" or recipe.get("guard_helpfulness"):
         values["guard_helpfulness"] = assets["helpfulness"]
+    if _model_reward(recipe):
+        values["constraint_reward"] = assets["helpfulness"]
     if recipe.get("value_model_name_or_path"):
         values["value_model_name_or_path"] = assets["policy"]
     if recipe.get("guard_harmful_column"):

@@ -1,4 +1,5 @@
-"""TRL integration: dense-advantage GRPO, PPO with dense guard rewards, safety-curve callbacks."""
+"""TRL integration: dense-advantage GRPO, PPO with dense guard rewards, their constrained forms, safety-curve
+callbacks."""
 
 from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
 
@@ -9,6 +10,8 @@ _LAZY = {
     "GuardPPOTrainer": "guard_reward.integrations.trl.ppo",
     "GuardPPOConfig": "guard_reward.integrations.trl.ppo_config",
     "GuardRewardModel": "guard_reward.integrations.trl.reward_model",
+    "ConstrainedGRPOTrainer": "guard_reward.integrations.trl.constraint",
+    "ConstrainedPPOTrainer": "guard_reward.integrations.trl.constraint",
 }
 
 __all__ = ["SafetyCurvesCallback", *_LAZY]

@@ -217,11 +217,14 @@ def load_reward_models(reward_funcs: Sequence[Any], dense: Sequence[Any] = ()) -
                 with hub_errors(handle.source, f"guard ({getattr(func, '__name__', attr)})"):
                     handle.get()
                 loaded += 1
-        helpfulness = getattr(func, "helpfulness", None)
-        if isinstance(helpfulness, RewardModelScore) and helpfulness._model is None:
-            with hub_errors(helpfulness.name_or_path, "helpfulness reward model (guard_helpfulness)"):
-                helpfulness._load()
-            loaded += 1
+        for model, what in (
+            (getattr(func, "helpfulness", None), "helpfulness reward model (guard_helpfulness)"),
+            (func, "reward model (constraint_reward)"),
+        ):
+            if isinstance(model, RewardModelScore) and model._model is None:
+                with hub_errors(model.name_or_path, what):
+                    model._load()
+                loaded += 1
         inner = getattr(func, "dense", None)  # SummedTokenReward folds a per-token penalty
         if inner is not None:
             pending.append(inner)
@@ -242,7 +245,11 @@ def build_trainer(
     if train_dataset is None:
         train_dataset = load_prompts(cfg)
     reward_funcs, dense = build_rewards(cfg)
-    load_reward_models(reward_funcs, dense)
+    constraint = build_constraint(cfg) if cfg.constraint.enabled else None
+    costs = [] if constraint is None else [getattr(constraint.cost, "_reward", constraint.cost)]
+    if constraint is not None and constraint.dense_cost is not None:
+        costs.append(constraint.dense_cost)
+    load_reward_models([*reward_funcs, *costs], dense)
     if float(cfg.training.beta) == 0.0:
         logger.warning("beta=0: no KL term anchors the policy; guard rewards are then easy to game")
     callbacks = [
@@ -257,10 +264,9 @@ def build_trainer(
         callbacks=callbacks,
         peft_config=get_peft_config(cfg.model),
     )
-    if cfg.constraint.enabled:  # safety as a constraint: the constrained forms of the same trainers
+    if constraint is not None:  # safety as a constraint: the constrained forms of the same trainers
         from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer, ConstrainedPPOTrainer
 
-        constraint = build_constraint(cfg)
         if cfg.recipe.trainer == "ppo":
             return ConstrainedPPOTrainer(
                 **common,

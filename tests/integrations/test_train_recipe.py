@@ -79,9 +79,14 @@ def test_every_shipped_recipe_runs_under_the_smoke_switch(recipe, smoke_cache, t
         assert ("dense/reward_mean" in logged) != (cfg.recipe.trainer == "rloo")
     if cfg.guard.guard_reward == "hybrid":
         assert trainer.reward_funcs[0].helpfulness._model is not None
+    if cfg.constraint.enabled:  # the objective is swapped for the tiny reward model; λ is logged every step
+        assert cfg.constraint.constraint_reward.startswith(str(smoke_cache))
+        rows = [r for r in trainer.state.log_history if "constraint/lambda" in r]
+        assert len(rows) == 2 and all("constraint/threshold" in r for r in rows)
     assert (out / "trainer_state.json").exists() and (out / "safety_curves.png").exists()
-    if cfg.shaping.shaping_mode is not None or cfg.guard.guard_reward == "hybrid":
-        # rewards that vary between a prompt's answers move the policy
+    varied = any(float(row.get("reward_std", 0) or 0) > 0 for row in trainer.state.log_history)
+    if cfg.shaping.shaping_mode is not None or varied:
+        # rewards that vary between a prompt's answers (per-token penalties always do) move the policy
         from transformers import AutoModelForCausalLM
 
         initial = AutoModelForCausalLM.from_pretrained(cfg.model.model_name_or_path, local_files_only=True)
