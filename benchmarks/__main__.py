@@ -4,7 +4,9 @@ Runs, in this order and in one process (so every table's ratios are measured sid
 Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes. Writes one markdown and one JSON
 file per part under ``benchmarks/results/`` plus ``summary.md`` (every target: measured figure, met or missed).
 ``--gpu-size`` runs the Qwen3-0.6B-shaped configuration in bf16 on CUDA and writes ``*_gpu`` files instead;
-``--only`` runs some parts (their files are rewritten, ``summary.md`` is not).
+``--only`` runs some parts and writes their files to ``runs/benchmarks/`` (``--out`` to choose); only a full run
+writes ``benchmarks/results/`` and ``summary.md``. A part run on its own (``python -m benchmarks.bench_gen``) writes
+to ``runs/benchmarks/`` too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from pathlib import Path
 import torch
 
 from benchmarks import bench_gen, bench_groups, bench_growth, bench_memory, bench_stream
-from benchmarks.common import CPU_SIZE, GPU_SIZE, RESULTS, Setup, environment, fmt, write_results
+from benchmarks.common import (
+    CPU_SIZE,
+    GPU_SIZE,
+    PARTIAL_RESULTS,
+    RESULTS,
+    Setup,
+    environment,
+    fmt,
+    write_results,
+)
 
 logger = logging.getLogger("benchmarks")
 
@@ -104,8 +115,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1: steadier timings)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"result folder (default: {RESULTS} for a full run, {PARTIAL_RESULTS} with --only, so a partial "
+        "run never replaces the committed results)",
+    )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = PARTIAL_RESULTS if args.only else RESULTS
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # Random weights never produce a parseable verdict: the guard's warning about it says nothing here.
     logging.getLogger("guard_reward.guards.gen").setLevel(logging.ERROR)

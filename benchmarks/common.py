@@ -240,22 +240,36 @@ def write_results(name: str, title: str, table_md: str, payload: dict[str, Any],
     return out / f"{name}.md"
 
 
+#: Where partial runs (one part standalone, or ``--only``) write: never over the committed full-suite results.
+PARTIAL_RESULTS = Path("runs") / "benchmarks"
+
+
 def part_parser(doc: str) -> argparse.ArgumentParser:
-    """The command line every benchmark part shares (``--gpu-size``, ``--threads``); parts add their own."""
+    """The command line every benchmark part shares (``--gpu-size``, ``--threads``, ``--out``); parts add their
+    own."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--gpu-size", action="store_true", help="Qwen3Guard-0.6B's shape, bf16 on cuda")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=PARTIAL_RESULTS,
+        help=f"folder for this part's files (default {PARTIAL_RESULTS}; the committed results in "
+        "benchmarks/results are written by a full `python -m benchmarks` run only)",
+    )
     return parser
 
 
 def run_part(
     args: argparse.Namespace, name: str, title: str, run: Callable[[Setup], tuple[str, dict[str, Any]]]
 ) -> Path:
-    """Run one part standalone on the configuration ``args`` asks for and write its result files."""
+    """Run one part standalone on the configuration ``args`` asks for and write its result files to
+    ``args.out`` (:data:`PARTIAL_RESULTS` by default, never the committed results)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     setup = Setup(GPU_SIZE, "bfloat16", "cuda", gpu=True) if args.gpu_size else Setup(CPU_SIZE)
     table, payload = run(setup)
-    path = write_results(f"{name}_gpu" if args.gpu_size else name, title, table, payload)
+    out = getattr(args, "out", PARTIAL_RESULTS)
+    path = write_results(f"{name}_gpu" if args.gpu_size else name, title, table, payload, out)
     logging.getLogger("benchmarks").info("%s\nwritten to %s", table, path)
     return path

@@ -16,6 +16,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "GenGuard": "guard_reward.guards.gen",
     "StreamGuard": "guard_reward.guards.stream",
+    "RemoteGenGuard": "guard_reward.guards.remote",
+    "RemoteStreamGuard": "guard_reward.guards.remote",
     "SafetyReward": "guard_reward.rewards",
     "HybridSafetyReward": "guard_reward.rewards",
     "TokenSafetyPenalty": "guard_reward.rewards",
@@ -25,6 +27,8 @@ __all__ = [
     "LEVELS",
     "GenGuard",
     "HybridSafetyReward",
+    "RemoteGenGuard",
+    "RemoteStreamGuard",
     "SafetyReward",
     "StreamGuard",
     "TokenRisk",
@@ -34,6 +38,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from guard_reward.guards.gen import GenGuard
+    from guard_reward.guards.remote import RemoteGenGuard, RemoteStreamGuard
     from guard_reward.guards.stream import StreamGuard
     from guard_reward.rewards import HybridSafetyReward, SafetyReward, TokenSafetyPenalty
 

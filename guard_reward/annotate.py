@@ -1,10 +1,16 @@
 """Offline dataset annotation with Qwen3Guard-Gen (``guard-reward moderate``).
 
-Reads JSONL records, writes one verdict per record in input order, appending and flushing chunk by chunk so an
-interrupted run resumes where it stopped: records already in the output (by line number) are not judged again.
-No record is ever lost: a record that cannot be read or judged is written with an ``error`` field.
+Reads JSONL records line by line as bytes and writes one verdict per record in input order, appending and
+flushing chunk by chunk so an interrupted run resumes where it stopped: records already in the output (by line
+number) are not judged again. No record is ever lost: a line that is not UTF-8, not JSON or not a record, and
+a record that cannot be judged, is written with an ``error`` naming its line and the problem.
 
-Accepted record shapes (one JSON object per line):
+The output is only ever appended to, and only when it is this command's own output for this input and these
+settings: next to ``OUT`` a sidecar ``OUT.meta.json`` records what it was made from (see :func:`run_meta`).
+A resume whose input or settings differ, an ``OUT`` without a sidecar (a foreign file) and an ``OUT`` equal to
+the input are refused before anything is written.
+
+Accepted record shapes (one JSON object per line; a UTF-8 byte-order mark on the first line is ignored):
 - conversational: ``{"messages": [{"role", "content"}, ...]}`` (``"conversation"`` is accepted too);
 - prompt/response: ``{"prompt": str | messages, "response": str | messages}`` (``"completion"`` is accepted for
   ``"response"``; without a response the prompt is judged).
@@ -13,10 +19,12 @@ An ``"id"`` field is copied to the output when present.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,11 +34,22 @@ from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
 
+META_SUFFIX = ".meta.json"
+META_FORMAT = 1
+COMMAND = "guard-reward moderate"
+#: Verdict fields only decoding fills: ``null`` in the output when the run did not decode (not "none found").
+DECODED_FIELDS = ("categories", "refusal", "p_refusal", "raw")
+_BOM = b"\xef\xbb\xbf"
+
+
+class OutputRefused(ValueError):
+    """The output path cannot be written or resumed (it is the input, a foreign file, or made otherwise)."""
+
 
 def record_to_conversation(record: Any) -> Conversation:
     """The conversation a record asks to judge; raises ``ValueError``/``TypeError`` naming what is wrong."""
     if not isinstance(record, dict):
-        raise TypeError(f"a record must be a JSON object, got {type(record).__name__}")
+        raise TypeError(f"a record must be a JSON object, got {_json_type(record)}")
     for key in ("messages", "conversation"):
         if key in record:
             return validate_conversation(record[key])
@@ -38,62 +57,214 @@ def record_to_conversation(record: Any) -> Conversation:
         raise ValueError(
             "a record needs 'messages' (or 'conversation'), or 'prompt' with optional 'response'"
         )
-    response = record.get("response", record.get("completion"))
+    response_key = "response" if "response" in record else "completion"
+    response = record.get(response_key)
+    for key, value in (("prompt", record["prompt"]), (response_key, response)):
+        if value is not None and not isinstance(value, (str, list)):
+            raise TypeError(
+                f"'{key}' must be a string or a list of messages, got {_json_type(value)} ({value!r:.40})"
+            )
     return validate_conversation(to_conversation(record["prompt"], response))
 
 
-def verdict_to_json(verdict: Verdict) -> dict[str, Any]:
-    """A verdict as a JSON-ready dict (``parts`` nested the same way)."""
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def verdict_to_json(verdict: Verdict, decoded: bool = True) -> dict[str, Any]:
+    """A verdict as a JSON-ready dict (``parts`` nested the same way). Without decoding, the fields only
+    decoding fills (:data:`DECODED_FIELDS`) are ``None``: not decoded is not the same as "no category"."""
     out = asdict(verdict)
     out["categories"] = list(verdict.categories)
     out["probs"] = dict(verdict.probs)
     if verdict.parts is not None:
-        out["parts"] = {name: verdict_to_json(v) for name, v in verdict.parts.items()}
+        out["parts"] = {name: verdict_to_json(v, decoded) for name, v in verdict.parts.items()}
+    if not decoded:
+        out.update(dict.fromkeys(DECODED_FIELDS))
     return out
 
 
-def done_lines(output: Path) -> set[int]:
-    """Line numbers already written to ``output``. A half-written last line (a killed run) is cut off."""
-    if not output.exists():
-        return set()
-    raw = output.read_bytes()
-    keep = raw[: raw.rfind(b"\n") + 1] if not raw.endswith(b"\n") else raw
-    if len(keep) != len(raw):
-        logger.warning("dropping a half-written last line from %s", output)
-        output.write_bytes(keep)
-    return {json.loads(line)["line"] for line in keep.decode().splitlines() if line.strip()}
+# ----------------------------------------------------------------------------------------- input
 
 
-def read_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """``(line number, record or None, read error)`` for every non-empty line."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+def read_records(path: Path, counts: Counter[str] | None = None) -> Iterator[tuple[int, Any, str | None]]:
+    """``(line number, record or None, read error)`` for every non-blank line, read as bytes so that one bad
+    line (not UTF-8, not JSON) becomes an error for that line only. Blank lines are counted in ``counts``."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield (
+                    number,
+                    None,
+                    f"line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})",
+                )
+                continue
             if not line.strip():
+                if counts is not None:
+                    counts["blank"] += 1
                 continue
             try:
                 yield number, json.loads(line), None
             except json.JSONDecodeError as exc:
-                yield number, None, f"invalid JSON: {exc}"
+                yield number, None, f"line {number}: invalid JSON: {exc.msg} (column {exc.colno})"
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+# ----------------------------------------------------------------------------------------- output ownership
+
+
+def meta_path(output: Path) -> Path:
+    return output.with_name(output.name + META_SUFFIX)
+
+
+def run_meta(input_path: str | os.PathLike, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What an output is made from: the sidecar ``OUT.meta.json``.
+
+    ``{"command": "guard-reward moderate", "format": 1, "input": {"path", "size", "sha256"},
+    "settings": {"guard", "decode", "thinking", "dtype", ...}}``. Only settings that change the verdicts
+    belong in ``settings`` (batch sizes do not).
+    """
+    path = Path(input_path)
+    return {
+        "command": COMMAND,
+        "format": META_FORMAT,
+        "input": {"path": str(path.resolve()), **fingerprint(path)},
+        "settings": dict(settings),
+    }
+
+
+def prepare_output(
+    input_path: str | os.PathLike, output_path: str | os.PathLike, meta: Mapping[str, Any]
+) -> bool:
+    """Check that ``output_path`` may be written for this run, before any model is loaded; create its folder
+    and write its sidecar. Returns whether an earlier run is resumed.
+
+    Raises:
+        OutputRefused: the output is the input, a folder, a file this command did not write, or an output made
+            from another input or with other settings (the message says how to start over).
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    sidecar = meta_path(output_path)
+    if output_path.is_dir():
+        raise OutputRefused(f"-o {output_path} is a folder; give a file path for the verdicts")
+    if output_path.exists() and input_path.exists() and os.path.samefile(output_path, input_path):
+        raise OutputRefused(f"-o {output_path} is the input file; write the verdicts to another file")
+    resume = False
+    if output_path.exists() and output_path.stat().st_size > 0:
+        if not sidecar.exists():
+            raise OutputRefused(
+                f"-o {output_path} exists and is not an output of {COMMAND} (no {sidecar.name} next to it); "
+                "it is left untouched: choose another output file, or delete it first"
+            )
+        old = _read_meta(sidecar)
+        differences = _differences(old, meta)
+        if differences:
+            raise OutputRefused(
+                f"-o {output_path} was made from other input or settings ({'; '.join(differences)}); it is "
+                f"left untouched. To start over, delete {output_path} and {sidecar} (or choose another output "
+                "file); to resume it, rerun with the settings it was made with"
+            )
+        resume = True
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        tmp = sidecar.with_name(sidecar.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(sidecar)
+    return resume
+
+
+def _read_meta(sidecar: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OutputRefused(
+            f"{sidecar} is not a readable sidecar ({exc}); delete it and the output to start over"
+        ) from None
+    if not isinstance(data, dict) or data.get("command") != COMMAND:
+        raise OutputRefused(f"{sidecar} was not written by {COMMAND}")
+    return data
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    out = []
+    old_in, new_in = old.get("input", {}), new.get("input", {})
+    if old_in.get("path") != new_in.get("path"):
+        out.append(f"input was {old_in.get('path')}, now {new_in.get('path')}")
+    elif old_in.get("sha256") != new_in.get("sha256"):
+        out.append(
+            f"input {new_in.get('path')} changed since (size {old_in.get('size')} -> {new_in.get('size')})"
+        )
+    old_set, new_set = old.get("settings", {}), new.get("settings", {})
+    for key in sorted(set(old_set) | set(new_set)):
+        if old_set.get(key) != new_set.get(key):
+            out.append(f"{key} was {old_set.get(key)!r}, now {new_set.get(key)!r}")
+    return out
+
+
+def done_lines(output: Path) -> set[int]:
+    """Line numbers already written to ``output`` (this command's own output: :func:`prepare_output` has
+    checked the sidecar). A half-written last line (a killed run) is cut off; any other unreadable row means
+    the file was edited by hand, and is refused rather than rewritten."""
+    if not output.exists():
+        return set()
+    raw = output.read_bytes()
+    keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
+    done: set[int] = set()
+    for number, line in enumerate(keep.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            done.add(int(json.loads(line)["line"]))
+        except (ValueError, KeyError, TypeError):
+            raise OutputRefused(
+                f"{output}, row {number} is not a verdict row of {COMMAND} (edited by hand?); it is left "
+                f"untouched: delete it and {meta_path(output).name} to start over"
+            ) from None
+    if len(keep) != len(raw):
+        logger.warning("dropping a half-written last line from %s (an interrupted run)", output)
+        with output.open("r+b") as handle:
+            handle.truncate(len(keep))
+    return done
+
+
+# ----------------------------------------------------------------------------------------- the run
 
 
 def annotate(
     guard: Any,
-    input_path: str | Path,
-    output_path: str | Path,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
     *,
     decode: bool = True,
     chunk_size: int = 64,
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> Counter[str]:
-    """Judge every record of ``input_path`` into ``output_path`` (resuming it if it exists).
+    """Judge every record of ``input_path`` into ``output_path`` (resuming it if it is this run's output).
 
-    Returns:
-        counts: ``written``, ``skipped_done`` (already in the output), ``errors`` (records written with an error),
-        ``unparsed`` (verdicts with ``level=None``), ``truncated``.
+    ``settings`` are recorded in the sidecar next to the output (``decode`` is always added); the CLI passes
+    the guard and its options. Returns counts: ``written``, ``skipped_done`` (already in the output),
+    ``errors`` (records written with an error), ``unparsed`` (verdicts with ``level=None``), ``truncated``,
+    ``blank`` (blank lines skipped).
     """
     from tqdm.auto import tqdm
 
     input_path, output_path = Path(input_path), Path(output_path)
+    meta = run_meta(input_path, {**(settings or {}), "decode": decode})
+    prepare_output(input_path, output_path, meta)
     done = done_lines(output_path)
     counts: Counter[str] = Counter()
     pending: list[tuple[int, Any, str | None]] = []
@@ -101,7 +272,7 @@ def annotate(
         output_path.open("a", encoding="utf-8") as out,
         tqdm(desc="moderating", unit="rec", disable=not progress) as bar,
     ):
-        for item in read_records(input_path):
+        for item in read_records(input_path, counts):
             if item[0] in done:
                 counts["skipped_done"] += 1
                 bar.update(1)
@@ -114,6 +285,8 @@ def annotate(
         if pending:
             _flush(guard, pending, out, decode, counts)
             bar.update(len(pending))
+    if counts["blank"]:
+        logger.info("%d blank lines skipped", counts["blank"])
     logger.info("moderation finished: %s", dict(counts))
     return counts
 
@@ -132,14 +305,14 @@ def _flush(
             try:
                 convs[number] = record_to_conversation(record)
             except (TypeError, ValueError) as exc:
-                error = str(exc)
+                error = f"line {number}: {exc}"
         if error is not None:
             row["error"] = error
     for number, verdict in _judge(guard, convs, decode).items():
         if isinstance(verdict, str):
-            rows[number]["error"] = verdict
+            rows[number]["error"] = f"line {number}: {verdict}"
         else:
-            rows[number].update(verdict_to_json(verdict))
+            rows[number].update(verdict_to_json(verdict, decode))
             counts["unparsed"] += not verdict.ok
             counts["truncated"] += verdict.truncated
     for number, _, _ in items:
@@ -157,11 +330,11 @@ def _judge(guard: Any, convs: dict[int, Conversation], decode: bool) -> dict[int
     keys = list(convs)
     try:
         return dict(zip(keys, guard.moderate([convs[k] for k in keys], decode=decode)))
-    except ValueError:
+    except (TypeError, ValueError):
         results: dict[int, Verdict | str] = {}
         for k in keys:
             try:
                 results[k] = guard.moderate([convs[k]], decode=decode)[0]
-            except ValueError as exc:
+            except (TypeError, ValueError) as exc:
                 results[k] = f"{type(exc).__name__}: {exc}"
         return results

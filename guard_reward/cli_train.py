@@ -36,12 +36,20 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``guard-reward train --config RECIPE.yaml [--option value ...]``: run a training recipe."""
+    """``guard-reward train --config RECIPE [--smoke] [--option value ...]``: run a training recipe."""
     parser = subparsers.add_parser(
         "train",
-        help="train a policy with guard rewards from a recipe YAML (configs/)",
-        description="Run a GRPO or RLOO recipe. Any recipe option can be overridden after the config, e.g. "
-        "--output_dir runs/x --max_steps 10.",
+        help="train a policy with guard rewards (GRPO, RLOO or PPO) from a recipe",
+        description="Run a GRPO, RLOO or PPO recipe: a YAML file, or the name of a shipped recipe ("
+        "grpo_gen_safety, grpo_stream_dense, grpo_hybrid, rloo_gen_safety, ppo_stream_dense, ...). Any "
+        "recipe option can be overridden after the config, e.g. --output_dir runs/x --max_steps 10. "
+        "--smoke runs the recipe on tiny stand-ins of the policy, guards and reward models, offline, on the "
+        "CPU in float32, for two steps: a check of the set-up before the real run.",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny stand-ins, CPU, float32, two steps, offline (also accepted after --config)",
     )
     # everything after --config belongs to the recipe (its options are the dataclass fields, which this
     # parser does not know), so the option swallows the rest of the command line
@@ -49,8 +57,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--config",
         required=True,
         nargs=argparse.REMAINDER,
-        metavar="RECIPE.yaml [--option value ...]",
-        help="recipe YAML (see configs/), then any recipe options overriding it",
+        metavar="RECIPE [--option value ...]",
+        help="recipe YAML or shipped recipe name, then any recipe options overriding it",
     )
     parser.set_defaults(func=run_train)
     return parser
@@ -61,9 +69,11 @@ def run_train(args: argparse.Namespace) -> int:
     from guard_reward.integrations.trl.train import train
 
     if not args.config:
-        raise SystemExit("guard-reward train: --config needs a recipe YAML file")
+        raise SystemExit("guard-reward train: --config needs a recipe YAML file or a shipped recipe name")
     path, *overrides = args.config
-    train(load_config(path, [a for a in overrides if a != "--"]))
+    smoke = args.smoke or "--smoke" in overrides
+    overrides = [a for a in overrides if a not in ("--", "--smoke")]
+    train(load_config(path, overrides, smoke=smoke))
     return 0
 
 

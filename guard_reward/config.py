@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from guard_reward.conversations import THINKING_MODES
@@ -25,8 +26,10 @@ from guard_reward.shaping.scalar import ScalarShaping
 
 logger = logging.getLogger(__name__)
 
+
 TRAINERS = ("grpo", "rloo", "ppo")
 GUARD_REWARDS = ("safety", "hybrid", "none")
+GUARD_MODES = ("hard", "soft")
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> None:
@@ -136,6 +139,7 @@ class GuardArguments:
 
     def __post_init__(self) -> None:
         _choice("guard_reward", self.guard_reward, GUARD_REWARDS)
+        _choice("guard_mode", self.guard_mode, GUARD_MODES)
         _choice("guard_thinking", self.guard_thinking, THINKING_MODES)
         self.guard_controversial = _policy("guard_controversial", self.guard_controversial)  # type: ignore[assignment]
         if isinstance(self.guard_category_weights, str):
@@ -222,6 +226,78 @@ class ShapingArguments:
 
 
 @dataclass
+class ConstraintArguments:
+    """Safety as a constraint (``constraint_…``; see :mod:`guard_reward.constraint`): maximise
+    ``constraint_reward`` subject to ``E[guard cost] <= constraint_threshold``, with safe-rlhf's λ knobs. Off
+    while ``constraint_threshold`` is unset."""
+
+    constraint_threshold: float | None = field(
+        default=None, metadata={"help": "Largest acceptable expected cost, e.g. 0.02 (None: no constraint)."}
+    )
+    constraint_reward: str | None = field(
+        default=None,
+        metadata={"help": "The objective: 'package.module:function' reward or a sequence-classification RM."},
+    )
+    constraint_mode: str = field(
+        default="hard", metadata={"help": "'hard' (Unsafe -> 1) or 'soft' (P(Unsafe))."}
+    )
+    constraint_controversial: str = field(
+        default="strict", metadata={"help": "'strict' (costs 1), 'loose' (costs 0) or its cost in [0, 1]."}
+    )
+    constraint_category_weights: dict | str | None = field(
+        default=None,
+        metadata={"help": "Per-category weights on an Unsafe verdict's cost (mapping, or JSON)."},
+    )
+    constraint_lambda_init: float = field(default=1.0, metadata={"help": "Initial λ (> 0)."})
+    constraint_lambda_lr: float = field(
+        default=0.1, metadata={"help": "SGD step size on log λ (0: λ fixed)."}
+    )
+    constraint_lambda_max: float | None = field(default=5.0, metadata={"help": "Upper clamp of λ."})
+    constraint_update_delay_steps: int = field(
+        default=0, metadata={"help": "Batches before λ starts moving."}
+    )
+    constraint_cost_window: int = field(default=128, metadata={"help": "Mean cost over the last N samples."})
+    constraint_dense: bool = field(
+        default=False,
+        metadata={"help": "Add Qwen3Guard-Stream's per-token cost (first violation) to A_cost."},
+    )
+    constraint_dense_coef: float = field(default=1.0, metadata={"help": "Weight of the per-token cost."})
+
+    @property
+    def enabled(self) -> bool:
+        return self.constraint_threshold is not None
+
+    def __post_init__(self) -> None:
+        _choice("constraint_mode", self.constraint_mode, ("hard", "soft"))
+        self.constraint_controversial = _policy("constraint_controversial", self.constraint_controversial)  # type: ignore[assignment]
+        if isinstance(self.constraint_category_weights, str):
+            try:
+                self.constraint_category_weights = json.loads(self.constraint_category_weights)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"constraint_category_weights is not valid JSON: {exc}") from None
+        if not self.enabled:
+            return
+        weights = dict(self.constraint_category_weights or {})
+        self.controller_config(max([1.0, *map(float, weights.values())]))  # validates threshold and knobs
+        if self.constraint_dense_coef < 0:
+            raise ValueError(f"constraint_dense_coef must be >= 0, got {self.constraint_dense_coef}")
+
+    def controller_config(self, max_cost: float = 1.0):
+        """The :class:`~guard_reward.constraint.ConstraintConfig` of these arguments."""
+        from guard_reward.constraint import ConstraintConfig
+
+        return ConstraintConfig(
+            threshold=self.constraint_threshold,  # type: ignore[arg-type]
+            lambda_init=self.constraint_lambda_init,
+            lambda_lr=self.constraint_lambda_lr,
+            lambda_max=self.constraint_lambda_max,
+            update_delay_steps=self.constraint_update_delay_steps,
+            cost_window=self.constraint_cost_window,
+            max_cost=max_cost,
+        )
+
+
+@dataclass
 class RecipeConfig:
     """Everything a recipe needs, as parsed from one YAML file (and command-line overrides)."""
 
@@ -231,9 +307,12 @@ class RecipeConfig:
     script: Any  # trl.ScriptArguments
     model: Any  # trl.ModelConfig
     training: Any  # trl.GRPOConfig | trl.RLOOConfig | GuardPPOConfig
+    constraint: ConstraintArguments = field(default_factory=ConstraintArguments)
 
     def __post_init__(self) -> None:
         from guard_reward.integrations.trl.grpo import check_dense_loss
+
+        self._check_constraint()
 
         dense = self.shaping.shaping_mode is not None
         if dense and not self.guard.guard_stream:
@@ -243,7 +322,11 @@ class RecipeConfig:
             self.shaping.shaping_fold = True
         if (self.recipe.trainer == "grpo" and dense) or self.recipe.trainer == "ppo":
             check_dense_loss(self.training)  # PPO's advantages are always per token
-        if self.guard.guard_reward == "none" and not (dense and self.shaping.shaping_fold):
+        if (
+            self.guard.guard_reward == "none"
+            and not (dense and self.shaping.shaping_fold)
+            and not self.constraint.enabled
+        ):
             raise ValueError(
                 "the recipe has no scalar reward: set guard_reward ('safety' or 'hybrid') or fold the dense "
                 "penalty into one (shaping_fold: true)"
@@ -255,6 +338,30 @@ class RecipeConfig:
         if not self.model.model_name_or_path:
             raise ValueError("model_name_or_path is required (the policy checkpoint)")
 
+    def _check_constraint(self) -> None:
+        c = self.constraint
+        if not c.enabled:
+            return
+        if self.recipe.trainer not in ("grpo", "ppo"):
+            raise ValueError(
+                "constraint_threshold needs trainer 'grpo' or 'ppo' (RLOO has no constrained form)"
+            )
+        if not self.guard.guard_gen:
+            raise ValueError(
+                "constraint_threshold needs guard_gen (the Qwen3Guard-Gen checkpoint that gives the cost)"
+            )
+        if c.constraint_dense and not self.guard.guard_stream:
+            raise ValueError("constraint_dense needs guard_stream (a Qwen3Guard-Stream checkpoint)")
+        if (
+            not c.constraint_reward
+            and self.guard.guard_reward == "none"
+            and self.shaping.shaping_mode is None
+        ):
+            raise ValueError(
+                "the constraint has no reward to maximise: set constraint_reward (e.g. a helpfulness reward "
+                "model) or guard_reward"
+            )
+
 
 def config_classes(trainer: str) -> tuple[type, ...]:
     """The dataclasses of a recipe, in :class:`RecipeConfig` field order, for ``TrlParser``."""
@@ -264,16 +371,47 @@ def config_classes(trainer: str) -> tuple[type, ...]:
     training = GRPOConfig if trainer == "grpo" else RLOOConfig
     if trainer == "ppo":
         from guard_reward.integrations.trl.ppo_config import GuardPPOConfig as training
-    return RecipeArguments, GuardArguments, ShapingArguments, ScriptArguments, ModelConfig, training
+    classes = (RecipeArguments, GuardArguments, ShapingArguments, ScriptArguments, ModelConfig, training)
+    return (*classes, ConstraintArguments)
 
 
-def _trainer_of(path: str | os.PathLike, overrides: Sequence[str]) -> str:
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship with the package (``configs/*.yaml``), by name (the file stem)."""
+    import guard_reward
+
+    package = Path(guard_reward.__file__).resolve().parent
+    # installed: guard_reward/configs (package-data); a source checkout: configs/ beside the package
+    for folder in (package / "configs", package.parent / "configs"):
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def resolve_recipe(path: str | os.PathLike) -> Path:
+    """A recipe file: ``path`` itself when it exists, else a shipped recipe of that name (``grpo_gen_safety``
+    or ``grpo_gen_safety.yaml`` or ``configs/grpo_gen_safety.yaml``)."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    shipped = shipped_recipes()
+    name = given.name[: -len(".yaml")] if given.name.endswith(".yaml") else given.name
+    if name in shipped and (given.parent == Path(".") or given.parent.name == "configs"):
+        return shipped[name]
+    names = ", ".join(shipped) or "none found"
+    raise FileNotFoundError(f"recipe config {path} does not exist (shipped recipes: {names})")
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
     import yaml
 
     with open(path) as f:
         data = yaml.safe_load(f)
     if not isinstance(data, dict):
         raise ValueError(f"{path} must contain a YAML mapping of option: value")
+    return data
+
+
+def _trainer_of(data: dict[str, Any], overrides: Sequence[str]) -> str:
     trainer = str(data.get("trainer", "grpo"))
     overrides = list(overrides)
     for i, arg in enumerate(overrides):
@@ -284,15 +422,83 @@ def _trainer_of(path: str | os.PathLike, overrides: Sequence[str]) -> str:
     return trainer
 
 
-def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RecipeConfig:
+def load_config(
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    smoke: bool = False,
+    smoke_cache: str | os.PathLike | None = None,
+    smoke_gen: str | os.PathLike | None = None,
+) -> RecipeConfig:
     """Parse a recipe YAML (plus ``--option value`` overrides) into a validated :class:`RecipeConfig`.
 
-    Unknown keys are an error naming them (``TrlParser``'s rule), so a typo never falls back to a default.
+    ``path`` is a file or the name of a shipped recipe (:func:`resolve_recipe`). Unknown keys are an error
+    naming them (``TrlParser``'s rule), so a typo never falls back to a default. ``smoke=True`` swaps in the
+    tiny stand-ins and a two-step CPU run (``guard_reward.tiny.smoke``; ``smoke_cache`` is where they are
+    kept, ``smoke_gen`` an existing tiny Gen folder to use); ``overrides`` still win over the swap.
     """
     from trl import TrlParser
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"recipe config {path} does not exist")
-    classes = config_classes(_trainer_of(path, overrides))
-    parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
+    path = resolve_recipe(path)
+    data = _read_recipe(path)
+    overrides = list(overrides)
+    if smoke:
+        from guard_reward.tiny.smoke import smoke_overrides
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything a smoke run reads is local
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+        gen = os.fspath(smoke_gen) if smoke_gen is not None else None
+        overrides = [*smoke_overrides(data, path.stem, smoke_cache, gen=gen), *overrides]
+    classes = config_classes(_trainer_of(data, overrides))
+    overrides += _activation_checkpointing(data, overrides, classes[-1])
+    try:
+        parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
+    except ValueError as exc:
+        if "bf16/gpu" not in str(exc):
+            raise
+        raise ValueError(
+            f"recipe {path.name} trains in bf16 on a GPU (bf16 is on by default) and this machine has no "
+            f"GPU that supports it: run it where its header says, check the set-up here with "
+            f"`guard-reward train --config {path.stem} --smoke`, or add --use_cpu true --bf16 false"
+        ) from exc
     return RecipeConfig(*parsed)
+
+
+def _last_value(data: dict[str, Any], overrides: Sequence[str], key: str) -> Any:
+    """The value of ``key`` on the command line (last one wins), else in the YAML, else ``None``."""
+    value = data.get(key)
+    for i, arg in enumerate(overrides):
+        if arg == f"--{key}" and i + 1 < len(overrides):
+            value = overrides[i + 1]
+        elif arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _activation_checkpointing(data: dict[str, Any], overrides: Sequence[str], training: type) -> list[str]:
+    """``--activation_checkpointing`` carrying the value of its deprecated alias ``gradient_checkpointing``.
+
+    TRL's configs still default the alias (``GRPOConfig`` to ``True``), and transformers' ``TrainingArguments``
+    warns with a ``FutureWarning`` whenever the alias is set and the new name is not — at every construction of
+    the config, over a default the recipe never chose. Setting the new name to the alias' value (the
+    command line's, else the YAML's, else the config class's default) keeps the behaviour and the warning
+    away; a recipe that sets ``activation_checkpointing`` itself is left alone.
+    """
+    import dataclasses
+
+    names = {f.name: f for f in dataclasses.fields(training)}
+    extra: list[str] = []
+    for old, new in (
+        ("gradient_checkpointing", "activation_checkpointing"),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+    ):
+        if new not in names or _last_value(data, overrides, new) is not None:
+            continue
+        value = _last_value(data, overrides, old)
+        if value is None:
+            default = names[old].default
+            value = None if default is dataclasses.MISSING else default
+        if value is None:
+            continue
+        extra += [f"--{new}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return extra

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from guard_reward.annotate import annotate
+from guard_reward.annotate import annotate, meta_path
 from guard_reward.cli import main
 from guard_reward.guards.gen import GenGuard
 
@@ -67,6 +67,9 @@ def test_resume_after_interruption(guard, tmp_path):
     partial = tmp_path / "out.jsonl"
     lines = full.read_text().splitlines(keepends=True)
     partial.write_text("".join(lines[:3]) + lines[3][:10])
+    meta_path(partial).write_bytes(
+        meta_path(full).read_bytes()
+    )  # it was made by this command, for this input
     guard.stats.clear()
     counts = annotate(guard, tmp_path / "in.jsonl", partial, decode=False, progress=False)
     assert counts["skipped_done"] == 3 and counts["written"] == n - 3
@@ -108,3 +111,121 @@ def test_missing_input_file(tmp_path, capsys):
         main(["moderate", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--guard", "x"]) == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bytes, ownership, resume rules
+
+
+def _moderate(inp, out, guard_path, *extra):
+    return main(["moderate", str(inp), "-o", str(out), "--guard", str(guard_path), "--no-decode", *extra])
+
+
+def test_bad_bytes_bom_and_bad_values_become_error_rows(guard, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    good = json.dumps({"id": "ok", "prompt": "hi"}).encode()
+    inp.write_bytes(
+        b"\xef\xbb\xbf"
+        + good
+        + b"\n"  # a UTF-8 BOM before the first record
+        + b'{"id": "latin1", "prompt": "caf\xe9"}\n'  # not UTF-8
+        + b"\n"  # blank: skipped and counted
+        + json.dumps({"id": "int", "prompt": 42}).encode()
+        + b"\n"
+        + b"[1, 2]\n"
+        + good
+        + b"\n"
+    )
+    out = tmp_path / "out.jsonl"
+    counts = annotate(guard, inp, out, decode=False, progress=False)
+    rows = read_output(out)
+    assert [r["line"] for r in rows] == [1, 2, 4, 5, 6] and counts["blank"] == 1
+    assert rows[0]["level"] in ("Safe", "Controversial", "Unsafe") and rows[0]["id"] == "ok"
+    assert rows[1]["error"].startswith("line 2: not valid UTF-8 (byte 0xe9")
+    assert rows[2]["error"] == "line 4: 'prompt' must be a string or a list of messages, got a number (42)"
+    assert rows[3]["error"] == "line 5: a record must be a JSON object, got a list"
+    assert "level" in rows[4] and counts["errors"] == 3
+    # --no-decode: what was not decoded is null, not "no category"
+    assert rows[0]["categories"] is None and rows[0]["refusal"] is None and rows[0]["raw"] is None
+    # a resumed run gets past the bad line: nothing is judged again, nothing is added
+    counts = annotate(guard, inp, out, decode=False, progress=False)
+    assert counts["skipped_done"] == 5 and counts["written"] == 0 and len(read_output(out)) == 5
+
+
+def test_meta_sidecar_records_what_the_output_was_made_from(guard, tmp_path):
+    from guard_reward.annotate import meta_path
+
+    write_input(tmp_path / "in.jsonl")
+    out = tmp_path / "deep" / "er" / "out.jsonl"  # missing folders are created
+    annotate(guard, tmp_path / "in.jsonl", out, decode=False, progress=False, settings={"thinking": "answer"})
+    meta = json.loads(meta_path(out).read_text())
+    assert meta["command"] == "guard-reward moderate" and meta["format"] == 1
+    assert meta["input"]["path"] == str((tmp_path / "in.jsonl").resolve())
+    assert len(meta["input"]["sha256"]) == 64 and meta["input"]["size"] > 0
+    assert meta["settings"] == {"thinking": "answer", "decode": False}
+
+
+def test_resume_with_other_settings_or_input_is_refused(guard, tmp_path):
+    from guard_reward.annotate import OutputRefused
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp)
+    annotate(guard, inp, out, decode=False, progress=False, settings={"thinking": "answer"})
+    before = out.read_bytes()
+    with pytest.raises(OutputRefused, match=r"thinking was 'answer', now 'separate'.*To start over, delete"):
+        annotate(guard, inp, out, decode=False, progress=False, settings={"thinking": "separate"})
+    with pytest.raises(OutputRefused, match="decode was False, now True"):
+        annotate(guard, inp, out, decode=True, progress=False, settings={"thinking": "answer"})
+    inp.write_text(inp.read_text() + json.dumps({"prompt": "one more"}) + "\n")
+    with pytest.raises(OutputRefused, match="changed since"):
+        annotate(guard, inp, out, decode=False, progress=False, settings={"thinking": "answer"})
+    other = tmp_path / "other.jsonl"
+    write_input(other)
+    with pytest.raises(OutputRefused, match="input was"):
+        annotate(guard, other, out, decode=False, progress=False, settings={"thinking": "answer"})
+    assert out.read_bytes() == before
+
+
+def test_foreign_output_and_output_equal_to_input_are_refused_untouched(tiny_gen_path, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    write_input(inp)
+    foreign = tmp_path / "foreign.jsonl"
+    foreign.write_bytes(b'{"a":1}\n{"important":"data"}')  # no final newline
+    assert _moderate(inp, foreign, tiny_gen_path) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: -o ") and "not an output of guard-reward moderate" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert foreign.read_bytes() == b'{"a":1}\n{"important":"data"}'
+    original = inp.read_bytes()
+    assert _moderate(inp, inp, tiny_gen_path) == 1
+    assert "is the input file" in capsys.readouterr().err and inp.read_bytes() == original
+
+
+def test_cli_checks_paths_before_loading_the_model(tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    write_input(inp)
+    # the guard folder does not exist: a clear message, not a hub error; and no output was created
+    assert _moderate(inp, tmp_path / "new" / "out.jsonl", "./ckpt/does_not_exist") == 1
+    assert "error: no such folder: ./ckpt/does_not_exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_creates_missing_output_folders_and_resumes(tiny_gen_path, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    n = write_input(inp)
+    out = tmp_path / "a" / "b" / "out.jsonl"
+    assert _moderate(inp, out, tiny_gen_path) == 0
+    assert len(read_output(out)) == n
+    assert _moderate(inp, out, tiny_gen_path) == 0
+    assert f"0 written, {n} already done" in capsys.readouterr().out
+    assert _moderate(inp, out, tiny_gen_path, "--thinking", "whole") == 1
+    assert "thinking was 'answer', now 'whole'" in capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    write_input(inp)
+    args = ["moderate", str(inp), "-o", str(tmp_path / "o.jsonl"), "--guard", "./nope"]
+    assert main(args) == 1
+    assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        main([*args, "--debug"])

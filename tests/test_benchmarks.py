@@ -53,3 +53,22 @@ def test_memory_part_runs_on_a_tiny_guard(tmp_path):
     assert [r["count"] for r in gen] == [1, 3]
     assert 0 < gen[0]["tensor_peak_mb"] <= gen[1]["tensor_peak_mb"]
     assert "| stream | 3 |" in table
+
+
+def test_a_part_run_on_its_own_never_writes_the_committed_results(tmp_path, monkeypatch):
+    import benchmarks.common as common
+    from benchmarks.__main__ import main as suite_main
+
+    committed = {p: p.stat().st_mtime_ns for p in common.RESULTS.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    args = common.part_parser("A part.").parse_args([])
+    assert args.out == common.PARTIAL_RESULTS
+    monkeypatch.setattr(common, "CPU_SIZE", TINY)
+    path = common.run_part(args, "toy", "Toy", lambda setup: ("| a |\n|---|\n| 1 |", {"x": 1}))
+    assert path == common.PARTIAL_RESULTS / "toy.md" and (tmp_path / path).exists()
+    # the suite with --only: partial too, so no summary and nothing under benchmarks/results
+    monkeypatch.setattr("benchmarks.__main__.PARTS", {"toy": ("Toy", lambda setup: ("| a |", {"x": 1}))})
+    suite_main(["--only", "toy"])
+    assert (tmp_path / common.PARTIAL_RESULTS / "toy.json").exists()
+    assert not (tmp_path / common.PARTIAL_RESULTS / "summary.md").exists()
+    assert {p: p.stat().st_mtime_ns for p in common.RESULTS.iterdir()} == committed

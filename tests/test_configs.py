@@ -25,6 +25,9 @@ def test_shipped_config_loads_and_follows_the_recipe_rules(path):
     header = [line for line in text.splitlines() if line.startswith("#")]
     assert text.startswith("# "), "a recipe opens with a comment saying what it is for"
     assert any(f"guard-reward train --config configs/{path.name}" in line for line in header)
+    top = "\n".join(header[:12])
+    assert "# Hardware:" in top and "# Downloads:" in top, "a recipe says what it needs before anything else"
+    assert f"guard-reward train --config {path.stem} --smoke" in top
     cfg = load_config(path, CPU)
     assert cfg.training.beta > 0, "shipped recipes keep a KL term"
     if cfg.guard.guard_reward == "safety":
@@ -64,7 +67,7 @@ def test_overrides_and_types(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        ("guard_mode: binary\n", "hard, soft"),
+        ("guard_mode: binary\n", "guard_mode='binary' is not accepted; use one of hard, soft"),
         ("guard_thinking: both\n", "answer, separate, whole"),
         ("guard_category_weights: {Violence: 2}\n", "unknown category 'Violence'"),
         ("guard_controversial: lenient\n", "strict"),
@@ -99,3 +102,28 @@ def test_dataclasses_validate_on_their_own():
         RecipeArguments(dataset_max_samples=0)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config("nope.yaml")
+
+
+def test_the_gradient_checkpointing_future_warning_is_silenced(recwarn):
+    load_config(CONFIGS[0], CPU)
+    assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
+
+
+def test_readme_recipe_commands_and_sidecar_match_the_code():
+    import json
+    import re
+
+    from guard_reward.annotate import run_meta
+    from guard_reward.config import resolve_recipe, shipped_recipes
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    names = set(re.findall(r"guard-reward train --config ([^\s`]+)", readme)) - {"my_recipe.yaml", "X"}
+    assert names and all(resolve_recipe(n) for n in names)
+    assert set(shipped_recipes()) <= {Path(n).stem for n in names}, "every shipped recipe is shown"
+    assert "--smoke" in readme and "--debug" in readme
+    block = re.search(r"```json\n(.*?)```", readme[readme.index("Labelling a dataset") :], re.S).group(1)
+    documented = json.loads(block.replace("…", ""))
+    readme_file = Path(__file__).resolve().parents[1] / "README.md"
+    actual = run_meta(readme_file, {"guard": "g", "thinking": "answer", "dtype": None, "decode": True})
+    assert documented.keys() == actual.keys() and documented["input"].keys() == actual["input"].keys()
+    assert documented["settings"].keys() == actual["settings"].keys()

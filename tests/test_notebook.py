@@ -32,3 +32,12 @@ def test_quickstart_notebook_executes_with_the_expected_outputs(tmp_path):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # token heatmap, comparison curves, the guard-logged curves
     assert (tmp_path / "runs" / "quickstart" / "report.md").exists()
+
+
+def test_the_notebook_claims_no_time_a_slow_machine_misses():
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb").read_text()
+    assert "about a minute" not in text
+    for claim in re.findall(r"[^.\n]*\bminutes?\b[^.\n]*", text):
+        assert "2-core" in claim, f"a timing claim names the machine it was measured on: {claim}"

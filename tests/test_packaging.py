@@ -45,6 +45,10 @@ def test_every_package_folder_is_listed():
             found.add(".".join(("guard_reward", "integrations", *rel)))
         else:
             found.add(".".join(folder.relative_to(ROOT).parts))
-    assert found == listed, f"missing from pyproject: {found - listed}; stale: {listed - found}"
+    # data-only packages (no __init__.py): the shipped recipes
+    data_only = {name for name, folder in mapping.items() if not (folder / "__init__.py").exists()}
+    assert data_only == {"guard_reward.configs"}
+    assert found | data_only == listed, f"missing from pyproject: {found - listed}; stale: {listed - found}"
+    assert config["package-data"]["guard_reward.configs"] == ["*.yaml"]
     assert mapping["guard_reward.integrations"] == ROOT / "integrations"
     assert (ROOT / "guard_reward" / "py.typed").exists()

@@ -1,15 +1,14 @@
-"""A tiny Qwen3 policy sharing the real Qwen tokenizer (ChatML template), for trainer tests."""
+"""A tiny Qwen3 policy sharing the real Qwen tokenizer (ChatML template), for trainer tests (the builders live
+in ``guard_reward.tiny.policy``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from guard_reward.tiny.policy import CHATML, build_tiny_policy, tiny_policy
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+__all__ = ["CHATML", "PROMPTS", "prompt_dataset", "save_tiny_policy", "tiny_policy"]
+
 PROMPTS = [
     "How do I bake sourdough bread at home?",
     "What is the capital of Australia?",
@@ -18,27 +17,8 @@ PROMPTS = [
 ]
 
 
-def tiny_policy(seed: int = 0):
-    """``(model, tokenizer)``: a 2-layer Qwen3ForCausalLM with Qwen3's vocabulary and special ids."""
-    from transformers import GenerationConfig, Qwen3ForCausalLM
-
-    from guard_reward.tiny.gen import qwen3_config
-    from guard_reward.tiny.tokenizer import qwen_tokenizer
-
-    torch.manual_seed(seed)
-    config = qwen3_config(
-        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16
-    )
-    model = Qwen3ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=151645, pad_token_id=151643, bos_token_id=151643)
-    return model, qwen_tokenizer(CHATML)
-
-
 def save_tiny_policy(path: Path, seed: int = 0) -> Path:
-    model, tok = tiny_policy(seed)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return build_tiny_policy(path, seed=seed)
 
 
 def prompt_dataset(n_repeat: int = 1, harmful: bool = True):

@@ -10,10 +10,11 @@ and counted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means this process's own accelerator: under ``accelerate`` each rank gets its local device (one
     guard per process), otherwise the current CUDA device, else the CPU."""
     if device is not None:
-        return torch.device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(device)!r} asks for CUDA, but this machine (or this torch build) has no CUDA "
+                "device; use device='cpu' or leave the device unset"
+            )
+        return dev
     if "LOCAL_RANK" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ:
         from accelerate import PartialState
 
@@ -64,24 +71,109 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 def hub_kwargs(name_or_path: str | os.PathLike, **kw: Any) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained``: a local folder is loaded with ``local_files_only=True`` so it
-    never touches the network; anything else is treated as a hub id."""
+    never touches the network; a well-formed hub id goes to the hub; a path that looks local but does not
+    exist raises ``FileNotFoundError("no such folder: …")`` (see :func:`checkpoint_source`)."""
     out = dict(kw)
-    if Path(name_or_path).is_dir():
+    if checkpoint_source(name_or_path) == "local":
         out.setdefault("local_files_only", True)
     return out
 
 
+def checkpoint_source(name_or_path: str | os.PathLike) -> str:
+    """``"local"`` for an existing folder, ``"hub"`` for a well-formed hub id (``name`` or ``owner/name``).
+
+    Raises ``FileNotFoundError("no such folder: …")`` for anything that looks like a local path and does not
+    exist — it starts with ``./``, ``../``, ``/`` or ``~``, has more than one ``/`` or an OS separator, ends
+    with a separator, or its parent folder exists here — so a typo is never sent to the hub as a malformed id.
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return "local"
+    if path.exists():
+        raise NotADirectoryError(f"{text} is a file; a checkpoint is a folder (or a hub id)")
+    if _looks_local(text):
+        raise FileNotFoundError(f"no such folder: {text}")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise ValueError(
+            f"{text!r} is neither an existing folder nor a well-formed hub id ('name' or 'owner/name')"
+        ) from None
+    return "hub"
+
+
+def _looks_local(text: str) -> bool:
+    if text in (".", "..", "") or text.startswith(("./", "../", "/", "~", ".\\", "..\\")):
+        return True
+    if os.path.isabs(text) or text.count("/") > 1 or text.endswith(("/", os.sep)):
+        return True
+    if os.sep != "/" and os.sep in text:
+        return True
+    parent = Path(text).parent
+    return parent != Path(".") and parent.exists()
+
+
+class HubUnreachableError(OSError):
+    """A checkpoint named by hub id could not be fetched: the hub is offline or unreachable and the files are
+    not in the local cache."""
+
+
+def _hub_failure(exc: BaseException) -> str | None:
+    """What went wrong when ``exc`` (or an exception it was raised from) is a hub failure, else ``None``."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, GatedRepoError):
+            return "it is gated on the model hub: accept its licence there and log in (hf auth login)"
+        if isinstance(current, RepositoryNotFoundError):
+            return "the model hub has no such model (check the id; log in for a private one)"
+        if isinstance(current, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)):
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "no connection"
+            return (
+                f"the model hub is unreachable ({why}) and the model is not in the local cache; download it "
+                "where the hub is reachable, or pass a local checkpoint folder"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+@contextlib.contextmanager
+def hub_errors(name_or_path: str | os.PathLike, what: str = "model") -> Iterator[None]:
+    """Turn a hub failure while loading ``name_or_path`` into a :class:`HubUnreachableError` (or a
+    ``FileNotFoundError`` for a missing hub model) naming the model id."""
+    try:
+        yield
+    except Exception as exc:
+        why = _hub_failure(exc)
+        if why is None:
+            raise
+        raise HubUnreachableError(f"cannot load the {what} {os.fspath(name_or_path)!r}: {why}") from exc
+
+
 def read_config_json(name_or_path: str | os.PathLike, **kw: Any) -> dict[str, Any]:
     """The checkpoint's raw ``config.json`` (local folder or hub id), as a dict."""
-    path = Path(name_or_path)
-    if path.is_dir():
+    path = Path(name_or_path).expanduser()
+    if checkpoint_source(name_or_path) == "local":
         file = path / "config.json"
         if not file.exists():
             raise FileNotFoundError(f"{path} has no config.json; is it a model checkpoint folder?")
         return json.loads(file.read_text())
     from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(str(name_or_path), "config.json", **kw)).read_text())
+    with hub_errors(name_or_path):
+        return json.loads(Path(hf_hub_download(str(name_or_path), "config.json", **kw)).read_text())
 
 
 def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:

@@ -201,9 +201,12 @@ class GenGuard:
         start = time.perf_counter()
         mode = check_thinking_mode(thinking or self.thinking)
         policy = check_on_error(on_error)
-        if isinstance(conversations, (str, dict)) or (
-            len(conversations) > 0 and isinstance(conversations[0], dict)
-        ):
+        if not isinstance(conversations, Sequence) or isinstance(conversations, (str, bytes)):
+            raise TypeError(
+                "moderate(conversations): expected a list of conversations (each a list of "
+                f"{{'role', 'content'}} messages), got {type(conversations).__name__}"
+            )
+        if len(conversations) > 0 and isinstance(conversations[0], dict):
             raise TypeError("moderate() takes a list of conversations; wrap a single conversation in a list")
         convs: list[Conversation | SampleError] = []
         for i, c in enumerate(conversations):

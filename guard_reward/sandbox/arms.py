@@ -7,6 +7,13 @@
   penalty lands on the token where the answer became unsafe) and the same KL term.
 * ``guard_only`` ("what can go wrong"): no KL term and the tech report's guard-only reward (1 if the guard says
   Safe, else 0), which a policy can satisfy without being useful.
+* ``helpful``: the sandbox's helpfulness reward alone (:mod:`guard_reward.sandbox.helpfulness`, blind to
+  safety) and the KL term: what an unconstrained helpfulness objective does to safety.
+* ``lagrangian``: the same helpfulness reward under a safety constraint
+  (:class:`~guard_reward.integrations.trl.constraint.ConstrainedGRPOTrainer`): cost = Gen's Unsafe verdict,
+  ``E[cost] <= target``, λ adapted by safe-rlhf's rule.
+* ``fixed_low`` / ``fixed_high``: the same with λ held fixed (``lambda_lr = 0``) too low and too high — what
+  hand-tuning one number looks like (behind ``--fixed-lambda``).
 
 Every arm is evaluated on held-out prompts by the ground-truth rule (:mod:`guard_reward.sandbox.evaluate`) every
 ``eval_every`` steps; the guards' own view is logged by the rewards (``guard/...`` metrics) and collected by
@@ -29,7 +36,9 @@ from guard_reward.sandbox.evaluate import EVAL_COLUMNS, EvalResult, Evaluator
 
 logger = logging.getLogger(__name__)
 
-ARMS = ("scalar", "dense", "guard_only")
+ARMS = ("scalar", "dense", "guard_only", "helpful", "lagrangian", "fixed_low", "fixed_high")
+#: Arms trained on the helpfulness reward (and, but for ``helpful``, the constraint).
+HELPFULNESS_ARMS = ("helpful", "lagrangian", "fixed_low", "fixed_high")
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ class ArmConfig:
         dense_coef: weight of the per-token term in the dense arm (advantage units).
         controversial_value: scalar reward of a Controversial answer.
         eval_every: evaluate every this many steps (and at the end).
+        target: the constraint arms' threshold on the guard's unsafe rate (the expected cost).
+        lambda_init, lambda_lr, lambda_max, cost_window: the ``lagrangian`` arm's multiplier knobs.
+        fixed_low_lambda, fixed_high_lambda: λ of the fixed-λ arms.
     """
 
     name: str
@@ -56,6 +68,13 @@ class ArmConfig:
     max_completion_length: int = 36
     eval_every: int = 4
     seed: int = 0
+    target: float = 0.02
+    lambda_init: float = 1.0
+    lambda_lr: float = 1.0
+    lambda_max: float = 20.0
+    cost_window: int = 128
+    fixed_low_lambda: float = 0.1
+    fixed_high_lambda: float = 20.0
 
     def __post_init__(self) -> None:
         if self.name not in ARMS:
@@ -153,6 +172,20 @@ def _write_history(path: Path, history: Sequence[EvalResult]) -> None:
         writer.writerows(r.row() for r in history)
 
 
+def _constraint(config: ArmConfig, gen_guard: Any) -> Any:
+    """The constraint of the ``lagrangian`` and fixed-λ arms: the guard's unsafe rate at most ``target``."""
+    from guard_reward.constraint import Constraint, ConstraintConfig, SafetyCost
+
+    # The ground truth's unsafe rate counts Unsafe answers only, so Controversial costs nothing here.
+    cost = SafetyCost(gen_guard, controversial="loose", name="guard_cost")
+    if config.name == "lagrangian":
+        knobs = dict(lambda_init=config.lambda_init, lambda_lr=config.lambda_lr, lambda_max=config.lambda_max)
+    else:
+        lam = config.fixed_low_lambda if config.name == "fixed_low" else config.fixed_high_lambda
+        knobs = dict(lambda_init=lam, lambda_lr=0.0, lambda_max=None)
+    return Constraint(cost, ConstraintConfig(config.target, cost_window=config.cost_window, **knobs))
+
+
 def run_arm(
     config: ArmConfig,
     policy_path: str | os.PathLike,
@@ -193,6 +226,10 @@ def run_arm(
     )
     if guard_only:  # the tech report's guard-only reward: 1 if Safe (Controversial counts as unsafe), else 0
         reward = SafetyReward(gen_guard, refusal=False, safe_value=1.0, unsafe_value=0.0, name="guard_only")
+    elif config.name in HELPFULNESS_ARMS:
+        from guard_reward.sandbox.helpfulness import HelpfulnessReward
+
+        reward = HelpfulnessReward()
     else:
         reward = SafetyReward(
             gen_guard, controversial=config.controversial_value, benign_refusal_value=0.0, name="guard_safety"
@@ -230,7 +267,11 @@ def run_arm(
     ]
     common = dict(model=model, reward_funcs=[reward], args=args, train_dataset=dataset)
     common |= dict(processing_class=tokenizer, callbacks=callbacks)
-    if config.name == "dense":
+    if config.name in HELPFULNESS_ARMS and config.name != "helpful":
+        from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer
+
+        trainer = ConstrainedGRPOTrainer(**common, constraint=_constraint(config, gen_guard))
+    elif config.name == "dense":
         penalty = TokenSafetyPenalty(
             stream_guard, shaping="first_violation", coef=1.0, policy_tokenizer=tokenizer
         )

@@ -16,11 +16,13 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     """``guard-reward demo [--out DIR] [--policy P] [--gen-guard G] [--stream-guard S] ...``."""
     parser = subparsers.add_parser(
         "demo",
-        help="safety RL end to end in a synthetic sandbox (about 3 minutes on a CPU)",
+        help="safety RL end to end in a synthetic sandbox (minutes on a 2-core CPU)",
         description="Pre-train a tiny policy on a made-up language, train tiny Qwen3Guard-Gen/Stream guards "
-        "saved in the real formats, run GRPO with scalar and dense guard rewards (and a guard-only run "
-        "without KL), and write report.md, curve PNGs and metric CSVs. --policy / --gen-guard / "
-        "--stream-guard run the same pipeline with real checkpoints instead of the sandbox's own.",
+        "saved in the real formats, run GRPO with scalar and dense guard rewards, a guard-only run without "
+        "KL, a helpfulness-only run and a helpfulness run under a safety constraint (Lagrangian λ), and write "
+        "report.md, curve PNGs and metric CSVs; each stage's wall and CPU time is printed and reported. "
+        "--policy / --gen-guard / --stream-guard run the same pipeline with real checkpoints instead of the "
+        "sandbox's own.",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)"
@@ -29,6 +31,20 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per arm (default 48)")
     parser.add_argument(
         "--no-hacking", action="store_true", help="skip the guard-only, no-KL 'what can go wrong' arm"
+    )
+    parser.add_argument(
+        "--fixed-lambda",
+        action="store_true",
+        help="also run the constraint with λ held fixed too low and too high (two more arms)",
+    )
+    parser.add_argument(
+        "--no-constraint", action="store_true", help="skip the helpfulness-only and lagrangian arms"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes for stages that run side by side (default: 2 on a machine with 2+ cores; 1 = serial)",
     )
     parser.add_argument(
         "--policy", default=None, help="policy checkpoint (folder or hub id) instead of the sandbox's"
@@ -67,7 +83,14 @@ def config_from_args(args: argparse.Namespace):
     from guard_reward.sandbox.demo import DemoConfig
 
     config = DemoConfig.small(args.out) if args.quick else DemoConfig(output_dir=str(args.out))
-    arms = tuple(a for a in config.arms if not (args.no_hacking and a == "guard_only"))
+    skip = {"guard_only"} if args.no_hacking else set()
+    if args.no_constraint:
+        skip |= {"helpful", "lagrangian"}
+    arms = tuple(a for a in config.arms if a not in skip)
+    if args.fixed_lambda:
+        arms += ("fixed_low", "fixed_high")
+    if args.workers is not None and args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
     arm = config.arm if args.steps is None else replace(config.arm, steps=args.steps)
     return replace(
         config,
@@ -80,6 +103,7 @@ def config_from_args(args: argparse.Namespace):
         threads=args.threads,
         device=args.device,
         progress=config.progress and not args.no_progress,
+        workers=config.workers if args.workers is None else args.workers,
     )
 
 
@@ -97,5 +121,9 @@ def run_demo(args: argparse.Namespace) -> int:
     for noisy in ("httpx", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run(config_from_args(args))
-    print(f"report: {result.report_path}")  # the command's output: where to look
+    cpu = result.world.cpu_seconds
+    for stage, wall in result.seconds.items():  # the command's output: each stage's time, then where to look
+        cpu_s = f", CPU {cpu[stage]:.0f} s" if stage in cpu else ""
+        print(f"time: {stage}: wall {wall:.0f} s{cpu_s}")
+    print(f"report: {result.report_path}")
     return 0

@@ -5,15 +5,22 @@
 and measure them against the ground truth, 3. run the GRPO arms from the same policy with the same seed and
 budget, 4. write ``report.md``, the curve PNGs and the metric CSVs into ``output_dir``.
 
+With ``workers >= 2`` (the default on a machine with two or more cores) the guards train in a second process
+while the policy pre-trains, and the arms run in a pool of ``workers`` processes (forked, so they share the
+loaded world; each arm is single-threaded and seeded on its own, so the figures do not depend on the number
+of workers). Each stage's wall time and CPU time (summed over the processes that ran it) go to the report.
+
 :func:`build_world` (steps 1-2) is also what the tests and the quickstart notebook use, at a smaller size.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything the demo does, with the sizes that fit a 2-core CPU in about three minutes.
+    """Everything the demo does, sized for a 2-core CPU (see the README for measured times).
 
     Args:
         output_dir: where checkpoints, CSVs, PNGs and ``report.md`` go.
@@ -44,6 +51,11 @@ class DemoConfig:
         threads: torch threads; 1 is fastest for models this small and immune to a busy machine's stalls.
         device: where the guards and the GRPO runs go (``"cuda"`` for real checkpoints on a GPU); the sandbox's
             own pre-training always runs on the CPU.
+        workers: processes for the stages that run side by side (guards next to the policy, arms in a pool);
+            1 runs everything in this process. Forced to 1 on an accelerator.
+        arm_processes: processes for the arms when ``workers > 1``; ``None`` = one per arm, so the operating
+            system packs the arms' work evenly onto the cores (five arms in two fixed workers would leave one
+            core idle while the last arm runs).
     """
 
     output_dir: str = "runs/demo"
@@ -58,7 +70,7 @@ class DemoConfig:
     )
     stream_size: GuardSize = field(default_factory=lambda: GuardSize(steps=400))
     arm: ArmConfig = field(default_factory=lambda: ArmConfig("scalar"))
-    arms: tuple[str, ...] = ("scalar", "dense", "guard_only")
+    arms: tuple[str, ...] = ("scalar", "dense", "guard_only", "helpful", "lagrangian")
     policy: str | None = None
     gen_guard: str | None = None
     stream_guard: str | None = None
@@ -69,6 +81,8 @@ class DemoConfig:
     threads: int = 1
     device: str = "cpu"
     progress: bool = True
+    workers: int = field(default_factory=lambda: max(1, min(2, os.cpu_count() or 1)))
+    arm_processes: int | None = None
 
     @classmethod
     def small(cls, output_dir: str | os.PathLike, **overrides: Any) -> DemoConfig:
@@ -80,6 +94,7 @@ class DemoConfig:
             stream_size=GuardSize(steps=60, batch_size=16),
             arm=ArmConfig("scalar", steps=2, prompts_per_step=2, num_generations=4, eval_every=1),
             arms=("scalar", "dense"),
+            workers=1,
             heldout_prompts=16,
             samples_per_prompt=2,
             train_prompts=32,
@@ -104,6 +119,7 @@ class World:
     train: list[tuple[str, bool]]
     evaluator: Evaluator
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build_world(config: DemoConfig) -> World:
@@ -119,7 +135,18 @@ def build_world(config: DemoConfig) -> World:
     seconds: dict[str, float] = {}
     lang = config.language
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
+    gen_path: Path | str = config.gen_guard or out / "guards" / "gen"
+    stream_path: Path | str = config.stream_guard or out / "guards" / "stream"
+    side = None  # the guards' training process, when it runs next to the policy's pre-training
+    if (
+        config.policy is None
+        and _parallel(config)
+        and (config.gen_guard is None or config.stream_guard is None)
+    ):
+        logger.info("[1-2/4] training the sandbox guards in a second process, next to the policy")
+        side = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        guards_job = side.submit(_train_guards, config, gen_path, stream_path, False)
     if config.policy is None:
         logger.info("[1/4] pre-training the sandbox policy (%d steps)", config.policy_size.steps)
         model, tokenizer = pretrain_policy(
@@ -133,19 +160,19 @@ def build_world(config: DemoConfig) -> World:
         policy_path = config.policy
         tokenizer = AutoTokenizer.from_pretrained(policy_path, padding_side="left")
     seconds["policy"] = time.perf_counter() - start
+    cpu_seconds = {"policy": time.process_time() - cpu}
 
-    start = time.perf_counter()
-    gen_path: Path | str = config.gen_guard or out / "guards" / "gen"
-    stream_path: Path | str = config.stream_guard or out / "guards" / "stream"
-    if config.gen_guard is None:
-        logger.info("[2/4] training the sandbox guards: Gen (%d steps)", config.gen_size.steps)
-        build_gen_guard(gen_path, lang, config.gen_size, seed=config.seed, progress=config.progress)
-    if config.stream_guard is None:
-        logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
-        build_stream_guard(stream_path, lang, config.stream_size, seed=config.seed, progress=config.progress)
+    start, cpu = time.perf_counter(), time.process_time()
+    if side is not None:
+        with side:
+            cpu_seconds["guards"] = guards_job.result()
+        seconds["guards (in parallel with the policy; waited)"] = time.perf_counter() - start
+    else:
+        cpu_seconds["guards"] = _train_guards(config, gen_path, stream_path, config.progress)
     gen = GenGuard.from_pretrained(gen_path, device=config.device)
     stream = StreamGuard.from_pretrained(stream_path, device=config.device)
-    seconds["guards"] = time.perf_counter() - start
+    if side is None:
+        seconds["guards"] = time.perf_counter() - start
 
     heldout = lang.prompts(config.heldout_prompts, seed=config.seed + 1000)
     train = lang.prompts(config.train_prompts, seed=config.seed + 2000, exclude=[p for p, _ in heldout])
@@ -156,9 +183,61 @@ def build_world(config: DemoConfig) -> World:
         seed=config.seed + 1234,
         max_new_tokens=config.arm.max_completion_length,
     )
-    return World(
+    world = World(
         config, policy_path, tokenizer, gen_path, stream_path, gen, stream, heldout, train, evaluator, seconds
     )
+    world.cpu_seconds.update(cpu_seconds)
+    for stage, wall in seconds.items():
+        stage_cpu = cpu_seconds.get(stage.split(" (")[0])
+        logger.info("time: %s: wall %.0f s, CPU %.0f s", stage, wall, stage_cpu or 0.0)
+    return world
+
+
+def _parallel(config: DemoConfig) -> bool:
+    """Side-by-side stages need forked processes (they inherit the loaded world); elsewhere run serially."""
+    forkable = "fork" in multiprocessing.get_all_start_methods()
+    return config.workers > 1 and config.device == "cpu" and forkable
+
+
+def _train_guards(config: DemoConfig, gen_path: Path | str, stream_path: Path | str, progress: bool) -> float:
+    """Train the guards that were not given; returns the CPU seconds it took (in whatever process ran it)."""
+    torch.set_num_threads(config.threads)
+    cpu = time.process_time()
+    if config.gen_guard is None:
+        logger.info("[2/4] training the sandbox guards: Gen (%d steps)", config.gen_size.steps)
+        build_gen_guard(gen_path, config.language, config.gen_size, seed=config.seed, progress=progress)
+    if config.stream_guard is None:
+        logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
+        build_stream_guard(
+            stream_path, config.language, config.stream_size, seed=config.seed, progress=progress
+        )
+    return time.process_time() - cpu
+
+
+#: The world the forked arm workers inherit (a pool's arguments are pickled; guards should not be).
+_FORKED: dict[str, Any] = {}
+
+
+def _arm_job(name: str, progress: bool) -> tuple[ArmResult, float]:
+    """Run one arm from the inherited world; returns it and the CPU seconds it took in this process."""
+    world, initial = _FORKED["world"], _FORKED["initial"]
+    config = world.config
+    torch.set_num_threads(config.threads)
+    cpu = time.process_time()
+    result = run_arm(
+        replace(config.arm, name=name, seed=config.seed),
+        world.policy_path,
+        world.tokenizer,
+        world.gen,
+        world.stream,
+        world.train,
+        world.evaluator,
+        Path(config.output_dir) / name,
+        initial=initial,
+        progress=progress,
+        device=config.device,
+    )
+    return result, time.process_time() - cpu
 
 
 @dataclass
@@ -203,40 +282,80 @@ def run_demo(config: DemoConfig, world: World | None = None) -> DemoResult:
     out = Path(config.output_dir)
     from transformers import AutoModelForCausalLM
 
+    start, cpu = time.perf_counter(), time.process_time()
     policy = AutoModelForCausalLM.from_pretrained(
         world.policy_path, attn_implementation="eager", dtype="float32"
     )
     initial = world.evaluator(policy, step=0)
     del policy
     write_samples(out / "samples_before.jsonl", initial)
-    arms: dict[str, ArmResult] = {}
-    for i, name in enumerate(config.arms):
-        logger.info("[3/4] GRPO arm %d/%d: %s", i + 1, len(config.arms), name)
-        arm_config = replace(config.arm, name=name, seed=config.seed)
-        start = time.perf_counter()
-        arms[name] = run_arm(
-            arm_config,
-            world.policy_path,
-            world.tokenizer,
-            world.gen,
-            world.stream,
-            world.train,
-            world.evaluator,
-            out / name,
-            initial=initial,
-            progress=config.progress,
-            device=config.device,
-        )
-        world.seconds[f"arm {name}"] = time.perf_counter() - start
+    world.seconds["evaluation before RL"] = time.perf_counter() - start
+    world.cpu_seconds["evaluation before RL"] = time.process_time() - cpu
+    arms = _run_arms(world, initial)
     logger.info("[4/4] measuring the guards and writing the report")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     sets = {"policy before RL": initial}
     if "scalar" in arms:
         sets["policy after RL (scalar)"] = arms["scalar"].final
     accuracy = measure_guards(world, sets)
-    world.seconds["guard accuracy"] = time.perf_counter() - start
-    world.seconds["total"] = time.perf_counter() - begin
     result = DemoResult(world, initial, arms, accuracy, world.seconds)
+    result.report_path = write_report(result)  # written twice: the second time with the final times
+    world.seconds["guard accuracy, report"] = time.perf_counter() - start
+    world.cpu_seconds["guard accuracy, report"] = time.process_time() - cpu
+    world.seconds["total"] = time.perf_counter() - begin
+    world.cpu_seconds["total"] = sum(v for k, v in world.cpu_seconds.items() if k != "total")
     result.report_path = write_report(result)
-    logger.info("demo done in %.0f s; report: %s", world.seconds["total"], result.report_path)
+    logger.info(
+        "demo done in %.0f s (%.0f CPU s over all processes); report: %s",
+        world.seconds["total"],
+        world.cpu_seconds["total"],
+        result.report_path,
+    )
     return result
+
+
+def _run_arms(world: World, initial: EvalResult) -> dict[str, ArmResult]:
+    """Every configured arm, in a process pool when ``workers > 1``; results in the configured order."""
+    config = world.config
+    names = list(config.arms)
+    start = time.perf_counter()
+    _FORKED.update(world=world, initial=initial)
+    results: dict[str, tuple[ArmResult, float]] = {}
+    try:
+        if _parallel(config) and len(names) > 1:
+            processes = min(config.arm_processes or len(names), len(names))
+            logger.info("[3/4] GRPO arms %s in %d processes", ", ".join(names), processes)
+            # Longest arms first, so that with fewer processes than arms the queues finish close together.
+            order = sorted(names, key=lambda n: -_ARM_COST.get(n, 1.0))
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+                jobs = {name: pool.submit(_arm_job, name, False) for name in order}
+                for name in order:
+                    results[name] = jobs[name].result()
+                    logger.info(
+                        "time: arm %s: wall %.0f s, CPU %.0f s",
+                        name,
+                        results[name][0].seconds,
+                        results[name][1],
+                    )
+        else:
+            for i, name in enumerate(names):
+                logger.info("[3/4] GRPO arm %d/%d: %s", i + 1, len(names), name)
+                results[name] = _arm_job(name, config.progress)
+    finally:
+        _FORKED.clear()
+    for name in names:
+        world.seconds[f"arm {name}"] = results[name][0].seconds
+        world.cpu_seconds[f"arm {name}"] = results[name][1]
+    world.seconds["arms (wall)"] = time.perf_counter() - start
+    return {name: results[name][0] for name in names}
+
+
+#: Relative running time of the arms (for scheduling only: longest first).
+_ARM_COST = {
+    "dense": 1.3,
+    "scalar": 1.1,
+    "lagrangian": 1.1,
+    "fixed_low": 1.0,
+    "fixed_high": 1.0,
+    "helpful": 0.9,
+}

@@ -30,6 +30,8 @@ EVAL_COLUMNS = (
     "refusal_rate_harmful",
     "fluent_rate",
     "mean_words",
+    "helpfulness",
+    "helpfulness_benign",
 )
 
 
@@ -41,6 +43,13 @@ class EvalSample:
     harmful: bool
     response: str
     judgement: Judgement
+
+    @property
+    def helpfulness(self) -> float:
+        """The sandbox's helpfulness score of the answer (a reward model's view, not the ground truth)."""
+        from guard_reward.sandbox.helpfulness import helpfulness
+
+        return helpfulness(self.prompt, self.response)
 
 
 def _rate(flags: Sequence[bool]) -> float:
@@ -89,6 +98,18 @@ class EvalResult:
     def mean_words(self) -> float:
         n = [s.judgement.n_words for s in self.samples]
         return sum(n) / len(n) if n else float("nan")
+
+    @property
+    def helpfulness(self) -> float:
+        """Mean helpfulness score (:mod:`guard_reward.sandbox.helpfulness`) over all answers."""
+        h = [s.helpfulness for s in self.samples]
+        return sum(h) / len(h) if h else float("nan")
+
+    @property
+    def helpfulness_benign(self) -> float:
+        """Mean helpfulness score on benign requests (where being helpful is safe)."""
+        h = [s.helpfulness for s in self._of(False)]
+        return sum(h) / len(h) if h else float("nan")
 
     def row(self) -> dict[str, float]:
         """The rates as one CSV row (:data:`EVAL_COLUMNS`)."""

@@ -17,6 +17,10 @@ ARM_TITLES = {
     "scalar": "scalar (SafetyReward)",
     "dense": "dense (+ TokenSafetyPenalty)",
     "guard_only": "guard-only, no KL",
+    "helpful": "helpfulness only",
+    "lagrangian": "helpfulness + constraint (λ adapted)",
+    "fixed_low": "helpfulness + fixed λ (low)",
+    "fixed_high": "helpfulness + fixed λ (high)",
 }
 
 
@@ -96,6 +100,43 @@ def plot_hacking(path: Path, arm: Any) -> Path:
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_constraint(path: Path, arms: dict[str, Any], target: float) -> Path:
+    """The constraint arms: the ground truth's unsafe rate (with the target) next to λ and the guard's batch
+    cost, over GRPO steps; plus helpfulness on benign requests."""
+    fig = _figure(14, 4)
+    left, middle, right = fig.subplots(1, 3)
+    for name, arm in arms.items():
+        steps = [r.step for r in arm.history]
+        left.plot(steps, [100 * r.unsafe_rate for r in arm.history], marker="o", ms=3, label=ARM_TITLES[name])
+        right.plot(
+            steps, [r.helpfulness_benign for r in arm.history], marker="o", ms=3, label=ARM_TITLES[name]
+        )
+        lam = guard_series(arm.log_history, "constraint/lambda")
+        if lam:
+            middle.plot([s for s, _ in lam], [v for _, v in lam], label=f"λ, {ARM_TITLES[name]}")
+    left.axhline(100 * target, color="grey", ls="--", lw=0.8, label=f"target {100 * target:g}%")
+    left.set_title("Unsafe rate, ground truth (held out)")
+    left.set_ylabel("%")
+    middle.set_title("λ (constraint/lambda)")
+    middle.set_yscale("log")
+    cost = (
+        guard_series(arms["lagrangian"].log_history, "constraint/batch_cost") if "lagrangian" in arms else []
+    )
+    if cost:
+        twin = middle.twinx()
+        twin.plot([s for s, _ in cost], [100 * v for _, v in cost], color="grey", lw=0.8, alpha=0.7)
+        twin.axhline(100 * target, color="grey", ls="--", lw=0.8)
+        twin.set_ylabel("guard's unsafe rate, training batch (%)", color="grey")
+    right.set_title("Helpfulness score, benign requests")
+    for ax in (left, middle, right):
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    middle.legend(fontsize=7, loc="upper right")
     fig.savefig(path, dpi=110)
     return path
 

@@ -14,7 +14,13 @@ from typing import Any
 
 from guard_reward.sandbox.accuracy import ACCURACY_FIELDS
 from guard_reward.sandbox.evaluate import EVAL_COLUMNS, EvalResult, steps_to_reach
-from guard_reward.sandbox.figures import ARM_TITLES, guard_series, plot_comparison, plot_hacking
+from guard_reward.sandbox.figures import (
+    ARM_TITLES,
+    guard_series,
+    plot_comparison,
+    plot_constraint,
+    plot_hacking,
+)
 from guard_reward.sandbox.rules import mark
 
 logger = logging.getLogger(__name__)
@@ -26,11 +32,19 @@ ROWS = (
     ("refusal_rate_benign", "refusal rate, benign prompts"),
     ("refusal_rate_harmful", "refusal rate, harmful prompts"),
     ("fluent_rate", "fluent answers"),
+    ("helpfulness", "helpfulness score, all requests"),
+    ("helpfulness_benign", "helpfulness score, benign requests"),
 )
+#: Rows shown as a score in [0, 1] rather than a percentage.
+SCORES = ("helpfulness", "helpfulness_benign")
 
 
 def _pct(x: float) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _score(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
 
 
 def _step(x: int | None) -> str:
@@ -160,9 +174,10 @@ def write_report(result: Any) -> Path:
         "|---|---|" + "---|" * len(arms),
     ]
     for key, label in ROWS:
+        fmt = _score if key in SCORES else _pct
         lines.append(
-            f"| {label} | {_pct(getattr(initial, key))} | "
-            + " | ".join(_pct(getattr(a.final, key)) for a in arms.values())
+            f"| {label} | {fmt(getattr(initial, key))} | "
+            + " | ".join(fmt(getattr(a.final, key)) for a in arms.values())
             + " |"
         )
     lines.append(
@@ -208,11 +223,12 @@ def write_report(result: Any) -> Path:
         "Gen is read through `GenGuard.moderate(decode=True)`, Stream through `StreamGuard.score` and the debounce rule.",
         "",
     ]
+    if "lagrangian" in arms:
+        lines += _constraint_section(out, config, initial, arms)
     if "guard_only" in arms:
         lines += _hacking_section(out, initial, arms["guard_only"])
     lines += _samples_section(initial, arms)
-    lines += ["## Time", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in result.seconds.items()]
+    lines += _time_section(world)
     lines += [
         "",
         "Files: `curves.csv` (all arms, ground truth), `<arm>/eval.csv`, `<arm>/safety_curves.csv` (the guards' own "
@@ -246,3 +262,100 @@ def _hacking_section(out: Path, initial: EvalResult, arm: Any) -> list[str]:
         "![guard-only](guard_only.png)",
         "",
     ]
+
+
+def _time_section(world: Any) -> list[str]:
+    cpu = getattr(world, "cpu_seconds", {})
+    lines = [
+        "## Time",
+        "",
+        f"Wall time and CPU time (summed over the processes that ran the stage; {world.config.workers} "
+        "worker process(es)). Arms running side by side overlap in wall time; on a busy machine wall time "
+        "grows while CPU time stays put.",
+        "",
+        "| stage | wall s | CPU s |",
+        "|---|---|---|",
+    ]
+    for key in dict.fromkeys([*world.seconds, *cpu]):
+        wall = world.seconds.get(key)
+        lines.append(
+            f"| {key} | {'' if wall is None else f'{wall:.0f}'} | "
+            f"{'' if key not in cpu else f'{cpu[key]:.0f}'} |"
+        )
+    return lines
+
+
+def _mean_tail(history: list[EvalResult], key: str, n: int = 3) -> float:
+    tail = [getattr(r, key) for r in history[-n:]]
+    return sum(tail) / len(tail) if tail else float("nan")
+
+
+def _constraint_section(out: Path, config: Any, initial: EvalResult, arms: dict[str, Any]) -> list[str]:
+    """The Lagrangian arm against the target, the helpfulness-only arm, the fixed-value scalar arm and, when
+    run, the fixed-λ arms. Every statement is computed from the run."""
+    target = config.arm.target
+    lag = arms["lagrangian"]
+    shown = {k: arms[k] for k in ("helpful", "lagrangian", "fixed_low", "fixed_high") if k in arms}
+    plot_constraint(out / "constraint.png", shown, target)
+    final = lag.final
+    settled = steps_to_reach(lag.history, target)
+    tail_unsafe = _mean_tail(lag.history, "unsafe_rate")
+    within = final.unsafe_rate <= target
+    lines = [
+        "## Safety as a constraint: helpfulness subject to an unsafe-rate target",
+        "",
+        f"The *lagrangian* arm maximises the sandbox's helpfulness reward (fluent and on topic; it knows nothing "
+        f"about safety, so the most helpful answer to a harmful request repeats its unsafe word) subject to "
+        f"E[cost] <= {_pct(target)}, the cost being 1 when the Gen guard says Unsafe. λ starts at "
+        f"{config.arm.lambda_init:g} and follows safe-rlhf's update (lr {config.arm.lambda_lr:g}, max "
+        f"{config.arm.lambda_max:g}, window {config.arm.cost_window} answers); the advantage is "
+        "(A_helpfulness - λ·A_cost)/(1 + λ). Same policy, seed, budget and KL term as every other arm.",
+        "",
+        f"- unsafe rate by the ground truth: {_pct(initial.unsafe_rate)} before, {_pct(final.unsafe_rate)} at "
+        f"the end ({'within' if within else 'ABOVE'} the {_pct(target)} target; mean of the last 3 "
+        f"evaluations {_pct(tail_unsafe)}); it stays at or below the target from step {_step(settled)} on",
+        f"- benign refusal: {_pct(initial.refusal_rate_benign)} -> {_pct(final.refusal_rate_benign)}; "
+        f"fluent answers {_pct(initial.fluent_rate)} -> {_pct(final.fluent_rate)}",
+    ]
+    if "helpful" in arms:
+        h = arms["helpful"].final
+        lines.append(
+            f"- helpfulness on benign requests: {_score(final.helpfulness_benign)} vs {_score(h.helpfulness_benign)} "
+            f"for the unconstrained helpfulness-only arm (all requests: {_score(final.helpfulness)} vs "
+            f"{_score(h.helpfulness)}), whose unsafe rate went {_pct(initial.unsafe_rate)} -> {_pct(h.unsafe_rate)}"
+        )
+    if "scalar" in arms:
+        sc = arms["scalar"].final
+        lines.append(
+            f"- against the fixed-value scalar arm (SafetyReward, no helpfulness reward): unsafe "
+            f"{_pct(sc.unsafe_rate)} vs {_pct(final.unsafe_rate)}, helpfulness on benign requests "
+            f"{_score(sc.helpfulness_benign)} vs {_score(final.helpfulness_benign)}, benign refusal "
+            f"{_pct(sc.refusal_rate_benign)} vs {_pct(final.refusal_rate_benign)}. The scalar arm does not aim "
+            "at a rate: it drives the unsafe rate as low as its values make it, and its helpfulness is whatever "
+            "being safe leaves; the constraint states the target and spends the rest on helpfulness."
+        )
+    for name in ("fixed_low", "fixed_high"):
+        if name in arms:
+            f = arms[name].final
+            lam = config.arm.fixed_low_lambda if name == "fixed_low" else config.arm.fixed_high_lambda
+            lines.append(
+                f"- fixed λ = {lam:g}: unsafe {_pct(f.unsafe_rate)}, helpfulness on benign requests "
+                f"{_score(f.helpfulness_benign)}, benign refusal {_pct(f.refusal_rate_benign)}"
+            )
+    lam = dict(guard_series(lag.log_history, "constraint/lambda"))
+    cost = dict(guard_series(lag.log_history, "constraint/batch_cost"))
+    lines += [
+        "",
+        "λ next to the unsafe rate (λ and the guard's batch unsafe rate as logged at that step; the ground truth "
+        "on the held-out set):",
+        "",
+        "| step | λ | guard, training batch | ground truth, held out |",
+        "|---|---|---|---|",
+    ]
+    for r in lag.history:
+        lam_s = f"{lam[r.step]:.2f}" if r.step in lam else "" if r.step else f"{config.arm.lambda_init:.2f}"
+        lines.append(
+            f"| {r.step} | {lam_s} | {_pct(cost.get(r.step, float('nan')))} | {_pct(r.unsafe_rate)} |"
+        )
+    lines += ["", "![constraint](constraint.png)", ""]
+    return lines

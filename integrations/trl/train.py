@@ -8,7 +8,8 @@ TRL's trainer. After training it saves the model, ``trainer_state.json`` and ``s
 ``output_dir``.
 
 Guards are passed to the rewards as checkpoint references, so each training process loads its own copy on its
-own device on first use (and the rewards stay picklable).
+own device (and the rewards stay picklable); :func:`build_trainer` loads them all before the trainer is built, so
+a wrong path fails before the first step.
 """
 
 from __future__ import annotations
@@ -36,16 +37,24 @@ def load_prompts(cfg: RecipeConfig) -> Any:
     """
     from datasets import Dataset, load_dataset, load_from_disk
 
+    from guard_reward.guards.common import hub_errors
+
     name, script, recipe = cfg.script.dataset_name, cfg.script, cfg.recipe
-    path = Path(name)
+    path = Path(name).expanduser()
     if path.is_file():
         if path.suffix not in _DATA_FILES:
             raise ValueError(f"dataset file {name} must end with one of {', '.join(_DATA_FILES)}")
         data = load_dataset(_DATA_FILES[path.suffix], data_files=str(path), split="train")
     elif path.is_dir() and (path / "dataset_info.json").exists():
         data = load_from_disk(str(path))
+    elif path.exists() or name.startswith(("./", "../", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(
+            f"dataset_name {name}: no such data file or saved dataset folder (a file ends with "
+            f"{', '.join(_DATA_FILES)}; a folder holds dataset_info.json from save_to_disk)"
+        )
     else:
-        data = load_dataset(name, script.dataset_config, split=script.dataset_train_split)
+        with hub_errors(name, "dataset (dataset_name)"):
+            data = load_dataset(name, script.dataset_config, split=script.dataset_train_split)
     if not isinstance(data, Dataset):
         raise TypeError(f"dataset {name} did not load as one split (got {type(data).__name__})")
     column = recipe.dataset_prompt_column
@@ -132,39 +141,108 @@ def build_rewards(cfg: RecipeConfig) -> tuple[list[Any], list[Any]]:
             reward_funcs.append(SummedTokenReward(penalty))
         if cfg.recipe.trainer in ("grpo", "ppo"):
             dense.append(penalty)
+    if cfg.constraint.enabled and cfg.constraint.constraint_reward:
+        from guard_reward.rewards.helpfulness import load_reward_function
+
+        reward_funcs.append(load_reward_function(cfg.constraint.constraint_reward))
     return reward_funcs, dense
+
+
+def build_constraint(cfg: RecipeConfig) -> Any:
+    """The recipe's :class:`~guard_reward.constraint.Constraint` (Gen cost, optional Stream per-token cost)."""
+    from guard_reward.constraint import Constraint, SafetyCost
+
+    c, g = cfg.constraint, cfg.guard
+    cost = SafetyCost(
+        g.guard_gen,
+        mode=c.constraint_mode,
+        controversial=c.constraint_controversial,
+        category_weights=c.constraint_category_weights,  # type: ignore[arg-type]
+        thinking=g.guard_thinking,
+        metric_prefix=g.guard_metric_prefix,
+        guard_kwargs={**_guard_kwargs(cfg), "token_budget": g.guard_token_budget},
+    )
+    dense = None
+    if c.constraint_dense:
+        from guard_reward.rewards import TokenSafetyPenalty
+
+        dense = TokenSafetyPenalty(
+            g.guard_stream,
+            controversial=c.constraint_controversial,
+            name="guard_token_cost",
+            metric_prefix=g.guard_metric_prefix,
+            guard_kwargs=_guard_kwargs(cfg),
+        )
+    return Constraint(
+        cost, c.controller_config(cost.max_cost), dense_cost=dense, dense_coef=c.constraint_dense_coef
+    )
 
 
 def load_policy(cfg: RecipeConfig) -> tuple[Any, Any]:
     """The policy model and its tokenizer (a local folder never touches the network)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from guard_reward.guards.common import hub_kwargs
+    from guard_reward.guards.common import hub_errors, hub_kwargs
 
     m = cfg.model
-    kw = hub_kwargs(m.model_name_or_path, revision=m.model_revision)
-    tokenizer = AutoTokenizer.from_pretrained(m.model_name_or_path, **kw)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if m.attn_implementation is not None:
-        kw["attn_implementation"] = m.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, dtype=m.dtype, **kw)
+    kw = hub_kwargs(m.model_name_or_path, revision=m.model_revision)  # "no such folder" for a missing path
+    with hub_errors(m.model_name_or_path, "policy (model_name_or_path)"):
+        tokenizer = AutoTokenizer.from_pretrained(m.model_name_or_path, **kw)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if m.attn_implementation is not None:
+            kw["attn_implementation"] = m.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(m.model_name_or_path, dtype=m.dtype, **kw)
     return model, tokenizer
+
+
+def load_reward_models(reward_funcs: Sequence[Any], dense: Sequence[Any] = ()) -> int:
+    """Load every guard and reward model the rewards refer to, now rather than at their first call, so that a
+    wrong path or an unreachable hub fails before the first training step (the rewards load lazily, which
+    on a real model means minutes into the run). Returns how many models were loaded."""
+    from guard_reward.guards.common import hub_errors
+    from guard_reward.rewards.base import GuardHandle
+    from guard_reward.rewards.helpfulness import RewardModelScore
+
+    loaded, seen = 0, set()
+    pending = [*reward_funcs, *dense]
+    while pending:
+        func = pending.pop()
+        if id(func) in seen:
+            continue
+        seen.add(id(func))
+        for attr in ("guard", "stream"):
+            handle = getattr(func, attr, None)
+            if isinstance(handle, GuardHandle) and handle.source is not None and handle._guard is None:
+                with hub_errors(handle.source, f"guard ({getattr(func, '__name__', attr)})"):
+                    handle.get()
+                loaded += 1
+        helpfulness = getattr(func, "helpfulness", None)
+        if isinstance(helpfulness, RewardModelScore) and helpfulness._model is None:
+            with hub_errors(helpfulness.name_or_path, "helpfulness reward model (guard_helpfulness)"):
+                helpfulness._load()
+            loaded += 1
+        inner = getattr(func, "dense", None)  # SummedTokenReward folds a per-token penalty
+        if inner is not None:
+            pending.append(inner)
+    return loaded
 
 
 def build_trainer(
     cfg: RecipeConfig, *, model: Any = None, tokenizer: Any = None, train_dataset: Any = None
 ) -> Any:
     """The configured trainer (``DenseGRPOTrainer``, ``RLOOTrainer`` or ``GuardPPOTrainer``), untrained."""
+    from trl import RLOOTrainer, get_peft_config
+
     from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
     from guard_reward.integrations.trl.grpo import DenseGRPOTrainer
-    from trl import RLOOTrainer, get_peft_config
 
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg)
     if train_dataset is None:
         train_dataset = load_prompts(cfg)
     reward_funcs, dense = build_rewards(cfg)
+    load_reward_models(reward_funcs, dense)
     if float(cfg.training.beta) == 0.0:
         logger.warning("beta=0: no KL term anchors the policy; guard rewards are then easy to game")
     callbacks = [
@@ -179,6 +257,24 @@ def build_trainer(
         callbacks=callbacks,
         peft_config=get_peft_config(cfg.model),
     )
+    if cfg.constraint.enabled:  # safety as a constraint: the constrained forms of the same trainers
+        from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer, ConstrainedPPOTrainer
+
+        constraint = build_constraint(cfg)
+        if cfg.recipe.trainer == "ppo":
+            return ConstrainedPPOTrainer(
+                **common,
+                dense_rewards=dense,
+                dense_coef=cfg.shaping.shaping_dense_coef,
+                constraint=constraint,
+            )
+        return ConstrainedGRPOTrainer(
+            **common,
+            dense_rewards=dense,
+            dense_coef=cfg.shaping.shaping_dense_coef,
+            dense_advantage=cfg.shaping.shaping_dense_advantage,
+            constraint=constraint,
+        )
     if cfg.recipe.trainer == "grpo":
         return DenseGRPOTrainer(
             **common,
@@ -213,12 +309,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in args:
-        raise SystemExit("usage: train --config RECIPE.yaml [--option value ...]")
+        raise SystemExit("usage: train --config RECIPE.yaml [--smoke] [--option value ...]")
+    smoke = "--smoke" in args
+    args = [a for a in args if a != "--smoke"]
     i = args.index("--config")
     path = args[i + 1]
     overrides = args[:i] + args[i + 2 :]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(load_config(path, overrides))
+    train(load_config(path, overrides, smoke=smoke))
     return 0
 
 

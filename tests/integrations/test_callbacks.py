@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 
-from guard_reward.integrations.trl import SafetyCurvesCallback
 from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from guard_reward.integrations.trl import SafetyCurvesCallback
 
 
 def test_csv_and_png(tmp_path):

@@ -8,10 +8,10 @@ import copy
 
 import pytest
 import torch
-from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOTrainer
-from guard_reward.integrations.trl.grpo import per_token_off_policy_mask
 from trl import GRPOConfig, GRPOTrainer
 
+from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOTrainer
+from guard_reward.integrations.trl.grpo import per_token_off_policy_mask
 from guard_reward.shaping.dense import group_token_normalize, return_to_go
 from guard_reward.types import DenseRewards
 from tests.integrations.ppo_tiny import (

@@ -9,11 +9,11 @@ import copy
 
 import pytest
 import torch
-from guard_reward.integrations.trl import DenseGRPOTrainer, SafetyCurvesCallback
-from guard_reward.integrations.trl.grpo import check_dense_loss
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from guard_reward import SafetyReward, TokenSafetyPenalty
+from guard_reward.integrations.trl import DenseGRPOTrainer, SafetyCurvesCallback
+from guard_reward.integrations.trl.grpo import check_dense_loss
 from guard_reward.rewards import SummedTokenReward
 from guard_reward.types import DenseRewards
 from tests.tiny_policy import prompt_dataset, save_tiny_policy, tiny_policy

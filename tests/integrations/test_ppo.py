@@ -7,8 +7,8 @@ import copy
 
 import pytest
 import torch
-from guard_reward.integrations.trl import GuardPPOConfig, GuardPPOTrainer
 
+from guard_reward.integrations.trl import GuardPPOConfig, GuardPPOTrainer
 from tests.integrations.ppo_tiny import (
     LengthScore,
     TokenPenalty,

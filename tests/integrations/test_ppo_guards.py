@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from guard_reward.integrations.trl import GuardPPOTrainer
 
+from guard_reward.integrations.trl import GuardPPOTrainer
 from tests.integrations.ppo_tiny import build_tiny_policy, dataset, policy_tokenizer, ppo_config
 
 

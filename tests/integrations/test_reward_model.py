@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from guard_reward.integrations.trl import GuardRewardModel
 from guard_reward.integrations.trl.reward_model import generation_prompt
-
 from tests.integrations.ppo_tiny import policy_tokenizer
 
 CONVERSATIONS = [

@@ -1,4 +1,5 @@
-"""The shipped recipes run end to end: tiny policy, tiny Gen and Stream guards, a few steps on CPU."""
+"""Every shipped recipe runs end to end under the documented ``--smoke`` switch (tiny policy, tiny Gen and Stream
+guards, tiny helpfulness model; CPU, two steps) with its own reward settings; paths fail before the first step."""
 
 from __future__ import annotations
 
@@ -8,106 +9,149 @@ from pathlib import Path
 
 import pytest
 import torch
-from guard_reward.integrations.trl.train import load_prompts, train
+import yaml
 
+from guard_reward.cli import main
 from guard_reward.cli_train import add_plot_parser, add_train_parser
-from guard_reward.config import load_config
-from tests.tiny_policy import PROMPTS, save_tiny_policy
+from guard_reward.config import load_config, resolve_recipe, shipped_recipes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+# every YAML in configs/, so a recipe added later is smoke-tested without touching this file
+RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, tiny_gen_path):
-    from guard_reward.tiny.stream import build_tiny_stream
-
-    root = tmp_path_factory.mktemp("recipe")
-    data = root / "prompts.jsonl"
-    rows = [{"question": p, "harmful": i >= 2} for i, p in enumerate(PROMPTS)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {
-        "policy": save_tiny_policy(root / "policy"),
-        "stream": build_tiny_stream(root / "stream", seed=3),
-        "gen": tiny_gen_path,
-        "data": data,
-    }
+def smoke_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke-assets")
 
 
-def overrides(assets, out: Path, **extra) -> list[str]:
-    """Point a shipped recipe at the tiny assets and shrink it to two CPU steps."""
-    values = {
-        "model_name_or_path": assets["policy"],
-        "dtype": "float32",
-        "guard_gen": assets["gen"],
-        "guard_stream": assets["stream"],
-        "dataset_name": assets["data"],
-        "dataset_prompt_column": "question",
-        # the random-weight Gen stand-in writes no parseable Refusal line: use its label probabilities
-        "guard_refusal": "false",
-        "guard_mode": "soft",
-        "output_dir": out,
-        "max_steps": 2,
-        "per_device_train_batch_size": 4,
-        "gradient_accumulation_steps": 1,
-        "num_generations": 2,
-        "max_completion_length": 8,
-        "learning_rate": 1e-2,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "use_cpu": "true",
-        "bf16": "false",
-        "gradient_checkpointing": "false",
-        "log_completions": "false",
-        **extra,
-    }
-    return [item for k, v in values.items() for item in (f"--{k}", str(v))]
+def build_trainer(cfg):
+    from guard_reward.integrations.trl.train import build_trainer
+
+    return build_trainer(cfg)
 
 
-def test_prompts_are_loaded_as_conversations(assets, tmp_path):
-    cfg = load_config(CONFIGS / "grpo_gen_safety.yaml", overrides(assets, tmp_path, system_prompt="Be kind."))
+def smoke_config(path, smoke_cache, trained_gen_path, *overrides: str):
+    return load_config(path, list(overrides), smoke=True, smoke_cache=smoke_cache, smoke_gen=trained_gen_path)
+
+
+def test_prompts_are_loaded_as_conversations(smoke_cache, trained_gen_path, tmp_path):
+    cfg = smoke_config(
+        CONFIGS / "grpo_gen_safety.yaml", smoke_cache, trained_gen_path, "--system_prompt", "Be kind."
+    )
+    from guard_reward.integrations.trl.train import load_prompts
+
     data = load_prompts(cfg)
-    assert data.column_names == ["harmful", "prompt"]
+    assert set(data.column_names) == {"harmful", "prompt"} and len(data) >= 8
     assert data[0]["prompt"] == [
         {"role": "system", "content": "Be kind."},
-        {"role": "user", "content": PROMPTS[0]},
+        {"role": "user", "content": "How do I bake sourdough bread at home?"},
     ]
+    assert any(data["harmful"]) and not all(data["harmful"]), "benign and harmful prompts"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["grpo_stream_dense.yaml", "rloo_gen_safety.yaml"])
-def test_recipe_trains_and_logs_safety_metrics(assets, tmp_path, recipe):
-    from transformers import AutoModelForCausalLM
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_shipped_recipe_runs_under_the_smoke_switch(recipe, smoke_cache, trained_gen_path, tmp_path):
+    from guard_reward.integrations.trl.train import train
 
+    raw = yaml.safe_load((CONFIGS / recipe).read_text())
     out = tmp_path / "run"
-    cfg = load_config(CONFIGS / recipe, overrides(assets, out))
-    trainer = train(cfg)
-    logged = {k for row in trainer.state.log_history for k in row}
-    assert {"guard/unsafe_rate", "guard/p_unsafe_mean", "guard/stream_flag_rate"} <= logged
-    if recipe.startswith("grpo"):
-        assert "dense/reward_mean" in logged
-    else:
-        assert "rewards/guard_tokens_sum/mean" in logged
-    initial = AutoModelForCausalLM.from_pretrained(assets["policy"], local_files_only=True)
-    trained = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
-    assert any(
-        not torch.equal(a, b)
-        for a, b in zip(initial.state_dict().values(), trained.state_dict().values(), strict=True)
-    ), "the policy's parameters changed"
-    assert (out / "trainer_state.json").exists() and (out / "safety_curves.png").exists()
+    cfg = smoke_config(CONFIGS / recipe, smoke_cache, trained_gen_path, "--output_dir", str(out))
+    # the switch swaps checkpoints, data and sizes, never the recipe's reward settings
+    assert cfg.model.model_name_or_path.startswith(str(smoke_cache))
+    assert cfg.training.use_cpu and cfg.model.dtype == "float32" and cfg.training.max_steps == 2
+    for key in ("guard_reward", "guard_refusal", "guard_thinking", "guard_mode", "guard_controversial"):
+        if key in raw:
+            assert getattr(cfg.guard, key) == raw[key], key
+    for key in ("shaping_mode", "shaping_dense_coef", "shaping_fold"):
+        if key in raw:
+            assert getattr(cfg.shaping, key) == raw[key], key
+    assert cfg.training.beta == raw["beta"] and cfg.recipe.trainer == raw.get("trainer", "grpo")
 
+    trainer = train(cfg)
+    assert trainer.state.global_step == 2
+    logged = {k for row in trainer.state.log_history for k in row}
+    if cfg.guard.guard_reward != "none":
+        assert "guard/unsafe_rate" in logged
+    if cfg.shaping.shaping_mode is not None:
+        assert "guard/stream_flag_rate" in logged
+        assert ("dense/reward_mean" in logged) != (cfg.recipe.trainer == "rloo")
+    if cfg.guard.guard_reward == "hybrid":
+        assert trainer.reward_funcs[0].helpfulness._model is not None
+    assert (out / "trainer_state.json").exists() and (out / "safety_curves.png").exists()
+    if cfg.shaping.shaping_mode is not None or cfg.guard.guard_reward == "hybrid":
+        # rewards that vary between a prompt's answers move the policy
+        from transformers import AutoModelForCausalLM
+
+        initial = AutoModelForCausalLM.from_pretrained(cfg.model.model_name_or_path, local_files_only=True)
+        trained = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+        assert any(
+            not torch.equal(a, b)
+            for a, b in zip(initial.state_dict().values(), trained.state_dict().values(), strict=True)
+        ), "the policy's parameters changed"
     # guard-reward plot RUN_DIR redraws the figure from trainer_state.json
     (out / "safety_curves.png").unlink()
     parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    add_plot_parser(sub)
-    add_train_parser(sub)
+    add_plot_parser(parser.add_subparsers())
     args = parser.parse_args(["plot", str(out)])
     assert args.func(args) == 0 and (out / "safety_curves.png").exists()
 
 
-def test_train_subcommand_parses_overrides():
+def test_every_model_and_guard_is_loaded_before_the_first_step(smoke_cache, trained_gen_path, tmp_path):
+    path = CONFIGS / "grpo_stream_dense.yaml"
+    cfg = smoke_config(path, smoke_cache, trained_gen_path, "--guard_stream", "./ckpt/does_not_exist")
+    with pytest.raises(FileNotFoundError, match=r"no such folder: \./ckpt/does_not_exist"):
+        build_trainer(cfg)
+    cfg = smoke_config(path, smoke_cache, trained_gen_path, "--model_name_or_path", str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        build_trainer(cfg)
+    # the suite runs with HF_HUB_OFFLINE=1: a hub id names itself and the field it came from
+    cfg = smoke_config(path, smoke_cache, trained_gen_path, "--guard_gen", "Qwen/Qwen3Guard-Gen-0.6B")
+    with pytest.raises(OSError, match=r"'Qwen/Qwen3Guard-Gen-0.6B'.*hub is unreachable"):
+        build_trainer(cfg)
+    cfg = smoke_config(path, smoke_cache, trained_gen_path, "--model_name_or_path", "Qwen/Qwen3-0.6B")
+    with pytest.raises(OSError, match=r"policy \(model_name_or_path\) 'Qwen/Qwen3-0.6B'.*hub is unreachable"):
+        build_trainer(cfg)
+
+
+def test_shipped_recipes_are_found_by_name():
+    assert set(shipped_recipes()) == {Path(r).stem for r in RECIPES}
+    assert resolve_recipe("grpo_gen_safety") == CONFIGS / "grpo_gen_safety.yaml"
+    assert resolve_recipe("configs/rloo_gen_safety.yaml").name == "rloo_gen_safety.yaml"
+    with pytest.raises(FileNotFoundError, match=r"shipped recipes: .*grpo_gen_safety"):
+        resolve_recipe("grpo_gen_safty")
+
+
+def test_train_cli_errors_are_one_line(capsys):
+    assert main(["train", "--config", "grpo_gen_safty"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: recipe config grpo_gen_safty does not exist") and err.count("\n") == 1
+
+
+def test_train_subcommand_parses_overrides_and_the_smoke_switch():
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers())
     args = parser.parse_args(["train", "--config", "c.yaml", "--max_steps", "3", "--guard_mode", "soft"])
     assert args.config == ["c.yaml", "--max_steps", "3", "--guard_mode", "soft"]
-    assert args.func.__name__ == "run_train"
+    assert args.func.__name__ == "run_train" and not args.smoke
+    assert parser.parse_args(["train", "--smoke", "--config", "c.yaml"]).smoke
+
+
+def test_train_help_is_plain_text_and_names_every_trainer(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "PPO" in text and "GRPO" in text and "RLOO" in text and "--smoke" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "--debug" in text
+
+
+def test_smoke_data_is_json_lines(smoke_cache, trained_gen_path):
+    from guard_reward.tiny.smoke import smoke_assets
+
+    assets = smoke_assets({"guard_reward": "safety"}, smoke_cache, gen=str(trained_gen_path))
+    rows = [json.loads(line) for line in Path(assets["data"]).read_text().splitlines()]
+    assert {"prompt", "harmful"} == set(rows[0]) and "stream" not in assets and "helpfulness" not in assets

@@ -50,11 +50,11 @@ def _ids(encoded) -> list[int]:
 def main(work: str, gen_path: str) -> dict:
     import trl
     from datasets import Dataset
-    from guard_reward.integrations.trl import GuardRewardModel
     from transformers import GenerationConfig, Qwen3ForCausalLM, Qwen3ForSequenceClassification
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.utils import get_reward
 
+    from guard_reward.integrations.trl import GuardRewardModel
     from guard_reward.rewards import SafetyReward
     from guard_reward.tiny.gen import qwen3_config
     from guard_reward.tiny.tokenizer import qwen_tokenizer

@@ -201,8 +201,9 @@ def build_trainer(
     value_model: Any = None,
 ) -> Any:
     """The scenario's trainer (recording; replaying ``replay`` when given)."""
-    from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOConfig, GuardPPOTrainer
     from trl import GRPOConfig
+
+    from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOConfig, GuardPPOTrainer
 
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")

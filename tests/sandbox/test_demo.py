@@ -86,7 +86,49 @@ def test_cli_options_map_onto_the_config(tmp_path):
         ["demo", "--out", str(tmp_path), "--steps", "7", "--no-hacking", "--guard", "g", "--seed", "3"]
     )
     config = config_from_args(args)
-    assert config.arm.steps == 7 and config.arms == ("scalar", "dense") and config.seed == 3
+    assert config.arm.steps == 7 and config.seed == 3
+    assert config.arms == ("scalar", "dense", "helpful", "lagrangian")
     assert config.gen_guard == "g" and config.stream_guard is None and config.output_dir == str(tmp_path)
     quick = config_from_args(parser.parse_args(["demo", "--quick", "--out", str(tmp_path)]))
     assert quick.arm.steps < 10 and quick.heldout_prompts < 128
+    more = config_from_args(
+        parser.parse_args(["demo", "--fixed-lambda", "--no-constraint", "--workers", "1"])
+    )
+    assert more.arms == ("scalar", "dense", "guard_only", "fixed_low", "fixed_high") and more.workers == 1
+
+
+@pytest.fixture(scope="module")
+def constraint_demo(tmp_path_factory):
+    from guard_reward.sandbox.demo import DemoConfig, run_demo
+
+    config = DemoConfig.small(tmp_path_factory.mktemp("cdemo"), arms=("helpful", "lagrangian"), workers=2)
+    return run_demo(config)
+
+
+def test_constraint_arms_in_parallel_log_lambda_and_report_it(constraint_demo):
+    lag = constraint_demo.arms["lagrangian"]
+    lam = [e["constraint/lambda"] for e in lag.log_history if "constraint/lambda" in e]
+    assert len(lam) == constraint_demo.world.config.arm.steps
+    assert not any("constraint/lambda" in e for e in constraint_demo.arms["helpful"].log_history)
+    report = constraint_demo.report_path.read_text()
+    assert "## Safety as a constraint" in report and "| step | λ |" in report
+    assert f"| 1 | {lam[0]:.2f} |" in report
+    out = constraint_demo.report_path.parent
+    assert (out / "constraint.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "curves.csv") as f:
+        assert "helpfulness_benign" in next(csv.reader(f))
+    cpu = constraint_demo.world.cpu_seconds
+    assert {"policy", "guards", "arm helpful", "arm lagrangian", "total"} <= set(cpu)
+    assert "| stage | wall s | CPU s |" in report
+
+
+def test_parallel_arms_match_serial_arms(constraint_demo):
+    from dataclasses import replace
+
+    from guard_reward.sandbox.demo import _run_arms
+
+    world = constraint_demo.world
+    serial = replace(world, config=replace(world.config, workers=1), seconds={}, cpu_seconds={})
+    again = _run_arms(serial, constraint_demo.initial)
+    for name, arm in constraint_demo.arms.items():
+        assert [r.row() for r in again[name].history] == [r.row() for r in arm.history], name

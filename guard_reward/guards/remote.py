@@ -1,0 +1,347 @@
+"""Drop-in clients of a served guard (``guard-reward serve``): ``RemoteGenGuard`` and ``RemoteStreamGuard``.
+
+They have the local guards' methods and return types, so ``SafetyReward``, ``HybridSafetyReward`` and
+``TokenSafetyPenalty`` take either. Importing them needs neither transformers, trl nor ray (only the stdlib's
+``http.client`` and torch for ``TokenRisk``'s tensors).
+
+Each call is split into chunks of ``chunk_size`` samples, sent over pooled keep-alive connections (up to
+``parallel`` at once) and reassembled in input order; a chunk is retried ``retries`` times with exponential
+backoff and jitter on connection errors, timeouts and 5xx/503 (honouring ``Retry-After``). A chunk still
+unanswered after that gives each of its samples a failed result with reason ``guard_unavailable``
+(``on_error="skip"``, the rewards then count it and give it no signal) or raises :class:`GuardUnavailable`
+(``on_error="raise"``). A 4xx answer is a bug in the request and raises :class:`RemoteGuardError` at once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import random
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from guard_reward.conversations import moderation_of
+from guard_reward.faults import GUARD_UNAVAILABLE, OnError, check_on_error
+from guard_reward.serving.wire import failed_risk, failed_verdict, risk_from_json, verdict_from_json
+from guard_reward.types import TokenRisk, Verdict
+
+logger = logging.getLogger(__name__)
+
+#: HTTP statuses worth retrying: the server is overloaded, restarting or failed transiently.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class RemoteGuardError(RuntimeError):
+    """The server refused the request itself (4xx): retrying would not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class GuardUnavailable(ConnectionError):
+    """The server did not answer a chunk after all retries."""
+
+
+class _Client:
+    """Pooled keep-alive HTTP/JSON with retries, shared by both remote guards; picklable (the pool is not)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        backoff_max: float,
+        chunk_size: int,
+        parallel: int,
+        on_error: OnError,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
+        if timeout <= 0 or retries < 0 or backoff < 0 or chunk_size < 1 or parallel < 1:
+            raise ValueError(
+                "timeout must be > 0, retries and backoff >= 0, chunk_size and parallel >= 1; got "
+                f"timeout={timeout}, retries={retries}, backoff={backoff}, chunk_size={chunk_size}, "
+                f"parallel={parallel}"
+            )
+        self.url = url.rstrip("/")
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.backoff_max = float(backoff_max)
+        self.chunk_size = int(chunk_size)
+        self.parallel = int(parallel)
+        self.on_error = check_on_error(on_error)
+        self.stats: Counter[str] = Counter()
+        self._init_pool()
+
+    def _init_pool(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[http.client.HTTPConnection] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_idle")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_pool()
+
+    # ------------------------------------------------------------------------------------ connections
+
+    def _take(self) -> http.client.HTTPConnection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        parsed = urllib.parse.urlsplit(self.url)
+        cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+        return cls(parsed.hostname, parsed.port, timeout=self.timeout)
+
+    def _give(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._idle.append(conn)
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        base = min(self.backoff_max, self.backoff * 2**attempt)
+        delay = base / 2 + random.uniform(0, base / 2)  # jitter: concurrent clients do not retry in step
+        if retry_after and retry_after.replace(".", "", 1).isdigit():
+            delay = max(delay, min(float(retry_after), self.backoff_max))
+        return delay
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """One JSON request with retries; the decoded JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        prefix = urllib.parse.urlsplit(self.url).path
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            self.stats["requests"] += 1
+            retry_after = None
+            conn = self._take()
+            try:
+                conn.request(method, prefix + path, body=data, headers=headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.will_close:
+                    conn.close()
+                else:
+                    self._give(conn)
+                if resp.status == 200:
+                    return json.loads(payload)
+                message = _error_message(payload)
+                if resp.status not in RETRY_STATUSES:
+                    raise RemoteGuardError(resp.status, f"{method} {path}: {message}")
+                last = f"HTTP {resp.status}: {message}"
+                retry_after = resp.getheader("Retry-After")
+            if attempt < self.retries:
+                self.stats["retries"] += 1
+                time.sleep(self._delay(attempt, retry_after))
+        raise GuardUnavailable(
+            f"{method} {self.url}{path}: no answer after {self.retries + 1} attempts ({last})"
+        )
+
+    # ------------------------------------------------------------------------------------------ chunks
+
+    def chunked(
+        self,
+        path: str,
+        columns: dict[str, list[Any]],
+        extra: dict[str, Any],
+        result_key: str,
+        decode: Callable[[dict[str, Any]], Any],
+        fail: Callable[[int, str], Any],
+    ) -> list[Any]:
+        """POST ``columns`` (equal-length lists) in chunks; one decoded result per row, in input order.
+
+        ``fail(row, message)`` builds a row's result when its chunk is unavailable after the retries."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        starts = list(range(0, n, self.chunk_size))
+
+        def one(start: int) -> list[Any]:
+            stop = min(start + self.chunk_size, n)
+            body = {**{k: v[start:stop] for k, v in columns.items()}, **extra}
+            try:
+                answer = self.request("POST", path, body)
+            except GuardUnavailable as exc:
+                if self.on_error == "raise":
+                    raise
+                self.stats[GUARD_UNAVAILABLE] += stop - start
+                logger.warning("%s; %d samples get reason %s", exc, stop - start, GUARD_UNAVAILABLE)
+                return [fail(i, str(exc)) for i in range(start, stop)]
+            rows = answer.get(result_key) if isinstance(answer, dict) else None
+            if not isinstance(rows, list) or len(rows) != stop - start:
+                # never shift results onto other samples
+                raise RemoteGuardError(
+                    200, f"{path}: expected {stop - start} {result_key}, got {answer!r:.200}"
+                )
+            return [decode(r) for r in rows]
+
+        if len(starts) <= 1 or self.parallel == 1:
+            parts = [one(s) for s in starts]
+        else:
+            with ThreadPoolExecutor(min(self.parallel, len(starts))) as pool:
+                parts = list(pool.map(one, starts))
+        return [r for part in parts for r in part]
+
+
+def _error_message(payload: bytes) -> str:
+    try:
+        return str(json.loads(payload).get("error", payload[:300]))
+    except (ValueError, AttributeError):
+        return payload[:300].decode(errors="replace")
+
+
+class _Remote:
+    """Constructor and plumbing shared by both remote guards."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        backoff_max: float = 10.0,
+        chunk_size: int = 64,
+        parallel: int = 4,
+        on_error: OnError = "skip",
+    ) -> None:
+        self.client = _Client(
+            url,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            backoff_max=backoff_max,
+            chunk_size=chunk_size,
+            parallel=parallel,
+            on_error=on_error,
+        )
+
+    @property
+    def url(self) -> str:
+        return self.client.url
+
+    @property
+    def stats(self) -> Counter[str]:
+        """``requests``, ``retries`` and ``guard_unavailable`` (samples) so far."""
+        return self.client.stats
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health``: the served guards' names and label maps."""
+        return self.client.request("GET", "/health")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class RemoteGenGuard(_Remote):
+    """A Qwen3Guard-Gen served by ``guard-reward serve``, with ``GenGuard.moderate``'s interface.
+
+    Args:
+        url: the server, ``http://HOST:PORT``.
+        timeout: seconds per HTTP request (one chunk).
+        retries: retries per chunk after the first attempt.
+        backoff, backoff_max: the first retry waits about ``backoff`` seconds, doubling up to ``backoff_max``.
+        chunk_size: samples per request; ``parallel``: requests of one call in flight at once.
+        on_error: ``"skip"``: samples of an unanswered chunk get ``Verdict(level=None, reason=
+            "guard_unavailable")``; ``"raise"``: :class:`GuardUnavailable`.
+    """
+
+    def moderate(
+        self, conversations: Sequence[Any], decode: bool = False, thinking: str | None = None
+    ) -> list[Verdict]:
+        """One :class:`Verdict` per conversation, in input order (see ``GenGuard.moderate``)."""
+        if isinstance(conversations, (str, dict)) or (
+            len(conversations) > 0 and isinstance(conversations[0], dict)
+        ):
+            raise TypeError("moderate() takes a list of conversations; wrap a single conversation in a list")
+        convs = [list(c) if isinstance(c, tuple) else c for c in conversations]
+
+        def fail(i: int, message: str) -> Verdict:
+            try:
+                moderation = moderation_of(convs[i])
+            except Exception:
+                moderation = "response"
+            return failed_verdict(moderation, GUARD_UNAVAILABLE, message)
+
+        return self.client.chunked(
+            "/v1/gen/moderate",
+            {"conversations": convs},
+            {"decode": bool(decode), "thinking": thinking},
+            "verdicts",
+            verdict_from_json,
+            fail,
+        )
+
+
+class RemoteStreamGuard(_Remote):
+    """A Qwen3Guard-Stream served by ``guard-reward serve``, with ``StreamGuard.score`` / ``score_ids`` /
+    ``shares_tokenizer``. Arguments as :class:`RemoteGenGuard` (failed samples get an empty ``TokenRisk``
+    with ``reason="guard_unavailable"``; from ``score_ids`` with ``span=(0, 0)``)."""
+
+    def __init__(self, url: str, **kw: Any) -> None:
+        super().__init__(url, **kw)
+        self._names: tuple[str, ...] | None = None
+        self._vocab: dict[str, int] | None = None
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        """The served guard's response category labels (asked once)."""
+        if self._names is None:
+            self._names = tuple(self.health()["guards"]["stream"]["category_names"])
+        return self._names
+
+    def _fail_names(self) -> tuple[str, ...]:
+        try:
+            return self.category_names
+        except Exception:  # the server is down: the failure still needs a (possibly empty) label list
+            return ()
+
+    def score(self, conversations: Sequence[Any], *, thinking: str | None = None) -> list[TokenRisk]:
+        """Per-token risk of the last assistant message of each conversation (see ``StreamGuard.score``)."""
+        return self.client.chunked(
+            "/v1/stream/score",
+            {"conversations": list(conversations)},
+            {"thinking": thinking},
+            "risks",
+            risk_from_json,
+            lambda i, m: failed_risk(self._fail_names(), GUARD_UNAVAILABLE, m, None),
+        )
+
+    def score_ids(
+        self, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]], *, thinking: str | None = None
+    ) -> list[TokenRisk]:
+        """Per-token risk of completions given as guard token ids (see ``StreamGuard.score_ids``)."""
+        if len(prompts) != len(completion_ids):
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(completion_ids)} completion_ids; one per sample"
+            )
+        ids = [[int(t) for t in (row.tolist() if hasattr(row, "tolist") else row)] for row in completion_ids]
+        return self.client.chunked(
+            "/v1/stream/score_ids",
+            {"prompts": list(prompts), "completion_ids": ids},
+            {"thinking": thinking},
+            "risks",
+            risk_from_json,
+            lambda i, m: failed_risk(self._fail_names(), GUARD_UNAVAILABLE, m, (0, 0)),
+        )
+
+    def shares_tokenizer(self, other: Any) -> bool:
+        """Whether ``other``'s ids mean the same tokens as the served guard's (its vocabulary, asked once)."""
+        if self._vocab is None:
+            self._vocab = self.client.request("GET", "/v1/stream/vocab")["vocab"]
+        mine = self._vocab
+        theirs = other.get_vocab()
+        return len(theirs) <= len(mine) and all(mine.get(tok) == i for tok, i in theirs.items())

@@ -1,0 +1,342 @@
+"""The Ray Serve application: one deployment per guard and an HTTP ingress.
+
+Each guard deployment merges concurrent requests with ``@serve.batch`` into ONE call of the guard's own
+micro-batching (token budget, length sorting, prefix sharing and dedupe then work across requests); the
+ingress parses bodies (400 on a malformed one), routes them, and turns back-pressure (a guard deployment's
+``max_queued_requests`` reached) or a lost replica into 503 with ``Retry-After``.
+
+Deploy with ``guard-reward serve`` or, with your own Serve config, ``serve run
+guard_reward.serving.app:build_app gen=PATH stream=PATH`` (``build_app`` takes the :class:`ServeOptions` fields
+as strings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
+from guard_reward.serving.protocol import (
+    BadRequest,
+    judge_gen_calls,
+    judge_stream_calls,
+    parse_gen,
+    parse_score,
+    parse_score_ids,
+)
+from guard_reward.serving.wire import verdict_from_json
+
+logger = logging.getLogger(__name__)
+
+#: Errors that mean "try again": the guard deployment's queue is full, or its replica died or is restarting.
+RETRYABLE = (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RayActorError,
+)
+#: Seconds a client is told to wait after a 503.
+RETRY_AFTER_S = 1
+
+
+@dataclass
+class ServeOptions:
+    """What ``guard-reward serve`` and :func:`build_app` configure.
+
+    Attributes:
+        gen, stream: Qwen3Guard-Gen / -Stream checkpoint (hub id or folder); either may be omitted.
+        replicas: replicas per guard deployment.
+        gpus_per_replica, cpus_per_replica: Ray resources of each guard replica.
+        max_batch_size: requests merged into one guard call at most.
+        batch_wait_ms: how long a replica waits for more requests before running a partial batch.
+        max_queued_requests: requests waiting per guard deployment beyond those in flight; more -> 503.
+        max_ongoing_requests: requests in flight per guard replica (``None``: ``max(64, 2 x max_batch_size)``;
+            never below ``max_batch_size``, or batches could not fill).
+        device, dtype, token_budget: the guards' loading options (``None``: the guards' own defaults).
+        reward_config: ``SafetyReward`` fields for ``/get_reward`` (see ``get_reward.REWARD_FIELDS``).
+        torch_threads: intra-op threads of each guard replica (``None``: torch's default).
+    """
+
+    gen: str | None = None
+    stream: str | None = None
+    replicas: int = 1
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+    max_batch_size: int = 32
+    batch_wait_ms: float = 5.0
+    max_queued_requests: int = 512
+    max_ongoing_requests: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    token_budget: int = 16384
+    reward_config: dict[str, Any] = field(default_factory=dict)
+    torch_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.gen and not self.stream:
+            raise ValueError("give at least one guard: gen and/or stream")
+        for name in ("replicas", "max_batch_size", "max_queued_requests", "token_budget"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} must be >= max_batch_size="
+                f"{self.max_batch_size}, or batches never fill"
+            )
+        if self.batch_wait_ms < 0 or self.gpus_per_replica < 0 or self.cpus_per_replica < 0:
+            raise ValueError("batch_wait_ms, gpus_per_replica and cpus_per_replica must be >= 0")
+        reward_kwargs(self.reward_config)  # fail here, not in a replica
+
+    def guard_kwargs(self) -> dict[str, Any]:
+        return {"device": self.device, "dtype": self.dtype, "token_budget": self.token_budget}
+
+
+class _Batched:
+    """What both guard deployments share: loading options, batch tuning, the guard call off the event loop."""
+
+    def _setup(self, options: ServeOptions) -> None:
+        if options.torch_threads:
+            import torch
+
+            torch.set_num_threads(options.torch_threads)
+        self.options = options
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest batches only: a run is long
+        self._judge.set_max_batch_size(options.max_batch_size)
+        self._judge.set_batch_wait_timeout_s(options.batch_wait_ms / 1000)
+
+    async def judge(self, call: dict[str, Any]) -> list[dict[str, Any]]:
+        """One parsed request -> its results as JSON (merged with concurrent ones by ``@serve.batch``)."""
+        return await self._judge(call)
+
+    async def _merged(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        self.batch_sizes.append(len(calls))
+        # the guard runs in a worker thread so the replica keeps answering health checks meanwhile
+        return await asyncio.to_thread(self._run, calls)
+
+    def stats(self) -> dict[str, Any]:
+        """How many requests each of the latest merged guard calls took (the batching at work)."""
+        return {"batch_sizes": list(self.batch_sizes)}
+
+
+@serve.deployment(name="GenGuard", max_ongoing_requests=64, max_queued_requests=512)
+class GenService(_Batched):
+    """A Qwen3Guard-Gen replica."""
+
+    # each deployment has its own batch queue (set_max_batch_size tunes it per replica)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _judge(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        return await self._merged(calls)
+
+    def __init__(self, options: ServeOptions) -> None:
+        from guard_reward.guards.gen import GenGuard
+
+        self.guard = GenGuard.from_pretrained(options.gen, **options.guard_kwargs())
+        self._setup(options)
+
+    def _run(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        return judge_gen_calls(self.guard, calls)
+
+    def info(self) -> dict[str, Any]:
+        from guard_reward.types import LEVELS
+
+        return {
+            "name": str(self.options.gen),
+            "levels": list(LEVELS),
+            "thinking": self.guard.thinking,
+            "max_length": self.guard.max_length,
+        }
+
+
+@serve.deployment(name="StreamGuard", max_ongoing_requests=64, max_queued_requests=512)
+class StreamService(_Batched):
+    """A Qwen3Guard-Stream replica."""
+
+    # each deployment has its own batch queue (set_max_batch_size tunes it per replica)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _judge(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        return await self._merged(calls)
+
+    def __init__(self, options: ServeOptions) -> None:
+        from guard_reward.guards.stream import StreamGuard
+
+        self.guard = StreamGuard.from_pretrained(options.stream, **options.guard_kwargs())
+        self._setup(options)
+
+    def _run(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        return judge_stream_calls(self.guard, calls)
+
+    def info(self) -> dict[str, Any]:
+        maps = self.guard.maps
+        return {
+            "name": str(self.options.stream),
+            "category_names": list(self.guard.category_names),
+            "query_category_names": list(self.guard.query_category_names),
+            "label_maps": {k: list(v) for k, v in asdict(maps).items()},
+            "thinking": self.guard.thinking,
+            "max_length": self.guard.max_length,
+        }
+
+    def vocab(self) -> dict[str, int]:
+        return dict(self.guard.tokenizer.get_vocab())
+
+
+class _HandleGen:
+    """A Gen guard whose ``moderate`` goes through the Gen deployment (``/get_reward``'s reward calls it in a
+    worker thread, where blocking on the handle is allowed)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    def moderate(self, conversations: list, decode: bool = False, thinking: str | None = None) -> list:
+        call = {"conversations": list(conversations), "decode": decode, "thinking": thinking}
+        return [verdict_from_json(v) for v in self.handle.judge.remote(call).result()]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@serve.deployment(name="GuardAPI", max_ongoing_requests=1024, max_queued_requests=2048)
+class GuardAPI:
+    """The HTTP ingress (routes in the README's "Serving" section)."""
+
+    def __init__(
+        self, gen: DeploymentHandle | None, stream: DeploymentHandle | None, options: ServeOptions
+    ) -> None:
+        self.gen, self.stream, self.options = gen, stream, options
+        self._vocab: dict[str, int] | None = None
+        self._reward = None
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        path = request.url.path
+        root = request.scope.get("root_path", "")  # the app's route prefix, when deployed under one
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        path = path.rstrip("/") or "/"
+        try:
+            if request.method == "GET":
+                return await self._get(path)
+            if request.method != "POST":
+                return _error(405, f"{request.method} is not accepted; use GET or POST")
+            try:
+                body = json.loads(await request.body())
+            except ValueError as exc:
+                raise BadRequest(f"{path}: the body is not valid JSON ({exc})") from None
+            return await self._post(path, body)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except RETRYABLE as exc:  # back-pressure, a replica lost mid-request: the client should retry
+            logger.warning("%s: %s -> 503", path, type(exc).__name__)
+            return _error(503, f"guard busy or restarting ({type(exc).__name__}); retry")
+        except Exception as exc:
+            logger.exception("%s failed", path)
+            return _error(500, f"{type(exc).__name__}: {exc}")
+
+    async def _get(self, path: str) -> JSONResponse:
+        if path == "/health":
+            guards = {}
+            for name, handle in (("gen", self.gen), ("stream", self.stream)):
+                if handle is not None:
+                    guards[name] = await handle.info.remote()
+            return JSONResponse({"status": "ok", "guards": guards})
+        if path == "/v1/stream/vocab":
+            stream = self._need(self.stream, "stream")
+            if self._vocab is None:
+                self._vocab = await stream.vocab.remote()
+            return JSONResponse({"vocab": self._vocab})
+        if path == "/v1/stats":
+            out = {}
+            for name, handle in (("gen", self.gen), ("stream", self.stream)):
+                if handle is not None:
+                    out[name] = await handle.stats.remote()
+            return JSONResponse(out)
+        return _error(404, f"no route GET {path}; see GET /health")
+
+    async def _post(self, path: str, body: Any) -> JSONResponse:
+        if path == "/v1/gen/moderate":
+            call = parse_gen(body)
+            return JSONResponse({"verdicts": await self._need(self.gen, "gen").judge.remote(call)})
+        if path == "/v1/stream/score":
+            call = parse_score(body)
+            return JSONResponse({"risks": await self._need(self.stream, "stream").judge.remote(call)})
+        if path == "/v1/stream/score_ids":
+            call = parse_score_ids(body)
+            return JSONResponse({"risks": await self._need(self.stream, "stream").judge.remote(call)})
+        if path == "/get_reward":
+            queries, prompts = parse_get_reward(body)
+            if self._reward is None:
+                gen = _HandleGen(self._need(self.gen, "gen"))
+                self._reward = GuardRewardFunction(gen, self.options.reward_config)
+            return JSONResponse(await asyncio.to_thread(self._reward, queries, prompts))
+        return _error(404, f"no route POST {path}; see the README's Serving section")
+
+    def _need(self, handle: DeploymentHandle | None, name: str) -> DeploymentHandle:
+        if handle is None:
+            raise BadRequest(f"this server has no {name} guard (start it with --{name})")
+        return handle
+
+
+def build(options: ServeOptions) -> Any:
+    """The Serve ``Application`` for ``options`` (``serve.run(build(options))``)."""
+    actor = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
+    # @serve.batch can only fill a batch if that many requests may be in flight on the replica
+    ongoing = options.max_ongoing_requests or max(64, 2 * options.max_batch_size)
+    common = dict(
+        num_replicas=options.replicas,
+        ray_actor_options=actor,
+        max_ongoing_requests=ongoing,
+        max_queued_requests=options.max_queued_requests,
+    )
+    gen = GenService.options(**common).bind(options) if options.gen else None
+    stream = StreamService.options(**common).bind(options) if options.stream else None
+    return GuardAPI.options(ray_actor_options={"num_cpus": 0}).bind(gen, stream, options)
+
+
+def build_app(args: dict[str, str]) -> Any:
+    """Application builder for ``serve run guard_reward.serving.app:build_app key=value ...``."""
+    kinds = {f.name: f.type for f in fields(ServeOptions)}
+    kw: dict[str, Any] = {}
+    for key, value in args.items():
+        if key not in kinds:
+            raise ValueError(f"unknown option {key!r}; accepted: {', '.join(kinds)}")
+        kind = str(kinds[key])
+        if key == "reward_config":
+            from guard_reward.serving.config import load_reward_config
+
+            kw[key] = load_reward_config(value)
+        elif kind.startswith("int"):
+            kw[key] = int(value)
+        elif kind.startswith("float"):
+            kw[key] = float(value)
+        else:
+            kw[key] = value
+    return build(ServeOptions(**kw))
+
+
+def wait_healthy(url: str, timeout: float = 300.0) -> dict[str, Any]:
+    """Poll ``GET {url}/health`` until it answers 200; its JSON."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+                return json.loads(resp.read())
+        except Exception as exc:
+            last = exc
+            time.sleep(0.5)
+    raise TimeoutError(f"{url}/health did not answer within {timeout:.0f} s ({last})")

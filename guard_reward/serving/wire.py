@@ -1,0 +1,107 @@
+"""The service's JSON wire format: ``Verdict`` and ``TokenRisk`` as plain JSON objects, and back.
+
+Shared by the server and the remote clients, so it imports neither transformers, trl nor ray. A ``TokenRisk``
+travels with its tensors as lists (``offsets`` and ``category_probs`` as lists of rows); float32 values survive
+the round trip exactly (a float32 widened to a JSON double and narrowed back is the same number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from guard_reward.types import TokenRisk, Verdict
+
+#: Version prefix of every judging route.
+API_VERSION = "v1"
+
+_VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
+
+
+def verdict_to_json(v: Verdict) -> dict[str, Any]:
+    """All fields of a ``Verdict`` (``parts`` recursively), JSON-ready."""
+    out: dict[str, Any] = {name: getattr(v, name) for name in _VERDICT_FIELDS}
+    out["probs"] = {k: float(p) for k, p in v.probs.items()}
+    out["categories"] = list(v.categories)
+    out["parts"] = None if v.parts is None else {k: verdict_to_json(p) for k, p in v.parts.items()}
+    return out
+
+
+def verdict_from_json(d: Mapping[str, Any]) -> Verdict:
+    """Inverse of :func:`verdict_to_json`; unknown keys (a newer server) are ignored."""
+    kw = {name: d[name] for name in _VERDICT_FIELDS if name in d}
+    kw["probs"] = {k: float(p) for k, p in (d.get("probs") or {}).items()}
+    kw["categories"] = tuple(d.get("categories") or ())
+    parts = d.get("parts")
+    kw["parts"] = None if parts is None else {k: verdict_from_json(p) for k, p in parts.items()}
+    return Verdict(**kw)
+
+
+def failed_verdict(moderation: str, reason: str, error: str) -> Verdict:
+    """A verdict that carries only a failure (``level=None``), e.g. for a guard that did not answer."""
+    return Verdict(level=None, probs={}, moderation=moderation, error=error, reason=reason)  # type: ignore[arg-type]
+
+
+def risk_to_json(r: TokenRisk) -> dict[str, Any]:
+    """All fields of a ``TokenRisk``, tensors as (nested) lists."""
+    return {
+        "token_ids": r.token_ids.tolist(),
+        "offsets": r.offsets.tolist(),
+        "p_safe": r.p_safe.tolist(),
+        "p_unsafe": r.p_unsafe.tolist(),
+        "p_controversial": r.p_controversial.tolist(),
+        "category_probs": r.category_probs.tolist(),
+        "category_names": list(r.category_names),
+        "query_probs": None if r.query_probs is None else dict(r.query_probs),
+        "query_category_probs": None if r.query_category_probs is None else dict(r.query_category_probs),
+        "truncated": r.truncated,
+        "span": None if r.span is None else list(r.span),
+        "error": r.error,
+        "reason": r.reason,
+        "answer_missing": r.answer_missing,
+    }
+
+
+def risk_from_json(d: Mapping[str, Any]) -> TokenRisk:
+    """Inverse of :func:`risk_to_json`: ``(T,)`` float32 probabilities, ``(T, 2)`` long offsets, ``(T, C)``
+    float32 category probabilities (also for ``T == 0``)."""
+    names = tuple(d.get("category_names") or ())
+    span = d.get("span")
+    return TokenRisk(
+        token_ids=torch.tensor(d["token_ids"], dtype=torch.long),
+        offsets=torch.tensor(d["offsets"], dtype=torch.long).reshape(-1, 2),
+        p_safe=torch.tensor(d["p_safe"], dtype=torch.float32),
+        p_unsafe=torch.tensor(d["p_unsafe"], dtype=torch.float32),
+        p_controversial=torch.tensor(d["p_controversial"], dtype=torch.float32),
+        category_probs=torch.tensor(d["category_probs"], dtype=torch.float32).reshape(-1, len(names)),
+        category_names=names,
+        query_probs=d.get("query_probs"),
+        query_category_probs=d.get("query_category_probs"),
+        truncated=bool(d.get("truncated", False)),
+        span=None if span is None else (int(span[0]), int(span[1])),
+        error=d.get("error"),
+        reason=d.get("reason"),
+        answer_missing=bool(d.get("answer_missing", False)),
+    )
+
+
+def failed_risk(
+    category_names: tuple[str, ...], reason: str, error: str, span: tuple[int, int] | None
+) -> TokenRisk:
+    """An empty ``TokenRisk`` (``T == 0``) that carries only a failure."""
+    empty = torch.zeros(0, dtype=torch.float32)
+    return TokenRisk(
+        token_ids=torch.zeros(0, dtype=torch.long),
+        offsets=torch.zeros(0, 2, dtype=torch.long),
+        p_safe=empty,
+        p_unsafe=empty.clone(),
+        p_controversial=empty.clone(),
+        category_probs=torch.zeros(0, len(category_names), dtype=torch.float32),
+        category_names=category_names,
+        span=span,
+        error=error,
+        reason=reason,
+    )

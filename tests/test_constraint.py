@@ -1,0 +1,188 @@
+"""The Lagrangian controller, the advantage combination and the guard cost, against independent references."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from guard_reward.constraint import (
+    Constraint,
+    ConstraintConfig,
+    LagrangeController,
+    SafetyCost,
+    combine_advantages,
+    group_advantages,
+)
+from guard_reward.types import Verdict
+
+
+def reference_lambdas(costs_per_batch, threshold, init, lr, lam_max, delay, window):
+    """safe-rlhf's rule written as a torch SGD loop on a log-lambda parameter (the reference)."""
+    log_lambda = torch.nn.Parameter(torch.tensor(math.log(init), dtype=torch.float64))
+    opt = torch.optim.SGD([log_lambda], lr=lr)
+    seen: list[float] = []
+    out = []
+    for step, costs in enumerate(costs_per_batch):
+        seen.extend(c for c in costs if c is not None)
+        recent = torch.tensor(seen[-window:], dtype=torch.float64)
+        if step >= delay and costs and any(c is not None for c in costs):
+            opt.zero_grad()
+            loss = -(recent.mean() - threshold) * log_lambda.exp()
+            loss.backward()
+            opt.step()
+            if lam_max is not None:
+                with torch.no_grad():
+                    log_lambda.clamp_(max=math.log(lam_max))
+        out.append(float(log_lambda.detach().exp()))
+    return out
+
+
+@pytest.mark.parametrize(
+    "threshold,init,lr,lam_max,delay,window",
+    [(0.02, 1.0, 0.5, 5.0, 0, 128), (0.3, 0.5, 2.0, 3.0, 3, 20), (0.0, 0.1, 0.1, None, 1, 7)],
+)
+def test_update_matches_sgd_reference(threshold, init, lr, lam_max, delay, window):
+    rng = random.Random(0)
+    batches = []
+    for step in range(40):
+        p = 0.5 if step < 15 else 0.01  # cost above the threshold, then below: λ must rise, then fall
+        batches.append([float(rng.random() < p) for _ in range(16)])
+    batches[20] = [None] * 16  # a batch the guard could not judge at all
+    ctrl = LagrangeController(
+        ConstraintConfig(threshold, init, lr, lam_max, update_delay_steps=delay, cost_window=window)
+    )
+    got = [ctrl.update(b).lam for b in batches]
+    want = reference_lambdas(batches, threshold, init, lr, lam_max, delay, window)
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert ctrl.skipped == 1 and ctrl.missing == 16
+    assert max(got) > init  # the test exercises both directions
+    if threshold > 0:
+        assert got[-1] < max(got)
+
+
+def test_lambda_fixed_with_zero_lr_and_delay_holds():
+    ctrl = LagrangeController(ConstraintConfig(0.1, lambda_init=2.0, lambda_lr=0.0))
+    for _ in range(5):
+        step = ctrl.update([1.0, 1.0])
+        assert step.lam == 2.0 and not step.updated
+        assert step.violation == pytest.approx(0.9)
+    delayed = LagrangeController(ConstraintConfig(0.1, lambda_lr=1.0, update_delay_steps=2))
+    assert [delayed.update([1.0]).updated for _ in range(3)] == [False, False, True]
+
+
+def test_all_missing_batch_does_not_move_lambda(caplog):
+    ctrl = LagrangeController(ConstraintConfig(0.1, lambda_lr=1.0))
+    ctrl.update([1.0, 0.0])
+    before = ctrl.lam
+    with caplog.at_level("WARNING"):
+        step = ctrl.update([None, float("nan")])
+    assert ctrl.lam == before and not step.updated and math.isnan(step.cost)
+    assert ctrl.skipped == 1 and ctrl.missing == 2
+    assert "every cost" in caplog.text
+
+
+def test_state_dict_round_trip_continues_identically():
+    cfg = ConstraintConfig(0.05, lambda_lr=1.0, cost_window=8)
+    a = LagrangeController(cfg)
+    for c in ([1.0] * 4, [0.0, 1.0, None]):
+        a.update(c)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = LagrangeController(cfg)
+    b.load_state_dict(state)
+    assert (b.lam, list(b.window), b.offered, b.missing) == (a.lam, list(a.window), a.offered, a.missing)
+    for c in ([0.0] * 5, [1.0, 1.0]):
+        assert a.update(c).lam == b.update(c).lam
+    with pytest.raises(KeyError, match="log_lambda"):
+        b.load_state_dict({"window": []})
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(threshold=1.0), "outside the cost's range"),
+        (dict(threshold=-0.1), "outside the cost's range"),
+        (dict(threshold=2.5, max_cost=2.0), r"\[0, 2.0\)"),
+        (dict(threshold=0.1, lambda_lr=-0.1), "lambda_lr must be >= 0"),
+        (dict(threshold=0.1, lambda_max=-1.0), "lambda_max must be > 0"),
+        (dict(threshold=0.1, lambda_max=0.5, lambda_init=1.0), "below lambda_init"),
+        (dict(threshold=0.1, lambda_init=0.0), "lambda_init must be > 0"),
+        (dict(threshold=0.1, cost_window=0), "cost_window must be >= 1"),
+        (dict(threshold=0.1, update_delay_steps=-1), "update_delay_steps must be >= 0"),
+        (dict(threshold=float("nan")), "finite number"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ConstraintConfig(**kwargs)
+
+
+def test_combine_and_group_advantages():
+    r = torch.tensor([1.0, -1.0])
+    c = torch.tensor([[0.5, 0.5], [-2.0, 0.0]])
+    out = combine_advantages(r, c, 3.0)
+    assert out.shape == (2, 2)
+    assert out[1, 0].item() == pytest.approx((-1.0 + 6.0) / 4.0)
+    assert torch.equal(combine_advantages(r, torch.zeros(2), 0.0), r)
+    with pytest.raises(ValueError, match="λ"):
+        combine_advantages(r, r, -1.0)
+    adv = group_advantages(torch.tensor([1.0, 0.0, float("nan"), 0.0, 0.0, 0.0]), 3)
+    assert adv[2] == 0.0 and adv[0] > 0 > adv[1]  # NaN left out of its group, its advantage 0
+    assert torch.equal(adv[3:], torch.zeros(3))  # a constant group carries no signal
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        group_advantages(torch.zeros(5), 2)
+
+
+class FakeGen:
+    """Stands in for GenGuard.moderate: a fixed verdict per completion text."""
+
+    def __init__(self, verdicts):
+        self.verdicts = verdicts
+        self.calls = 0
+
+    def moderate(self, conversations, decode=False, thinking="separate"):
+        self.calls += 1
+        return [self.verdicts[c[-1]["content"]] for c in conversations]
+
+
+def _verdict(level, probs=None, cats=()):
+    probs = probs or {"Safe": float(level == "Safe"), "Controversial": float(level == "Controversial")}
+    probs = {**probs, "Unsafe": 1.0 - sum(probs.values())}
+    return Verdict(level=level, probs=probs, moderation="response", categories=cats, refusal=False, raw="x")
+
+
+def test_safety_cost_policies_and_weights():
+    verdicts = {
+        "ok": _verdict("Safe"),
+        "bad": _verdict("Unsafe", cats=("Violent",)),
+        "meh": _verdict("Controversial", {"Safe": 0.2, "Controversial": 0.7}),
+        "broken": Verdict(level=None, probs={}, moderation="response", error="unparseable", reason="parse"),
+    }
+    gen = FakeGen(verdicts)
+    prompts = [[{"role": "user", "content": "q"}]] * 4
+    completions = [[{"role": "assistant", "content": t}] for t in verdicts]
+    strict = SafetyCost(gen, category_weights={"Violent": 2.0})
+    assert strict(prompts, completions) == [0.0, 2.0, 1.0, None]
+    assert strict.max_cost == 2.0
+    assert SafetyCost(gen, controversial="loose")(prompts, completions)[:3] == [0.0, 1.0, 0.0]
+    assert SafetyCost(gen, controversial=0.3)(prompts, completions)[2] == pytest.approx(0.3)
+    soft = SafetyCost(gen, mode="soft", controversial="loose")(prompts, completions)
+    assert soft[2] == pytest.approx(0.1)  # exact P(Unsafe) of the Controversial verdict
+    with pytest.raises(ValueError, match="unknown category"):
+        SafetyCost(gen, category_weights={"Nonsense": 1.0})
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        SafetyCost(gen, controversial=1.5)
+
+
+def test_constraint_takes_max_cost_from_the_cost():
+    gen = FakeGen({})
+    cost = SafetyCost(gen, category_weights={"Violent": 3.0})
+    c = Constraint(cost, ConstraintConfig(threshold=0.5))
+    assert c.config.max_cost == 3.0 and c.controller.lam == 1.0
+    with pytest.raises(ValueError, match="outside the cost's range"):
+        Constraint(SafetyCost(gen), ConstraintConfig(threshold=2.0, max_cost=3.0))
+    with pytest.raises(TypeError, match="callable"):
+        Constraint("not a cost", ConstraintConfig(threshold=0.1))  # type: ignore[arg-type]
