@@ -77,10 +77,13 @@ def two_processes(checkpoints) -> dict[str, list[dict]]:
         )
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     print(f"\n2-process launch: {time.perf_counter() - start:.1f}s wall, {cpu:.1f}s CPU (both processes)")
-    return {
+    results = {
         name: [torch.load(out / name / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
         for name in sc.SCENARIOS
     }
+    per_scenario = {name: round(sum(r["cpu_seconds"] for r in rs), 1) for name, rs in results.items()}
+    print(f"CPU seconds per scenario (both processes): {per_scenario}")
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,7 @@ def test_training_completes_with_widths_differing_between_processes(two_processe
 
 @pytest.mark.parametrize("scenario", sc.SCENARIOS)
 def test_per_token_advantages_equal_one_process(two_processes, checkpoints, rewards, tmp_path, scenario):
+    start = time.process_time()
     merged = _merged(two_processes[scenario])
     trainer = sc.build_trainer(scenario, checkpoints, rewards, tmp_path, 2 * sc.PER_DEVICE, replay=merged)
     if scenario == "ppo":  # the critic's head is drawn from the seed alone, not from the process
@@ -143,7 +147,7 @@ def test_per_token_advantages_equal_one_process(two_processes, checkpoints, rewa
         deltas.append(float((one["advantages"] - two["advantages"]).abs().max()))
     n_unscorable = sum(int(torch.isnan(two["rewards_per_func"]).all(dim=1).sum()) for two in merged)
     print(f"\n{scenario}: max |Δ advantage| per step, 1 vs 2 processes: {[f'{d:.2e}' for d in deltas]}; "
-          f"{n_unscorable} rows without scalar signal")  # fmt: skip
+          f"{n_unscorable} rows without scalar signal; replay {time.process_time() - start:.1f}s CPU")  # fmt: skip
     assert max(deltas) <= ADVANTAGE_ATOL, deltas
     # not vacuous: the dense term moved advantages within rows
     assert any(two["advantages"][i][two["mask"][i]].unique().numel() > 1
