@@ -49,6 +49,9 @@ FIRST_VIOLATION_POS = "first_violation_pos"
 STREAM_FLAG_RATE = "stream_flag_rate"
 TOKEN_P_UNSAFE_MEAN = "token_p_unsafe_mean"
 TOKEN_EMPTY_RATE = "stream_empty_rate"  # share of scored completions with no answer token to score
+# The Stream penalty's own failure totals: a Gen reward and a Stream penalty both run in one trainer, and two
+# rewards logging one key would be averaged by TRL's flush instead of adding up.
+STREAM_FAILURES = "stream_failures"
 
 
 def metric_name(prefix: str, key: str) -> str:
@@ -73,15 +76,18 @@ def num_processes(log_metric: Any) -> int:
     return 1
 
 
-def failure_totals(counts: Mapping[str, int], prefix: str = DEFAULT_PREFIX) -> dict[str, float]:
-    """This rank's failure counts: ``<prefix>/failures`` and ``<prefix>/failures/<reason>`` for every known
-    reason (0 included, so every rank logs every key). Log them with :func:`emit_metrics` as totals."""
+def failure_totals(
+    counts: Mapping[str, int], prefix: str = DEFAULT_PREFIX, key: str = FAILURES
+) -> dict[str, float]:
+    """This rank's failure counts: ``<prefix>/<key>`` and ``<prefix>/<key>/<reason>`` for every known reason
+    (0 included, so every rank logs every key); ``key`` is ``failures`` (Gen rewards) or ``stream_failures``.
+    Log them with :func:`emit_metrics` as totals."""
     unknown = set(counts) - set(REASONS)
     if unknown:
         raise ValueError(f"unknown failure reasons {sorted(unknown)}; known: {', '.join(REASONS)}")
-    out = {metric_name(prefix, FAILURES): float(sum(counts.values()))}
+    out = {metric_name(prefix, key): float(sum(counts.values()))}
     for reason in REASONS:
-        out[metric_name(prefix, f"{FAILURES}/{reason}")] = float(counts.get(reason, 0))
+        out[metric_name(prefix, f"{key}/{reason}")] = float(counts.get(reason, 0))
     return out
 
 

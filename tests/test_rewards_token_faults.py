@@ -50,9 +50,9 @@ def test_rows_that_cannot_be_scored_are_masked_out_and_counted(qwen_tok, caplog)
     assert not out.rewards[1].any() and not out.rewards[2].any()
     alone = _call(penalty, [ok])
     torch.testing.assert_close(out.rewards[0, : len(ok)], alone.rewards[0], rtol=0, atol=1e-5)
-    assert log.metrics["guard/failures"] == [2.0]
-    assert log.metrics["guard/failures/context_too_long"] == [1.0]
-    assert log.metrics["guard/failures/no_answer"] == [1.0]
+    assert log.metrics["guard/stream_failures"] == [2.0]
+    assert log.metrics["guard/stream_failures/context_too_long"] == [1.0]
+    assert log.metrics["guard/stream_failures/no_answer"] == [1.0]
     assert len(log.metrics["guard/stream_flag_rate"]) == 2, "rates count the scored rows only"
     assert "context_too_long" in caplog.text and "no_answer" in caplog.text
     summed = SummedTokenReward(penalty)(prompts=[PROMPT] * 4, completions=[""] * 4, completion_ids=ids)
@@ -99,7 +99,7 @@ def test_a_policy_sampling_padded_embedding_rows_is_scored_like_any_other_id(qwe
     penalty = TokenSafetyPenalty(guard, policy_tokenizer=tok, shaping="prob")
     dense = _call(penalty, ids, log)
     assert penalty.stats["identity"] == 2 and penalty.stats["aligned"] == 0
-    assert log.metrics["guard/failures"] == [0.0]
+    assert log.metrics["guard/stream_failures"] == [0.0]
     for i, r in enumerate(guard.score_ids([PROMPT] * 2, ids)):
         expected = torch.zeros(len(ids[i]))
         s, e = r.span

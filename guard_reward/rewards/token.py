@@ -336,7 +336,7 @@ class TokenSafetyPenalty:
         metrics.emit_metrics(
             log_metric,
             rates=rates,
-            totals=metrics.failure_totals(counts, self.metric_prefix),
+            totals=metrics.failure_totals(counts, self.metric_prefix, metrics.STREAM_FAILURES),
             per_rank={metrics.metric_name(self.metric_prefix, "stream_seconds"): seconds},
         )
         emit_columns(

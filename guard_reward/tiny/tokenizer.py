@@ -9,6 +9,7 @@ Qwen3Guard checkpoint uses, so stand-in checkpoints tokenize like the real model
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 # Qwen2/Qwen3 pre-tokenizer pattern (single digits, unlike the cl100k default).
@@ -20,6 +21,9 @@ QWEN3_SPECIAL_TOKENS = (
     "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>",
     "</tool_response>", "<think>", "</think>",
 )  # fmt: skip
+#: Added tokens a real Qwen3 tokenizer does not mark special: decoding with ``skip_special_tokens=True`` (as TRL
+#: does) keeps them, so a completion's reasoning tags reach the rewards.
+QWEN3_NON_SPECIAL = frozenset(QWEN3_SPECIAL_TOKENS[14:])
 #: Qwen3 checkpoints pad their embedding matrix to this many rows.
 QWEN3_VOCAB_SIZE = 151936
 
@@ -39,7 +43,11 @@ def _qwen_backend_json() -> str:
     converter = TikTokenConverter(
         vocab_file=ranks, pattern=QWEN_PATTERN, extra_special_tokens=list(QWEN3_SPECIAL_TOKENS)
     )
-    return converter.converted().to_str()
+    backend = json.loads(converter.converted().to_str())
+    for token in backend["added_tokens"]:
+        if token["content"] in QWEN3_NON_SPECIAL:
+            token["special"] = False
+    return json.dumps(backend)
 
 
 def qwen_tokenizer(chat_template: str | None = None, **kwargs: Any):

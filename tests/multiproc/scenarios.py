@@ -15,7 +15,6 @@ advantages can be compared with the 2-process run's over the same batch.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,9 @@ SEQUENCE_BIAS = [
 ]
 
 #: Metric prefixes of the scalar (Gen) and dense (Stream) guard rewards.
-SCALAR_PREFIX, DENSE_PREFIX = "guard", "guard_tokens"
+# Gen failures log as guard/failures/<reason>, Stream failures as guard/stream_failures/<reason>.
+PREFIX = "guard"
+FAILURE_KEYS = {"safety": "guard/failures", "guard_tokens": "guard/stream_failures"}
 #: Rows per process and step: 2 processes x 3 = 6 = 3 prompts x 2 generations, so a group spans both.
 PER_DEVICE = 3
 NUM_GENERATIONS = 2
@@ -70,27 +71,12 @@ def common_args(output_dir: Path, per_device: int, seed: int) -> dict[str, Any]:
 
 
 def policy_tokenizer() -> Any:
-    """Qwen3's tokenizer as the real checkpoints ship it: ``<think>`` and ``</think>`` are *not* special tokens
-    there, so TRL's ``skip_special_tokens=True`` decoding keeps them in the completion text the Gen guard
-    reads (the offline stand-in registers them as special)."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
+    """Qwen3's tokenizer (``<think>``/``</think>`` not special, as in the real checkpoints, so TRL's
+    ``skip_special_tokens=True`` decoding keeps them in the completion text the Gen guard reads)."""
     from guard_reward.tiny.tokenizer import qwen_tokenizer
     from tests.tiny_policy import CHATML
 
-    spec = json.loads(qwen_tokenizer().backend_tokenizer.to_str())
-    for token in spec["added_tokens"]:
-        if token["content"] in ("<think>", "</think>"):
-            token["special"] = False
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        model_max_length=131072,
-    )
-    tok.chat_template = CHATML
-    return tok
+    return qwen_tokenizer(CHATML)
 
 
 def length_reward(prompts, completions, completion_ids, **kwargs):
@@ -111,13 +97,10 @@ def make_rewards(gen_path: str, stream_path: str) -> tuple[Any, Any]:
         name="safety",
         guard_kwargs={"device": "cpu", "dtype": "float32"},
     )
-    # Its own metric prefix: both rewards log failure totals under <prefix>/failures/<reason>, and two
-    # rewards logging one key are averaged by TRL's flush, which would halve the totals.
     # A 12-token window: an answer of 6 tokens or more does not fit, a per-sample failure (its dense
     # mask row is all False).
     penalty = TokenSafetyPenalty(
         stream_path,
-        metric_prefix=DENSE_PREFIX,
         guard_kwargs={"device": "cpu", "dtype": "float32", "max_length": STREAM_WINDOW},
     )
     return safety, penalty

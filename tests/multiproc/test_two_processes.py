@@ -172,7 +172,8 @@ def _mean(values: list[float]) -> float | None:
 
 def _global_rates(step: dict) -> dict[str, float | None]:
     """The rates over the global batch, from the per-sample columns of the completions table and the rows."""
-    columns, g, t = step["columns"], sc.SCALAR_PREFIX, sc.DENSE_PREFIX
+    columns, g = step["columns"], sc.PREFIX
+    t = g  # both rewards log under one prefix, as by default
     levels, refusals = columns[f"{g}_level"], columns[f"{g}_refusal"]
     harmful = [bool(row["harmful"]) for row in step["rows"]]
     judged = [i for i, level in enumerate(levels) if level is not None]
@@ -207,13 +208,13 @@ def test_logged_rates_are_global_batch_rates_and_failures_are_totals(two_process
                     assert key not in logged, f"{where}: {key} logged without a denominator"
                 else:
                     assert logged[key] == pytest.approx(expected, abs=1e-6), f"{where}: {key}"
-            for reward, prefix in (("safety", sc.SCALAR_PREFIX), ("guard_tokens", sc.DENSE_PREFIX)):
+            for reward, failures in sc.FAILURE_KEYS.items():
                 totals = _failure_totals(step, reward)
                 exercised[reward].update(totals)
-                assert logged[f"{prefix}/failures"] == pytest.approx(sum(totals.values())), where
+                assert logged[failures] == pytest.approx(sum(totals.values())), where
                 for key, value in logged.items():
-                    if key.startswith(f"{prefix}/failures/"):
-                        reason = key.removeprefix(f"{prefix}/failures/")
+                    if key.startswith(f"{failures}/"):
+                        reason = key.removeprefix(f"{failures}/")
                         assert value == pytest.approx(totals[reason]), f"{where}: {key}"
             unscorable = torch.isnan(step["rewards_per_func"]).all(dim=1).float().mean().item()
             share = "ppo/unscorable_frac" if name == "ppo" else "dense/no_signal_frac"
