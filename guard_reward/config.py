@@ -363,6 +363,10 @@ class RecipeConfig:
             )
 
 
+#: Where the trainer's config sits in :func:`config_classes` (and :class:`RecipeConfig`).
+TRAINING_INDEX = 5
+
+
 def config_classes(trainer: str) -> tuple[type, ...]:
     """The dataclasses of a recipe, in :class:`RecipeConfig` field order, for ``TrlParser``."""
     from trl import GRPOConfig, ModelConfig, RLOOConfig, ScriptArguments
@@ -450,7 +454,7 @@ def load_config(
         gen = os.fspath(smoke_gen) if smoke_gen is not None else None
         overrides = [*smoke_overrides(data, path.stem, smoke_cache, gen=gen), *overrides]
     classes = config_classes(_trainer_of(data, overrides))
-    overrides += _activation_checkpointing(data, overrides, classes[-1])
+    overrides += _activation_checkpointing(data, overrides, classes[TRAINING_INDEX])
     try:
         parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
     except ValueError as exc:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,15 @@ class SampleError(ValueError):
             raise ValueError(f"unknown failure reason {reason!r}; known: {', '.join(REASONS)}")
         super().__init__(message)
         self.reason = reason
+
+
+def raise_first_failure(results: Sequence[Any], where: str) -> None:
+    """Under ``on_error="raise"``, for results judged elsewhere (a served guard): raise :class:`SampleError`
+    for the first ``Verdict``/``TokenRisk`` that failed, as a local guard would have (a missing answer is a
+    property of the completion, not an error, and is returned as it is)."""
+    for i, r in enumerate(results):
+        if r.reason is not None and r.reason != NO_ANSWER:
+            raise SampleError(r.reason, f"{where}, sample {i}: {r.error}")
 
 
 def check_on_error(value: object) -> OnError:

@@ -143,7 +143,7 @@ class FakeGen:
         self.verdicts = verdicts
         self.calls = 0
 
-    def moderate(self, conversations, decode=False, thinking="separate"):
+    def moderate(self, conversations, decode=False, thinking="separate", **kwargs):
         self.calls += 1
         return [self.verdicts[c[-1]["content"]] for c in conversations]
 
@@ -159,7 +159,9 @@ def test_safety_cost_policies_and_weights():
         "ok": _verdict("Safe"),
         "bad": _verdict("Unsafe", cats=("Violent",)),
         "meh": _verdict("Controversial", {"Safe": 0.2, "Controversial": 0.7}),
-        "broken": Verdict(level=None, probs={}, moderation="response", error="unparseable", reason="parse"),
+        "broken": Verdict(
+            level=None, probs={}, moderation="response", error="unparseable", reason="unparseable"
+        ),
     }
     gen = FakeGen(verdicts)
     prompts = [[{"role": "user", "content": "q"}]] * 4

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from guard_reward.conversations import moderation_of
-from guard_reward.faults import GUARD_UNAVAILABLE, OnError, check_on_error
+from guard_reward.faults import GUARD_UNAVAILABLE, OnError, check_on_error, raise_first_failure
 from guard_reward.serving.wire import failed_risk, failed_verdict, risk_from_json, verdict_from_json
 from guard_reward.types import TokenRisk, Verdict
 
@@ -162,10 +162,14 @@ class _Client:
         result_key: str,
         decode: Callable[[dict[str, Any]], Any],
         fail: Callable[[int, str], Any],
+        on_error: OnError | None = None,
     ) -> list[Any]:
         """POST ``columns`` (equal-length lists) in chunks; one decoded result per row, in input order.
 
-        ``fail(row, message)`` builds a row's result when its chunk is unavailable after the retries."""
+        ``fail(row, message)`` builds a row's result when its chunk is unavailable after the retries.
+        ``on_error`` (default: the client's): ``"raise"`` raises :class:`GuardUnavailable` then, and a
+        :class:`~guard_reward.faults.SampleError` for the first row the server could not judge."""
+        policy = self.on_error if on_error is None else check_on_error(on_error)
         n = len(next(iter(columns.values()))) if columns else 0
         starts = list(range(0, n, self.chunk_size))
 
@@ -175,7 +179,7 @@ class _Client:
             try:
                 answer = self.request("POST", path, body)
             except GuardUnavailable as exc:
-                if self.on_error == "raise":
+                if policy == "raise":
                     raise
                 self.stats[GUARD_UNAVAILABLE] += stop - start
                 logger.warning("%s; %d samples get reason %s", exc, stop - start, GUARD_UNAVAILABLE)
@@ -193,7 +197,10 @@ class _Client:
         else:
             with ThreadPoolExecutor(min(self.parallel, len(starts))) as pool:
                 parts = list(pool.map(one, starts))
-        return [r for part in parts for r in part]
+        results = [r for part in parts for r in part]
+        if policy == "raise":  # as the local guards do: a sample they cannot judge raises
+            raise_first_failure(results, path)
+        return results
 
 
 def _error_message(payload: bytes) -> str:
@@ -260,9 +267,14 @@ class RemoteGenGuard(_Remote):
     """
 
     def moderate(
-        self, conversations: Sequence[Any], decode: bool = False, thinking: str | None = None
+        self,
+        conversations: Sequence[Any],
+        decode: bool = False,
+        thinking: str | None = None,
+        on_error: OnError | None = None,
     ) -> list[Verdict]:
-        """One :class:`Verdict` per conversation, in input order (see ``GenGuard.moderate``)."""
+        """One :class:`Verdict` per conversation, in input order (see ``GenGuard.moderate``; ``on_error``
+        defaults to the client's)."""
         if isinstance(conversations, (str, dict)) or (
             len(conversations) > 0 and isinstance(conversations[0], dict)
         ):
@@ -283,6 +295,7 @@ class RemoteGenGuard(_Remote):
             "verdicts",
             verdict_from_json,
             fail,
+            on_error,
         )
 
 
@@ -295,6 +308,7 @@ class RemoteStreamGuard(_Remote):
         super().__init__(url, **kw)
         self._names: tuple[str, ...] | None = None
         self._vocab: dict[str, int] | None = None
+        self._rows: int | None = None
 
     @property
     def category_names(self) -> tuple[str, ...]:
@@ -303,13 +317,22 @@ class RemoteStreamGuard(_Remote):
             self._names = tuple(self.health()["guards"]["stream"]["category_names"])
         return self._names
 
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the served guard's embedding table: ids below it are scored as they are (asked once)."""
+        if self._rows is None:
+            self._rows = int(self.health()["guards"]["stream"]["vocab_rows"])
+        return self._rows
+
     def _fail_names(self) -> tuple[str, ...]:
         try:
             return self.category_names
         except Exception:  # the server is down: the failure still needs a (possibly empty) label list
             return ()
 
-    def score(self, conversations: Sequence[Any], *, thinking: str | None = None) -> list[TokenRisk]:
+    def score(
+        self, conversations: Sequence[Any], *, thinking: str | None = None, on_error: OnError | None = None
+    ) -> list[TokenRisk]:
         """Per-token risk of the last assistant message of each conversation (see ``StreamGuard.score``)."""
         return self.client.chunked(
             "/v1/stream/score",
@@ -318,10 +341,16 @@ class RemoteStreamGuard(_Remote):
             "risks",
             risk_from_json,
             lambda i, m: failed_risk(self._fail_names(), GUARD_UNAVAILABLE, m, None),
+            on_error,
         )
 
     def score_ids(
-        self, prompts: Sequence[Any], completion_ids: Sequence[Sequence[int]], *, thinking: str | None = None
+        self,
+        prompts: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]],
+        *,
+        thinking: str | None = None,
+        on_error: OnError | None = None,
     ) -> list[TokenRisk]:
         """Per-token risk of completions given as guard token ids (see ``StreamGuard.score_ids``)."""
         if len(prompts) != len(completion_ids):
@@ -336,6 +365,7 @@ class RemoteStreamGuard(_Remote):
             "risks",
             risk_from_json,
             lambda i, m: failed_risk(self._fail_names(), GUARD_UNAVAILABLE, m, (0, 0)),
+            on_error,
         )
 
     def shares_tokenizer(self, other: Any) -> bool:

@@ -182,7 +182,7 @@ class TokenSafetyPenalty:
         rows: list[Any] = [None] * len(ids)
         by_text = list(range(len(ids)))
         if self._shared:
-            limit = int(getattr(guard, "vocab_rows", len(guard.tokenizer)))
+            limit = int(guard.vocab_rows)
             # ids past the guard's embedding table: that row falls back to the text path
             by_ids = [i for i, row in enumerate(ids) if all(0 <= t < limit for t in row)]
             by_text = [i for i in range(len(ids)) if i not in set(by_ids)]

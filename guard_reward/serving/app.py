@@ -27,6 +27,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from guard_reward.faults import check_on_error, raise_first_failure
 from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
 from guard_reward.serving.protocol import (
     BadRequest,
@@ -186,6 +187,7 @@ class StreamService(_Batched):
             "label_maps": {k: list(v) for k, v in asdict(maps).items()},
             "thinking": self.guard.thinking,
             "max_length": self.guard.max_length,
+            "vocab_rows": int(self.guard.vocab_rows),
         }
 
     def vocab(self) -> dict[str, int]:
@@ -199,9 +201,14 @@ class _HandleGen:
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle
 
-    def moderate(self, conversations: list, decode: bool = False, thinking: str | None = None) -> list:
+    def moderate(
+        self, conversations: list, decode: bool = False, thinking: str | None = None, on_error: str = "raise"
+    ) -> list:
         call = {"conversations": list(conversations), "decode": decode, "thinking": thinking}
-        return [verdict_from_json(v) for v in self.handle.judge.remote(call).result()]
+        verdicts = [verdict_from_json(v) for v in self.handle.judge.remote(call).result()]
+        if check_on_error(on_error) == "raise":  # the deployment judges with "skip"
+            raise_first_failure(verdicts, "gen deployment")
+        return verdicts
 
 
 def _error(status: int, message: str) -> JSONResponse:

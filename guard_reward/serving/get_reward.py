@@ -175,9 +175,9 @@ class RecordingGuard:
         self._local = threading.local()
 
     def moderate(
-        self, conversations: Sequence[Any], decode: bool = False, thinking: str | None = None
+        self, conversations: Sequence[Any], decode: bool = False, thinking: str | None = None, **kwargs: Any
     ) -> list:
-        verdicts = self.guard.moderate(conversations, decode=decode, thinking=thinking)
+        verdicts = self.guard.moderate(conversations, decode=decode, thinking=thinking, **kwargs)
         if conversations and conversations[0] and conversations[0][-1].get("role") == "assistant":
             self._local.verdicts = verdicts
         return verdicts

@@ -160,7 +160,7 @@ def judge_gen_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list[di
     for (decode, thinking), members in _groups(calls, ("decode", "thinking")).items():
         items = [conv for m in members for conv in calls[m]["conversations"]]
         verdicts = judge_isolated(
-            lambda convs, d=decode, t=thinking: guard.moderate(convs, decode=d, thinking=t),
+            lambda convs, d=decode, t=thinking: guard.moderate(convs, decode=d, thinking=t, on_error="skip"),
             items,
             _check_conversation,
             _gen_failure,
@@ -184,14 +184,17 @@ def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list
         if kind == "text":
             items = [conv for m in members for conv in calls[m]["conversations"]]
             risks = judge_isolated(
-                lambda convs, t=thinking: guard.score(convs, thinking=t), items, _check_conversation, fail
+                lambda convs, t=thinking: guard.score(convs, thinking=t, on_error="skip"),
+                items,
+                _check_conversation,
+                fail,
             )
             _scatter(out, members, calls, "conversations", [risk_to_json(r) for r in risks])
         else:
             items = [pair for m in members for pair in zip(calls[m]["prompts"], calls[m]["completion_ids"])]
             risks = judge_isolated(
                 lambda pairs, t=thinking: guard.score_ids(
-                    [p for p, _ in pairs], [ids for _, ids in pairs], thinking=t
+                    [p for p, _ in pairs], [ids for _, ids in pairs], thinking=t, on_error="skip"
                 ),
                 items,
                 _check_ids_item,
