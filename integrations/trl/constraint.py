@@ -162,6 +162,14 @@ class _ConstraintMixin:
             self.constraint.controller.load_state_dict(json.load(f))
         logger.info("constraint: resumed λ=%.4g from %s", self.lam, path)
 
+    def _save_checkpoint(self, model, trial):  # type: ignore[override]
+        super()._save_checkpoint(model, trial)  # type: ignore[misc]
+        self._save_constraint_state(trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[override]
+        super()._load_optimizer_and_scheduler(checkpoint)  # type: ignore[misc]
+        self._load_constraint_state(checkpoint)
+
 
 class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
     """GRPO (optionally with dense rewards) under a safety constraint.
@@ -210,14 +218,6 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
             combined = combined * out["completion_mask"]
         out["advantages"] = combined
         return out
-
-    def _save_checkpoint(self, model, trial):  # type: ignore[override]
-        super()._save_checkpoint(model, trial)
-        self._save_constraint_state(trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[override]
-        super()._load_optimizer_and_scheduler(checkpoint)
-        self._load_constraint_state(checkpoint)
 
 
 class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
@@ -269,11 +269,3 @@ class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
         cost_adv = (to_go - mean) / (var.sqrt() + 1e-8) * valid
         out["advantages"] = combine_advantages(out["advantages"], cost_adv, lam) * mask
         return out
-
-    def _save_checkpoint(self, model, trial):  # type: ignore[override]
-        super()._save_checkpoint(model, trial)
-        self._save_constraint_state(trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[override]
-        super()._load_optimizer_and_scheduler(checkpoint)
-        self._load_constraint_state(checkpoint)
