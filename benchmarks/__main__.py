@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import bench_gen, bench_groups, bench_growth, bench_memory, bench_stream
+from benchmarks import bench_gen, bench_groups, bench_growth, bench_memory, bench_serving, bench_stream
 from benchmarks.common import (
     CPU_SIZE,
     GPU_SIZE,
@@ -38,6 +38,7 @@ PARTS = {
     "growth": ("Cost growth", bench_growth.run),
     "memory": ("Peak memory", bench_memory.run),
     "groups": ("GRPO groups: shared prefixes", bench_groups.run),
+    "serving": ("Serving: the guards on Ray Serve", bench_serving.run),
 }
 
 
@@ -76,6 +77,10 @@ def targets(payloads: dict[str, dict]) -> list[tuple[str, float | None, float, b
                 out.append(
                     (f"{r['guard']} sharing on / off, {r['case']}", r["on_over_off"]["best"], 1.2, True)
                 )
+    if "serving" in payloads:
+        for r in payloads["serving"]["rows"]:
+            out.append((f"{r['guard']} served / local batched", r["served_over_local"]["best"], 0.7, True))
+            out.append((f"{r['guard']} served batching gain / local batching gain", r["captured"], 0.9, True))
     return out
 
 

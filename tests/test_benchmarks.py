@@ -1,6 +1,8 @@
 """The benchmark suite's own instruments: the tensor-memory counter, the ratio arithmetic, and a tiny end-to-end
 run of the memory part (so the suite keeps running as the guards change)."""
 
+from pathlib import Path
+
 import torch
 
 from benchmarks.bench_memory import LiveTensors, deep_size
@@ -72,3 +74,18 @@ def test_a_part_run_on_its_own_never_writes_the_committed_results(tmp_path, monk
     assert (tmp_path / common.PARTIAL_RESULTS / "toy.json").exists()
     assert not (tmp_path / common.PARTIAL_RESULTS / "summary.md").exists()
     assert {p: p.stat().st_mtime_ns for p in common.RESULTS.iterdir()} == committed
+
+
+def test_every_benchmark_module_is_a_part_of_the_suite_with_its_targets():
+    from benchmarks.__main__ import PARTS, targets
+
+    modules = {
+        p.stem.removeprefix("bench_")
+        for p in Path(__file__).resolve().parents[1].glob("benchmarks/bench_*.py")
+    }
+    assert modules == set(PARTS)
+    row = {"guard": "gen", "served_over_local": {"best": 0.5}, "captured": 1.0}
+    assert [t[0] for t in targets({"serving": {"rows": [row]}})] == [
+        "gen served / local batched",
+        "gen served batching gain / local batching gain",
+    ]
