@@ -330,6 +330,11 @@ class SafetyCost:
     def stats(self) -> Any:
         return self._reward.stats
 
+    @property
+    def guard(self) -> Any:
+        """The Gen guard's handle (what ``train`` loads before the first step)."""
+        return self._reward.guard
+
     def __call__(
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
     ) -> list[float | None]:

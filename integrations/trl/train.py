@@ -246,7 +246,7 @@ def build_trainer(
         train_dataset = load_prompts(cfg)
     reward_funcs, dense = build_rewards(cfg)
     constraint = build_constraint(cfg) if cfg.constraint.enabled else None
-    costs = [] if constraint is None else [getattr(constraint.cost, "_reward", constraint.cost)]
+    costs = [] if constraint is None else [constraint.cost]
     if constraint is not None and constraint.dense_cost is not None:
         costs.append(constraint.dense_cost)
     load_reward_models([*reward_funcs, *costs], dense)
