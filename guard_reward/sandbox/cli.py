@@ -28,7 +28,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per arm (default 48)")
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per arm (default 24)")
     parser.add_argument(
         "--no-hacking", action="store_true", help="skip the guard-only, no-KL 'what can go wrong' arm"
     )

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from guard_reward.sandbox.accuracy import GuardAccuracy, guard_accuracy
-from guard_reward.sandbox.arms import ArmConfig, ArmResult, run_arm, write_samples
+from guard_reward.sandbox.arms import ArmConfig, ArmResult, import_arm_modules, run_arm, write_samples
 from guard_reward.sandbox.evaluate import EvalResult, Evaluator
 from guard_reward.sandbox.guards import GuardSize, build_gen_guard, build_stream_guard, guard_chats
 from guard_reward.sandbox.language import Language
@@ -325,6 +325,7 @@ def _run_arms(world: World, initial: EvalResult) -> dict[str, ArmResult]:
         if _parallel(config) and len(names) > 1:
             processes = min(config.arm_processes or len(names), len(names))
             logger.info("[3/4] GRPO arms %s in %d processes", ", ".join(names), processes)
+            import_arm_modules()
             # Longest arms first, so that with fewer processes than arms the queues finish close together.
             order = sorted(names, key=lambda n: -_ARM_COST.get(n, 1.0))
             with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -44,7 +45,7 @@ class EvalSample:
     response: str
     judgement: Judgement
 
-    @property
+    @cached_property  # read by every row of every curve CSV rewrite: scored once
     def helpfulness(self) -> float:
         """The sandbox's helpfulness score of the answer (a reward model's view, not the ground truth)."""
         from guard_reward.sandbox.helpfulness import helpfulness
@@ -113,6 +114,10 @@ class EvalResult:
 
     def row(self) -> dict[str, float]:
         """The rates as one CSV row (:data:`EVAL_COLUMNS`)."""
+        return dict(self._row)
+
+    @cached_property  # the history CSV is rewritten after every evaluation, with every earlier row
+    def _row(self) -> dict[str, float]:
         return {k: float(getattr(self, k)) for k in EVAL_COLUMNS}
 
 
