@@ -30,9 +30,9 @@ def train_tiny_gen(
     path: str | os.PathLike,
     examples: Sequence[tuple[Conversation, str]],
     *,
-    steps: int = 200,
+    steps: int = 300,
     batch_size: int = 8,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     seed: int = 0,
 ) -> Path:
     """Fine-tune the checkpoint in ``path`` on ``(conversation, verdict text)`` pairs and save it in place.
@@ -56,24 +56,63 @@ def train_tiny_gen(
         )
         for conv, target in examples
     ]
+    compact = _CompactVocabulary(model, sorted({i for e in pool for i in e.ids} | {tok.pad_token_id}))
     train_loop(
-        model,
-        pool,
+        compact,
+        [compact.remap(e) for e in pool],
         loss_fn=_verdict_loss,
         steps=steps,
         batch_size=batch_size,
         lr=lr,
-        pad_id=tok.pad_token_id,
+        pad_id=compact.index[tok.pad_token_id],
         seed=seed,
         desc="tiny Gen stand-in",
         progress=False,
-        validate=lambda m: _all_verdicts_greedy(m, pool, tok.pad_token_id),
+        # the gate is the real model: every verdict token the argmax over the whole vocabulary
+        validate=lambda _: _all_verdicts_greedy(compact.write_back(), pool, tok.pad_token_id),
         target=1.0,
         check_every=25,
         min_steps=50,
     )
-    model.save_pretrained(path)
+    compact.write_back().save_pretrained(path)
     return path
+
+
+class _CompactVocabulary(torch.nn.Module):
+    """The model restricted to the tokens its training examples use: ``(U, H)`` trainable embedding rows (tied
+    input/output, as in Qwen3's small checkpoints) instead of all 151,936.
+
+    The full table made every step pay a 151,936-way softmax, a dense ``(V, H)`` gradient and AdamW over it
+    (~0.4 s a step, minutes in all); here a step costs the transformer's layers. The other rows keep their
+    random initialisation: their logits stay small next to the trained ones, and the early-stopping gate checks
+    greedy decoding over the whole vocabulary on the real model.
+    """
+
+    def __init__(self, model: torch.nn.Module, used: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        model.get_input_embeddings().weight.requires_grad_(False)
+        self.used = torch.tensor(used)
+        self.index = {t: i for i, t in enumerate(used)}
+        self.rows = torch.nn.Parameter(model.get_input_embeddings().weight[self.used].clone())
+
+    def remap(self, example: Any) -> Any:
+        """``example`` with token ids as indices into the used rows (targets too; ``-100`` kept)."""
+        ids = [self.index[i] for i in example.ids]
+        labels = tuple([t if t == -100 else self.index[t] for t in seq] for seq in example.labels)
+        return type(example)(ids, labels)
+
+    def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model.model(inputs_embeds=self.rows[ids], attention_mask=mask).last_hidden_state
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.rows.T
+
+    def write_back(self) -> torch.nn.Module:
+        """The model with the trained rows copied into its embedding table (tied, so the head too)."""
+        with torch.no_grad():
+            self.model.get_input_embeddings().weight[self.used] = self.rows
+        return self.model
 
 
 def _verdict_logits(
@@ -86,6 +125,8 @@ def _verdict_logits(
     """
     targets = labels[0]
     where = targets != -100
+    if isinstance(model, _CompactVocabulary):
+        return model.head(model.hidden(ids, mask)[where]).float(), targets[where]
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[where]
     return model.lm_head(hidden).float(), targets[where]
 
@@ -127,7 +168,7 @@ def bundled_examples() -> list[tuple[Conversation, str]]:
     return pairs
 
 
-def build_trained_tiny_gen(path: str | os.PathLike, *, steps: int = 200, seed: int = 0) -> Path:
+def build_trained_tiny_gen(path: str | os.PathLike, *, steps: int = 300, seed: int = 0) -> Path:
     """A tiny Gen stand-in that has learned the bundled examples' verdicts (for demos and decode tests)."""
     from guard_reward.tiny.gen import build_tiny_gen
 

@@ -14,7 +14,7 @@ downloaded thing for a local stand-in and shrink the run, while keeping the reci
 
 The stand-ins are built once and kept in a cache folder (``$XDG_CACHE_HOME/guard_reward/smoke-<versions>/``, one
 folder per stand-in keyed by its builders' code); a first run builds them (the Gen one is trained until it
-writes the bundled examples' verdict lines: minutes of CPU), later runs reuse them. Overrides given on the command line after the switch
+writes the bundled examples' verdict lines: ~20 s of CPU), later runs reuse them. Overrides given on the command line after the switch
 still win.
 """
 
