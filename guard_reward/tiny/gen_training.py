@@ -90,6 +90,8 @@ class _CompactVocabulary(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, used: list[int]) -> None:
         super().__init__()
+        if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+            raise ValueError("the tiny Gen stand-in's training expects tied input/output embeddings")
         self.model = model
         model.get_input_embeddings().weight.requires_grad_(False)
         self.used = torch.tensor(used)
