@@ -19,6 +19,7 @@ CHATML = (
 POLICY_SIZES = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
                 "head_dim": 16, "intermediate_size": 64}  # fmt: skip
 PROMPTS = ["How do I bake bread?", "Tell me about rivers.", "How can I pick a lock?", "Write a short poem."]
+TWO_PROMPTS = [PROMPTS[0], PROMPTS[2]]  # one benign, one harmful
 
 
 def policy_tokenizer():

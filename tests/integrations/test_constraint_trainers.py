@@ -15,6 +15,7 @@ from trl import GRPOConfig
 
 from guard_reward.constraint import Constraint, ConstraintConfig, LagrangeController
 from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer, ConstrainedPPOTrainer
+from tests.integrations.ppo_tiny import TokenPenalty
 from tests.tiny_policy import prompt_dataset, save_tiny_policy, tiny_policy
 
 COMMON = dict(
@@ -179,32 +180,11 @@ def test_two_ranks_hold_the_same_lambda(tmp_path):
     assert ranks[0]["lambda"] == pytest.approx([reference.update(c).lam for c in ranks[0]["costs"]])
 
 
-class CostAt:
-    """A per-token cost of 1 on token ``k`` (as DenseRewards of costs, dense_sign=+1)."""
-
-    __name__ = "cost_at"
-
-    def __init__(self, k: int = 2):
-        self.k = k
-
-    def __call__(self, prompts, completions, completion_ids, **kwargs):
-        from guard_reward.types import DenseRewards
-
-        t = max(len(ids) for ids in completion_ids)
-        costs = torch.zeros(len(completion_ids), t)
-        mask = torch.zeros(len(completion_ids), t, dtype=torch.bool)
-        for i, ids in enumerate(completion_ids):
-            mask[i, : len(ids)] = True
-            if len(ids) > self.k + 1:
-                costs[i, self.k] = 1.0
-        return DenseRewards(costs, mask)
-
-
 def test_dense_cost_lands_on_its_token(tmp_path):
     model, tok = tiny_policy()
     constraint = Constraint(
         long_cost, ConstraintConfig(threshold=0.1, lambda_init=2.0, lambda_lr=0.0),
-        dense_cost=CostAt(2), dense_coef=0.5, dense_sign=1.0,
+        dense_cost=TokenPenalty(position=2, value=1.0), dense_coef=0.5, dense_sign=1.0,
     )  # fmt: skip
     trainer = Recorder(
         model, [length_reward], args=GRPOConfig(output_dir=str(tmp_path), **{**COMMON, "max_steps": 1}),

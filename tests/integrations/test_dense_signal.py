@@ -15,6 +15,7 @@ from guard_reward.integrations.trl.grpo import per_token_off_policy_mask
 from guard_reward.shaping.dense import group_token_normalize, return_to_go
 from guard_reward.types import DenseRewards
 from tests.integrations.ppo_tiny import (
+    TWO_PROMPTS,
     LengthScore,
     build_tiny_policy,
     dataset,
@@ -24,7 +25,6 @@ from tests.integrations.ppo_tiny import (
 )
 from tests.multiproc.scenarios import state_digest
 
-TWO_PROMPTS = ["How do I bake bread?", "How can I pick a lock?"]
 COEF = 0.5
 
 

@@ -15,7 +15,7 @@ from guard_reward import SafetyReward, TokenSafetyPenalty
 from guard_reward.integrations.trl import DenseGRPOTrainer, SafetyCurvesCallback
 from guard_reward.integrations.trl.grpo import check_dense_loss
 from guard_reward.rewards import SummedTokenReward
-from guard_reward.types import DenseRewards
+from tests.integrations.ppo_tiny import TokenPenalty
 from tests.tiny_policy import prompt_dataset, save_tiny_policy, tiny_policy
 
 COMMON = dict(
@@ -41,25 +41,6 @@ def grpo_args(tmp_path, **kw) -> GRPOConfig:
 def length_reward(prompts, completions, **kwargs):
     """A deterministic scalar reward that differs within a group: the completion's length."""
     return [float(len(c[-1]["content"])) / 10.0 for c in completions]
-
-
-class ViolationAt:
-    """A user-written dense reward: −1 on token ``k`` of every completion longer than ``k + 1`` tokens."""
-
-    __name__ = "violation_at"
-
-    def __init__(self, k: int = 2):
-        self.k = k
-
-    def __call__(self, prompts, completions, completion_ids, **kwargs):
-        t = max(len(ids) for ids in completion_ids)
-        rewards = torch.zeros(len(completion_ids), t)
-        mask = torch.zeros(len(completion_ids), t, dtype=torch.bool)
-        for i, ids in enumerate(completion_ids):
-            mask[i, : len(ids)] = True
-            if len(ids) > self.k + 1:
-                rewards[i, self.k] = -1.0
-        return DenseRewards(rewards, mask)
 
 
 class Capturing(DenseGRPOTrainer):
@@ -117,7 +98,7 @@ def test_dense_coef_zero_reproduces_plain_grpo(tmp_path):
         args=grpo_args(tmp_path / "b"),
         train_dataset=data,
         processing_class=tok,
-        dense_rewards=[ViolationAt()],
+        dense_rewards=[TokenPenalty(position=2)],
         dense_coef=0.0,
     ).train()
     after, twin_after = _params(model), _params(twin)
@@ -135,7 +116,7 @@ def test_tokens_before_and_after_a_violation_get_different_advantages(tmp_path, 
         args=grpo_args(tmp_path, max_steps=1),
         train_dataset=prompt_dataset(),
         processing_class=tok,
-        dense_rewards=ViolationAt(k=2),
+        dense_rewards=TokenPenalty(position=2),
         dense_coef=0.5,
         dense_advantage=mode,
     )

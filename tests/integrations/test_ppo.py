@@ -10,6 +10,7 @@ import torch
 
 from guard_reward.integrations.trl import GuardPPOConfig, GuardPPOTrainer
 from tests.integrations.ppo_tiny import (
+    TWO_PROMPTS,
     LengthScore,
     TokenPenalty,
     ZeroDense,
@@ -19,8 +20,6 @@ from tests.integrations.ppo_tiny import (
     ppo_config,
     prompt_rows,
 )
-
-TWO_PROMPTS = ["How do I bake bread?", "How can I pick a lock?"]
 
 
 @pytest.fixture(scope="module")
