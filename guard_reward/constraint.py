@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from guard_reward.shaping.scalar import KNOWN_CATEGORIES
+from guard_reward.shaping.scalar import finite_number
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +45,6 @@ LAMBDA, COST, THRESHOLD, VIOLATION = (
     "constraint/violation",
 )
 SKIPPED, UPDATED = "constraint/skipped_updates", "constraint/updated"
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -79,8 +73,8 @@ class ConstraintConfig:
     max_cost: float = 1.0
 
     def __post_init__(self) -> None:
-        threshold = _number("threshold", self.threshold)
-        max_cost = _number("max_cost", self.max_cost)
+        threshold = finite_number("threshold", self.threshold)
+        max_cost = finite_number("max_cost", self.max_cost)
         if max_cost <= 0:
             raise ValueError(f"max_cost must be > 0, got {max_cost}")
         if not 0.0 <= threshold < max_cost:
@@ -88,15 +82,15 @@ class ConstraintConfig:
                 f"threshold={threshold} is outside the cost's range: a cost lies in [0, {max_cost}], so the "
                 f"threshold must be in [0, {max_cost}) (at {max_cost} or above the constraint never binds)"
             )
-        if _number("lambda_init", self.lambda_init) <= 0:
+        if finite_number("lambda_init", self.lambda_init) <= 0:
             raise ValueError(
                 f"lambda_init must be > 0 (λ is kept as log λ), got {self.lambda_init}; use a small value "
                 "such as 0.01 for 'start unconstrained'"
             )
-        if _number("lambda_lr", self.lambda_lr) < 0:
+        if finite_number("lambda_lr", self.lambda_lr) < 0:
             raise ValueError(f"lambda_lr must be >= 0 (0 keeps λ fixed), got {self.lambda_lr}")
         if self.lambda_max is not None:
-            if _number("lambda_max", self.lambda_max) <= 0:
+            if finite_number("lambda_max", self.lambda_max) <= 0:
                 raise ValueError(f"lambda_max must be > 0 or None (no clamp), got {self.lambda_max}")
             if self.lambda_max < self.lambda_init:
                 raise ValueError(
@@ -297,18 +291,11 @@ class SafetyCost:
         from guard_reward.rewards import SafetyReward
 
         if not isinstance(controversial, str):
-            c = _number("controversial", controversial)
+            c = finite_number("controversial", controversial)
             if not 0.0 <= c <= 1.0:
                 raise ValueError(f"controversial cost must be in [0, 1], got {controversial}")
             controversial = -c
-        weights = dict(category_weights or {})
-        for cat, w in weights.items():
-            if cat not in KNOWN_CATEGORIES:
-                raise ValueError(
-                    f"category_weights: unknown category {cat!r}; accepted: {', '.join(KNOWN_CATEGORIES)}"
-                )
-            if _number(f"category_weights[{cat!r}]", w) < 0:
-                raise ValueError(f"category_weights[{cat!r}] must be >= 0, got {w}")
+        weights = dict(category_weights or {})  # checked by SafetyReward's shaping config
         self.__name__ = name
         self._reward = SafetyReward(
             guard,
@@ -378,7 +365,7 @@ class Constraint:
             self.config = replace(self.config, max_cost=max_cost)
         if self.dense_cost is not None and not callable(self.dense_cost):
             raise TypeError("dense_cost must be a callable returning DenseRewards, or None")
-        if _number("dense_coef", self.dense_coef) < 0:
+        if finite_number("dense_coef", self.dense_coef) < 0:
             raise ValueError(f"dense_coef must be >= 0, got {self.dense_coef}")
         if self.dense_sign not in (-1.0, 1.0, -1, 1):
             raise ValueError(f"dense_sign must be -1 (penalties) or +1 (costs), got {self.dense_sign}")

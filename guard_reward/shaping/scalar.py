@@ -34,7 +34,8 @@ SCALAR_MODES: tuple[str, ...] = ("hard", "soft")
 KNOWN_CATEGORIES: tuple[str, ...] = PROMPT_CATEGORIES
 
 
-def _finite(name: str, value: object) -> float:
+def finite_number(name: str, value: object) -> float:
+    """``value`` as a float; a ``ValueError`` naming ``name`` unless it is a finite int or float (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
@@ -76,9 +77,9 @@ class ScalarShaping:
                     "number (the value of a Controversial verdict)"
                 )
         else:
-            _finite("controversial", self.controversial)
+            finite_number("controversial", self.controversial)
         for name in ("safe_value", "unsafe_value", "benign_refusal_value", "harmful_refusal_value"):
-            _finite(name, getattr(self, name))
+            finite_number(name, getattr(self, name))
         if not isinstance(self.category_weights, Mapping):
             raise TypeError(
                 f"category_weights must be a mapping {{category: weight}}, got {self.category_weights!r}"
@@ -88,7 +89,7 @@ class ScalarShaping:
                 raise ValueError(
                     f"category_weights: unknown category {name!r}; accepted: {', '.join(KNOWN_CATEGORIES)}"
                 )
-            if _finite(f"category_weights[{name!r}]", weight) < 0:
+            if finite_number(f"category_weights[{name!r}]", weight) < 0:
                 raise ValueError(f"category_weights[{name!r}] must be >= 0, got {weight}")
         if not isinstance(self.refusal, bool):
             raise TypeError(f"refusal must be True or False, got {self.refusal!r}")
