@@ -110,6 +110,22 @@ class _ConstraintMixin:
             rewards, mask = (torch.as_tensor(x).cpu() for x in out)
             self._pending_dense_cost = c.dense_sign * rewards.float() * mask.bool()
 
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """The trainer's rewards; the costs of the same completions are scored beside them."""
+        rewards_per_func = super()._calculate_rewards(  # type: ignore[misc]
+            inputs, prompts, completions, completion_ids_list
+        )
+        self._score_costs(inputs, prompts, completions, completion_ids_list)
+        return rewards_per_func
+
+    @staticmethod
+    def _dense_on_tokens(dense: torch.Tensor, b: int, t: int, device: torch.device) -> torch.Tensor:
+        """This process's per-token costs ``dense (b, T_cost)`` placed on the completions' token grid: ``(b, t)``."""
+        per_token = torch.zeros(b, t, device=device)
+        width = min(t, dense.shape[1])
+        per_token[:, :width] = dense[:, :width].to(device)
+        return per_token
+
     def _gathered_costs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All processes' per-sample costs ``(B_total,)`` and this process's per-token costs."""
         cost, dense = self._pending_cost, self._pending_dense_cost
@@ -190,11 +206,6 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
             )
         self._init_constraint(constraint)
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._score_costs(inputs, prompts, completions, completion_ids_list)
-        return rewards_per_func
-
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
@@ -208,10 +219,7 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
         cost_adv = cost_adv[rows].to(device)
         if dense is not None:
             mask = out["completion_mask"].bool()
-            t = mask.shape[1]
-            per_token = torch.zeros(b, t, device=device)
-            width = min(t, dense.shape[1])
-            per_token[:, :width] = dense[:, :width].to(device)
+            per_token = self._dense_on_tokens(dense, b, mask.shape[1], device)
             cost_adv = (cost_adv.unsqueeze(1) + self.constraint.dense_coef * per_token) * mask
         combined = combine_advantages(out["advantages"], cost_adv, lam)
         if combined.dim() == 2:
@@ -234,11 +242,6 @@ class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
         super().__init__(*args, **kwargs)
         self._init_constraint(constraint)
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._score_costs(inputs, prompts, completions, completion_ids_list)
-        return rewards_per_func
-
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
         out = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
@@ -253,9 +256,7 @@ class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
         # Cost-to-go per token (gamma = 1): the terminal cost, plus the per-token costs from t on.
         to_go = torch.where(judged, local, torch.zeros_like(local)).unsqueeze(1).expand(b, t).clone()
         if dense is not None:
-            per_token = torch.zeros(b, t, device=device)
-            width = min(t, dense.shape[1])
-            per_token[:, :width] = dense[:, :width].to(device) * self.constraint.dense_coef
+            per_token = self._dense_on_tokens(dense, b, t, device) * self.constraint.dense_coef
             to_go = to_go + per_token.flip(1).cumsum(1).flip(1)
         valid = mask & judged.unsqueeze(1)
         # Baseline and scale over the whole batch, all processes (sums and counts, not means of means).
