@@ -19,6 +19,7 @@ so CPU time of this process says nothing about it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import statistics
@@ -33,17 +34,18 @@ from benchmarks.common import Setup, fmt_ratio, part_parser, race, ratio, run_pa
 logger = logging.getLogger("bench_serving")
 
 CLIENTS = 16
-#: How long a replica waits for more requests: a batch takes ~0.5-1.5 s here, so waiting 50 ms to merge the
-#: clients' requests into one call costs little and avoids alternating small and large batches.
-BATCH_WAIT_MS = 50
 TARGET_THROUGHPUT = 0.7
 TARGET_BATCHING = 0.9
 
 
-def start_service(setup: Setup) -> tuple[str, str]:
-    """Two Serve apps on one local Ray: ``/on`` (batching, 32) and ``/off`` (batch size 1); their URLs."""
+def start_service(setup: Setup, proxy: str = "haproxy") -> tuple[str, str, str]:
+    """Two Serve apps on one local Ray started as ``guard-reward serve --proxy PROXY`` starts it: ``/on``
+    (batching, 32) and ``/off`` (batch size 1); their URLs and the HTTP front in use."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from guard_reward.serving.ray_env import use_serve_env
+
+    front = "HAProxy" if use_serve_env(proxy)["RAY_SERVE_ENABLE_HA_PROXY"] == "1" else "Ray's Python proxy"
     import ray
     from ray import serve
 
@@ -59,14 +61,13 @@ def start_service(setup: Setup) -> tuple[str, str]:
             stream=str(setup.stream_path()),
             cpus_per_replica=0.5,
             max_batch_size=batch,
-            batch_wait_ms=BATCH_WAIT_MS,
             device=setup.device,
             dtype=setup.dtype,
             torch_threads=1,
         )
         serve.run(build(options), name=name, route_prefix=f"/{name}")
         wait_healthy(f"{base}/{name}", timeout=600)
-    return f"{base}/on", f"{base}/off"
+    return f"{base}/on", f"{base}/off", front
 
 
 def concurrent_singles(call: Any, n: int, latencies: list[float]) -> None:
@@ -100,12 +101,13 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def run(setup: Setup, repeats: int = 3) -> tuple[str, dict]:
+def run(setup: Setup, repeats: int = 3, proxy: str = "haproxy") -> tuple[str, dict]:
     from ray import serve
 
     from guard_reward import RemoteGenGuard, RemoteStreamGuard
+    from guard_reward.serving.app import ServeOptions
 
-    on_url, off_url = start_service(setup)
+    on_url, off_url, front = start_service(setup, proxy)
     try:
         gen, stream = setup.gen(), setup.stream()
         cases = {
@@ -169,9 +171,9 @@ def run(setup: Setup, repeats: int = 3) -> tuple[str, dict]:
         ray.shutdown()
     lines = [
         f"{setup.describe()}; one GRPO batch of 4 prompts x 8 completions per guard (Stream responses 128 "
-        f"tokens); {CLIENTS} concurrent single-sample clients; one replica per guard, one torch thread, "
-        f"batch wait {BATCH_WAIT_MS} ms; "
-        f"{repeats} rounds; wall clock on a shared 2-core machine.",
+        f"tokens); {CLIENTS} concurrent single-sample clients; one replica per guard, one torch thread; "
+        f"`guard-reward serve`'s defaults: {front} in front, batch wait {ServeOptions.batch_wait_ms:g} ms, "
+        f"quiet {ServeOptions.batch_quiet_ms:g} ms; {repeats} rounds; wall clock on one machine.",
         "",
         "| guard | local batched | local single | served | served, batch 1 | served / local batched "
         "| batching gain local | batching gain served | captured | requests per guard call | p50 / p99 ms served "
@@ -196,12 +198,17 @@ def run(setup: Setup, repeats: int = 3) -> tuple[str, dict]:
             f"({'met' if t1 else '**missed**'} ≥ {TARGET_THROUGHPUT}x); the service captures "
             f"{r['captured']:.2f} of the local batching gain ({'met' if t2 else '**missed**'} ≥ {TARGET_BATCHING})."
         )
-    payload = {"size": setup.size, "rows": rows, "clients": CLIENTS}
+    payload = {"size": setup.size, "rows": rows, "clients": CLIENTS, "http_front": front}
     return "\n".join(lines), payload
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_part(part_parser(__doc__).parse_args(argv), "serving", "Serving: the guards on Ray Serve", run)
+    from guard_reward.serving.ray_env import PROXIES
+
+    parser = part_parser(__doc__)
+    parser.add_argument("--proxy", choices=PROXIES, default="haproxy", help="the service's HTTP front")
+    args = parser.parse_args(argv)
+    run_part(args, "serving", "Serving: the guards on Ray Serve", functools.partial(run, proxy=args.proxy))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import signal
 import sys
 import threading
 
+from guard_reward.serving.ray_env import PROXIES, use_serve_env
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the guards over HTTP on Ray Serve (one guard for every rank)")
@@ -20,25 +22,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--max-batch-size", type=int, default=32, help="requests merged into one guard call")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="wait for more requests (ms)")
     p.add_argument(
-        "--max-queued-requests", type=int, default=512, help="queued requests per guard; more -> 503"
+        "--batch-wait-ms", type=float, default=5.0, help="longest wait for more requests to merge with (ms)"
     )
     p.add_argument(
-        "--max-ongoing-requests",
-        type=int,
-        default=None,
-        help="in flight per replica (default max(64, 2 x batch))",
+        "--batch-quiet-ms",
+        type=float,
+        default=2.0,
+        help="send a batch once no request came for this long (ms)",
+    )
+    p.add_argument(
+        "--max-queued-requests", type=int, default=512, help="requests waiting per guard; more -> 503"
     )
     p.add_argument("--device", default=None, help="guard device inside a replica (default: the guards' own)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     p.add_argument("--token-budget", type=int, default=16384, help="padded tokens per guard micro-batch")
     p.add_argument("--reward-config", default=None, help="YAML of SafetyReward fields for /get_reward")
     p.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+    p.add_argument(
+        "--proxy",
+        choices=PROXIES,
+        default="haproxy",
+        help="HTTP front of a local Ray: HAProxy (default, where ray[serve] ships it) or Ray's Python proxy",
+    )
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.address is None:  # Ray's processes read these when they start; a joined cluster keeps its own
+        use_serve_env(args.proxy)
     try:
         import ray
         from ray import serve
@@ -57,8 +69,8 @@ def run_serve(args: argparse.Namespace) -> int:
             cpus_per_replica=args.cpus_per_replica,
             max_batch_size=args.max_batch_size,
             batch_wait_ms=args.batch_wait_ms,
+            batch_quiet_ms=args.batch_quiet_ms,
             max_queued_requests=args.max_queued_requests,
-            max_ongoing_requests=args.max_ongoing_requests,
             device=args.device,
             dtype=args.dtype,
             token_budget=args.token_budget,

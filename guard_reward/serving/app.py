@@ -1,9 +1,11 @@
 """The Ray Serve application: one deployment per guard and an HTTP ingress.
 
-Each guard deployment merges concurrent requests with ``@serve.batch`` into ONE call of the guard's own
-micro-batching (token budget, length sorting, prefix sharing and dedupe then work across requests); the
-ingress parses bodies (400 on a malformed one), routes them, and turns back-pressure (a guard deployment's
-``max_queued_requests`` reached) or a lost replica into 503 with ``Retry-After``.
+The ingress parses bodies (400 on a malformed one) and merges concurrent requests for a guard
+(:class:`~guard_reward.serving.batcher.RequestBatcher`) into ONE call of a guard replica, which runs them as one
+call of the guard's own micro-batching (token budget, length sorting, prefix sharing and dedupe then work across
+requests). Merging before the hop to the replica means one actor call per batch, not per request: the replica's
+process spends its CPU on the guard. Too many waiting requests (``max_queued_requests``) or a lost replica
+become 503 with ``Retry-After``.
 
 Deploy with ``guard-reward serve`` or, with your own Serve config, ``serve run
 guard_reward.serving.app:build_app gen=PATH stream=PATH`` (``build_app`` takes the :class:`ServeOptions` fields
@@ -28,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from guard_reward.faults import check_on_error, raise_first_failure
+from guard_reward.serving.batcher import BatcherFull, RequestBatcher
 from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
 from guard_reward.serving.protocol import (
     BadRequest,
@@ -41,12 +44,13 @@ from guard_reward.serving.wire import verdict_from_json
 
 logger = logging.getLogger(__name__)
 
-#: Errors that mean "try again": the guard deployment's queue is full, or its replica died or is restarting.
+#: Errors that mean "try again": too many requests wait for a guard, or its replica died or is restarting.
 RETRYABLE = (
     BackPressureError,
     DeploymentUnavailableError,
     ReplicaUnavailableError,
     RayActorError,
+    BatcherFull,
 )
 #: Seconds a client is told to wait after a 503.
 RETRY_AFTER_S = 1
@@ -61,10 +65,9 @@ class ServeOptions:
         replicas: replicas per guard deployment.
         gpus_per_replica, cpus_per_replica: Ray resources of each guard replica.
         max_batch_size: requests merged into one guard call at most.
-        batch_wait_ms: how long a replica waits for more requests before running a partial batch.
-        max_queued_requests: requests waiting per guard deployment beyond those in flight; more -> 503.
-        max_ongoing_requests: requests in flight per guard replica (``None``: ``max(64, 2 x max_batch_size)``;
-            never below ``max_batch_size``, or batches could not fill).
+        batch_wait_ms: how long a request may wait for more to merge with while a replica is free.
+        batch_quiet_ms: a batch goes as soon as no request has arrived for this long (the burst is over).
+        max_queued_requests: requests waiting per guard for a batch; more -> 503.
         device, dtype, token_budget: the guards' loading options (``None``: the guards' own defaults).
         reward_config: ``SafetyReward`` fields for ``/get_reward`` (see ``get_reward.REWARD_FIELDS``).
         torch_threads: intra-op threads of each guard replica (``None``: torch's default).
@@ -77,8 +80,8 @@ class ServeOptions:
     cpus_per_replica: float = 1.0
     max_batch_size: int = 32
     batch_wait_ms: float = 5.0
+    batch_quiet_ms: float = 2.0
     max_queued_requests: int = 512
-    max_ongoing_requests: int | None = None
     device: str | None = None
     dtype: str | None = None
     token_budget: int = 16384
@@ -91,21 +94,17 @@ class ServeOptions:
         for name in ("replicas", "max_batch_size", "max_queued_requests", "token_budget"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests={self.max_ongoing_requests} must be >= max_batch_size="
-                f"{self.max_batch_size}, or batches never fill"
-            )
-        if self.batch_wait_ms < 0 or self.gpus_per_replica < 0 or self.cpus_per_replica < 0:
-            raise ValueError("batch_wait_ms, gpus_per_replica and cpus_per_replica must be >= 0")
+        for name in ("batch_wait_ms", "batch_quiet_ms", "gpus_per_replica", "cpus_per_replica"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         reward_kwargs(self.reward_config)  # fail here, not in a replica
 
     def guard_kwargs(self) -> dict[str, Any]:
         return {"device": self.device, "dtype": self.dtype, "token_budget": self.token_budget}
 
 
-class _Batched:
-    """What both guard deployments share: loading options, batch tuning, the guard call off the event loop."""
+class _GuardReplica:
+    """What both guard deployments share: loading options, one merged call at a time, off the event loop."""
 
     def _setup(self, options: ServeOptions) -> None:
         if options.torch_threads:
@@ -113,32 +112,24 @@ class _Batched:
 
             torch.set_num_threads(options.torch_threads)
         self.options = options
-        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest batches only: a run is long
-        self._judge.set_max_batch_size(options.max_batch_size)
-        self._judge.set_batch_wait_timeout_s(options.batch_wait_ms / 1000)
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest calls only: a run is long
+        self._one_at_a_time = asyncio.Lock()  # several ingress replicas may send batches at once
 
-    async def judge(self, call: dict[str, Any]) -> list[dict[str, Any]]:
-        """One parsed request -> its results as JSON (merged with concurrent ones by ``@serve.batch``)."""
-        return await self._judge(call)
-
-    async def _merged(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        self.batch_sizes.append(len(calls))
-        # the guard runs in a worker thread so the replica keeps answering health checks meanwhile
-        return await asyncio.to_thread(self._run, calls)
+    async def judge_batch(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Parsed requests -> each one's results as JSON, judged in ONE guard call."""
+        async with self._one_at_a_time:
+            self.batch_sizes.append(len(calls))
+            # the guard runs in a worker thread so the replica keeps answering health checks meanwhile
+            return await asyncio.to_thread(self._run, calls)
 
     def stats(self) -> dict[str, Any]:
-        """How many requests each of the latest merged guard calls took (the batching at work)."""
+        """How many requests each of the latest guard calls took (the batching at work)."""
         return {"batch_sizes": list(self.batch_sizes)}
 
 
-@serve.deployment(name="GenGuard", max_ongoing_requests=64, max_queued_requests=512)
-class GenService(_Batched):
+@serve.deployment(name="GenGuard")
+class GenService(_GuardReplica):
     """A Qwen3Guard-Gen replica."""
-
-    # each deployment has its own batch queue (set_max_batch_size tunes it per replica)
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _judge(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        return await self._merged(calls)
 
     def __init__(self, options: ServeOptions) -> None:
         from guard_reward.guards.gen import GenGuard
@@ -160,14 +151,9 @@ class GenService(_Batched):
         }
 
 
-@serve.deployment(name="StreamGuard", max_ongoing_requests=64, max_queued_requests=512)
-class StreamService(_Batched):
+@serve.deployment(name="StreamGuard")
+class StreamService(_GuardReplica):
     """A Qwen3Guard-Stream replica."""
-
-    # each deployment has its own batch queue (set_max_batch_size tunes it per replica)
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _judge(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        return await self._merged(calls)
 
     def __init__(self, options: ServeOptions) -> None:
         from guard_reward.guards.stream import StreamGuard
@@ -194,19 +180,20 @@ class StreamService(_Batched):
         return dict(self.guard.tokenizer.get_vocab())
 
 
-class _HandleGen:
-    """A Gen guard whose ``moderate`` goes through the Gen deployment (``/get_reward``'s reward calls it in a
-    worker thread, where blocking on the handle is allowed)."""
+class _BatchedGen:
+    """A Gen guard whose ``moderate`` joins the ingress's Gen batches (``/get_reward``'s reward calls it in a
+    worker thread, which hands the request to the ingress's event loop)."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self.handle = handle
+    def __init__(self, batcher: RequestBatcher, loop: asyncio.AbstractEventLoop) -> None:
+        self.batcher, self.loop = batcher, loop
 
     def moderate(
         self, conversations: list, decode: bool = False, thinking: str | None = None, on_error: str = "raise"
     ) -> list:
         call = {"conversations": list(conversations), "decode": decode, "thinking": thinking}
-        verdicts = [verdict_from_json(v) for v in self.handle.judge.remote(call).result()]
-        if check_on_error(on_error) == "raise":  # the deployment judges with "skip"
+        results = asyncio.run_coroutine_threadsafe(self.batcher.submit(call), self.loop).result()
+        verdicts = [verdict_from_json(v) for v in results]
+        if check_on_error(on_error) == "raise":  # the replicas judge with "skip"
             raise_first_failure(verdicts, "gen deployment")
         return verdicts
 
@@ -224,6 +211,18 @@ class GuardAPI:
         self, gen: DeploymentHandle | None, stream: DeploymentHandle | None, options: ServeOptions
     ) -> None:
         self.gen, self.stream, self.options = gen, stream, options
+        self.batchers = {
+            name: RequestBatcher(
+                handle.judge_batch.remote,
+                max_batch_size=options.max_batch_size,
+                max_wait_s=options.batch_wait_ms / 1000,
+                quiet_s=options.batch_quiet_ms / 1000,
+                max_concurrent=options.replicas,  # one batch in flight per replica
+                max_pending=options.max_queued_requests,
+            )
+            for name, handle in (("gen", gen), ("stream", stream))
+            if handle is not None
+        }
         self._vocab: dict[str, int] | None = None
         self._reward = None
 
@@ -274,21 +273,22 @@ class GuardAPI:
 
     async def _post(self, path: str, body: Any) -> JSONResponse:
         if path == "/v1/gen/moderate":
-            call = parse_gen(body)
-            return JSONResponse({"verdicts": await self._need(self.gen, "gen").judge.remote(call)})
+            return JSONResponse({"verdicts": await self._batcher("gen").submit(parse_gen(body))})
         if path == "/v1/stream/score":
-            call = parse_score(body)
-            return JSONResponse({"risks": await self._need(self.stream, "stream").judge.remote(call)})
+            return JSONResponse({"risks": await self._batcher("stream").submit(parse_score(body))})
         if path == "/v1/stream/score_ids":
-            call = parse_score_ids(body)
-            return JSONResponse({"risks": await self._need(self.stream, "stream").judge.remote(call)})
+            return JSONResponse({"risks": await self._batcher("stream").submit(parse_score_ids(body))})
         if path == "/get_reward":
             queries, prompts = parse_get_reward(body)
             if self._reward is None:
-                gen = _HandleGen(self._need(self.gen, "gen"))
+                gen = _BatchedGen(self._batcher("gen"), asyncio.get_running_loop())
                 self._reward = GuardRewardFunction(gen, self.options.reward_config)
             return JSONResponse(await asyncio.to_thread(self._reward, queries, prompts))
         return _error(404, f"no route POST {path}; see the README's Serving section")
+
+    def _batcher(self, name: str) -> RequestBatcher:
+        self._need(getattr(self, name), name)
+        return self.batchers[name]
 
     def _need(self, handle: DeploymentHandle | None, name: str) -> DeploymentHandle:
         if handle is None:
@@ -299,14 +299,7 @@ class GuardAPI:
 def build(options: ServeOptions) -> Any:
     """The Serve ``Application`` for ``options`` (``serve.run(build(options))``)."""
     actor = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
-    # @serve.batch can only fill a batch if that many requests may be in flight on the replica
-    ongoing = options.max_ongoing_requests or max(64, 2 * options.max_batch_size)
-    common = dict(
-        num_replicas=options.replicas,
-        ray_actor_options=actor,
-        max_ongoing_requests=ongoing,
-        max_queued_requests=options.max_queued_requests,
-    )
+    common = dict(num_replicas=options.replicas, ray_actor_options=actor)
     gen = GenService.options(**common).bind(options) if options.gen else None
     stream = StreamService.options(**common).bind(options) if options.stream else None
     return GuardAPI.options(ray_actor_options={"num_cpus": 0}).bind(gen, stream, options)

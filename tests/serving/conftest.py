@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import pytest
 
-pytest.importorskip("ray.serve", reason="the serving tests need ray[serve] (the serve extra)")
-
+from guard_reward.serving.ray_env import use_serve_env
 from tests.guards import stream_ckpt
+
+use_serve_env()  # the HTTP front `guard-reward serve` starts with; read when Ray's processes (this one too) start
+pytest.importorskip("ray.serve", reason="the serving tests need ray[serve] (the serve extra)")
 
 
 def free_port() -> int:

@@ -31,7 +31,10 @@ def test_serve_without_a_guard_or_with_a_bad_reward_config_fails_early(tmp_path,
 @pytest.mark.slow
 def test_serve_prints_its_url_answers_and_stops_on_sigterm():
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    shell = {
+        k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")
+    }  # not the session server's
+    env = {**shell, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "guard_reward.cli", "serve", "--stream", str(stream_ckpt.path("single")),
            "--port", str(port), "--cpus-per-replica", "0.5", "--device", "cpu", "--dtype", "float32"]  # fmt: skip
     proc = subprocess.Popen(

@@ -277,7 +277,7 @@ def test_overload_is_503_with_retry_after_and_the_client_gets_through(server, lo
     from guard_reward.serving.app import ServeOptions, build
 
     options = ServeOptions(
-        stream=server.stream_path, cpus_per_replica=0.25, max_batch_size=1, max_ongoing_requests=1,
+        stream=server.stream_path, cpus_per_replica=0.25, max_batch_size=1,
         max_queued_requests=1, device="cpu", dtype="float32", torch_threads=1,
     )  # fmt: skip
     serve.run(build(options), name="small", route_prefix="/small")

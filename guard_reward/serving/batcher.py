@@ -1,0 +1,138 @@
+"""Merging concurrent requests into batches, sealed when the burst ends or a guard frees up.
+
+Ray Serve's ``@serve.batch`` waits the full ``batch_wait_timeout_s`` unless a batch is full, and seals the next
+batch on that timer while the previous one still runs, so requests that arrive during a long guard call are
+split over batches and every partial batch pays the whole wait. Here a batch is sealed when the first of these
+holds:
+
+* it holds ``max_batch_size`` requests;
+* no request has arrived for ``quiet_s``: the burst (a GRPO step's samples, N ranks sending at once) is over;
+* its oldest request has waited ``max_wait_s``;
+
+and only while fewer than ``max_concurrent`` batches run (one per guard replica): requests that arrive while
+every replica is busy all wait for the next free one, and then go as one batch (they have already waited
+``max_wait_s`` by then, or the burst is over). No replica idles while requests wait past those limits, and none
+runs a batch the burst could still fill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class BatcherFull(RuntimeError):
+    """More requests wait than the batcher may hold (the caller should answer "busy, retry")."""
+
+
+class RequestBatcher(Generic[Item, Result]):
+    """Runs ``run(items) -> results`` (one result per item, in order) on merged concurrent :meth:`submit` calls.
+
+    Args:
+        run: the guard call over one batch.
+        max_batch_size: requests per batch at most.
+        max_wait_s: how long the oldest request of a batch may wait for more to arrive.
+        quiet_s: a batch is sealed once no request has arrived for this long (``>= max_wait_s``: never early).
+        max_concurrent: batches running at once at most.
+        max_pending: requests waiting for a batch at most; one more raises :class:`BatcherFull`.
+        sizes_kept: how many of the latest batch sizes :attr:`sizes` keeps (a run is long).
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Item]], Awaitable[list[Result]]],
+        max_batch_size: int,
+        max_wait_s: float,
+        quiet_s: float,
+        max_concurrent: int = 1,
+        max_pending: int | None = None,
+        sizes_kept: int = 10_000,
+    ) -> None:
+        if min(max_batch_size, max_concurrent, max_pending or 1) < 1 or min(max_wait_s, quiet_s) < 0:
+            raise ValueError(
+                "max_batch_size, max_concurrent and max_pending must be >= 1 and the waits >= 0, got "
+                f"{max_batch_size}, {max_concurrent}, {max_pending}, {max_wait_s}, {quiet_s}"
+            )
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.quiet_s = quiet_s
+        self.max_concurrent = max_concurrent
+        self.max_pending = max_pending
+        #: requests per batch, the latest first-to-last
+        self.sizes: deque[int] = deque(maxlen=sizes_kept)
+        self._pending: deque[tuple[float, Item, asyncio.Future]] = deque()
+        self._last_arrival = 0.0
+        self._arrived: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+
+    async def submit(self, item: Item) -> Result:
+        """``item``'s result, once the batch it joined has run (the batch's exception if that call failed).
+
+        Raises:
+            BatcherFull: ``max_pending`` requests already wait.
+        """
+        loop = asyncio.get_running_loop()
+        if self.max_pending is not None and len(self._pending) >= self.max_pending:
+            raise BatcherFull(f"{len(self._pending)} requests already wait for a guard")
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        self._workers = [w for w in self._workers if not w.done()]
+        while len(self._workers) < self.max_concurrent:
+            self._workers.append(loop.create_task(self._work()))
+        future: asyncio.Future = loop.create_future()
+        self._last_arrival = loop.time()
+        self._pending.append((self._last_arrival, item, future))
+        self._arrived.set()
+        return await future  # cancelled with its caller: the worker then skips it
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._seal()
+            self.sizes.append(len(batch))
+            try:
+                results = await self._run([item for _, item, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"the guard returned {len(results)} results for {len(batch)} requests")
+            except Exception as exc:  # the batch's requests fail; the worker goes on with the next batch
+                logger.warning(
+                    "a merged call of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc
+                )
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if not future.done():  # its caller may have gone (client disconnected)
+                    future.set_result(result)
+
+    async def _seal(self) -> list[tuple[float, Item, asyncio.Future]]:
+        """Wait until the pending requests form a batch (the rules in the module docstring); take it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if any(future.done() for _, _, future in self._pending):  # callers gone before their batch ran
+                self._pending = deque(p for p in self._pending if not p[2].done())
+            now = loop.time()
+            if self._pending:
+                if len(self._pending) >= self.max_batch_size:
+                    break
+                deadline = min(self._pending[0][0] + self.max_wait_s, self._last_arrival + self.quiet_s)
+                if now >= deadline:
+                    break
+                timeout: float | None = deadline - now
+            else:
+                timeout = None
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        n = min(self.max_batch_size, len(self._pending))
+        return [self._pending.popleft() for _ in range(n)]
