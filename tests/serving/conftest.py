@@ -1,7 +1,7 @@
 """One real local Ray Serve application for the whole serving test session (startup costs ~15 s).
 
-``@serve.batch`` does not run in Serve's local testing mode, so this starts a real local Ray
-(``ray.init(num_cpus=2)``) on loopback, with the tiny Gen and Stream checkpoints.
+A real local Ray (``ray.init(num_cpus=2)``) on loopback, started as ``guard-reward serve`` starts it (HAProxy in
+front), with the tiny Gen and Stream checkpoints: Serve's local testing mode has neither HTTP nor replicas to kill.
 """
 
 from __future__ import annotations
