@@ -62,7 +62,7 @@ class ServeOptions:
 
     Attributes:
         gen, stream: Qwen3Guard-Gen / -Stream checkpoint (hub id or folder); either may be omitted.
-        replicas: replicas per guard deployment.
+        replicas: replicas per guard deployment (the ingress keeps one batch in flight per replica).
         gpus_per_replica, cpus_per_replica: Ray resources of each guard replica.
         max_batch_size: requests merged into one guard call at most.
         batch_wait_ms: how long a request may wait for more to merge with while a replica is free.

@@ -120,10 +120,15 @@ class _ConstraintMixin:
 
     @staticmethod
     def _dense_on_tokens(dense: torch.Tensor, b: int, t: int, device: torch.device) -> torch.Tensor:
-        """This process's per-token costs ``dense (b, T_cost)`` placed on the completions' token grid: ``(b, t)``."""
+        """This process's per-token costs ``dense (b, T_cost)`` placed on the completions' token grid: ``(b, t)``.
+
+        Costs on tokens past the completions would belong to no token: refused, as ``GuardPPOTrainer`` refuses
+        such dense rewards (the library's dense costs are sized from ``completion_ids`` and never are).
+        """
+        if dense.shape[1] > t:
+            raise ValueError(f"dense costs cover {dense.shape[1]} tokens, the completions only {t}")
         per_token = torch.zeros(b, t, device=device)
-        width = min(t, dense.shape[1])
-        per_token[:, :width] = dense[:, :width].to(device)
+        per_token[:, : dense.shape[1]] = dense.to(device)
         return per_token
 
     def _gathered_costs(self) -> tuple[torch.Tensor, torch.Tensor | None]:

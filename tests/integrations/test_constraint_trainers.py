@@ -199,3 +199,11 @@ def test_dense_cost_lands_on_its_token(tmp_path):
     for i in rows:
         assert float(adv[i, 2] - adv[i, 1]) == pytest.approx(-2 * 0.5 / 3, abs=1e-5)
         assert float(adv[i, 3]) == pytest.approx(float(adv[i, 1]), abs=1e-6)
+
+
+def test_dense_cost_narrower_than_completions_is_padded_and_wider_is_refused():
+    dense = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    placed = ConstrainedGRPOTrainer._dense_on_tokens(dense, 2, 4, torch.device("cpu"))
+    assert torch.equal(placed, torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, 4.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="dense costs cover 2 tokens, the completions only 1"):
+        ConstrainedPPOTrainer._dense_on_tokens(dense, 2, 1, torch.device("cpu"))
