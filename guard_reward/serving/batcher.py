@@ -44,7 +44,6 @@ class RequestBatcher(Generic[Item, Result]):
         quiet_s: a batch is sealed once no request has arrived for this long (``>= max_wait_s``: never early).
         max_concurrent: batches running at once at most.
         max_pending: requests waiting for a batch at most; one more raises :class:`BatcherFull`.
-        sizes_kept: how many of the latest batch sizes :attr:`sizes` keeps (a run is long).
     """
 
     def __init__(
@@ -55,7 +54,6 @@ class RequestBatcher(Generic[Item, Result]):
         quiet_s: float,
         max_concurrent: int = 1,
         max_pending: int | None = None,
-        sizes_kept: int = 10_000,
     ) -> None:
         if min(max_batch_size, max_concurrent, max_pending or 1) < 1 or min(max_wait_s, quiet_s) < 0:
             raise ValueError(
@@ -68,8 +66,6 @@ class RequestBatcher(Generic[Item, Result]):
         self.quiet_s = quiet_s
         self.max_concurrent = max_concurrent
         self.max_pending = max_pending
-        #: requests per batch, the latest first-to-last
-        self.sizes: deque[int] = deque(maxlen=sizes_kept)
         self._pending: deque[tuple[float, Item, asyncio.Future]] = deque()
         self._last_arrival = 0.0
         self._arrived: asyncio.Event | None = None
@@ -98,7 +94,6 @@ class RequestBatcher(Generic[Item, Result]):
     async def _work(self) -> None:
         while True:
             batch = await self._seal()
-            self.sizes.append(len(batch))
             try:
                 results = await self._run([item for _, item, _ in batch])
                 if len(results) != len(batch):
