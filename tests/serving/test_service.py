@@ -271,7 +271,7 @@ def test_server_slower_than_timeout_counts_guard_unavailable_and_the_reward_comp
 
 
 def test_overload_is_503_with_retry_after_and_the_client_gets_through(server, local_stream):
-    """A second application whose Stream replica takes one request at a time and queues one more."""
+    """A second application that runs one request at a time per batch and lets one more wait for the guard."""
     from ray import serve
 
     from guard_reward.serving.app import ServeOptions, build
