@@ -68,7 +68,7 @@ class RequestBatcher(Generic[Item, Result]):
         self.max_pending = max_pending
         self._pending: deque[tuple[float, Item, asyncio.Future]] = deque()
         self._last_arrival = 0.0
-        self._arrived: asyncio.Event | None = None
+        self._arrived = asyncio.Event()  # bound to the loop of its first use (Python >= 3.10)
         self._workers: list[asyncio.Task] = []
 
     async def submit(self, item: Item) -> Result:
@@ -80,8 +80,6 @@ class RequestBatcher(Generic[Item, Result]):
         loop = asyncio.get_running_loop()
         if self.max_pending is not None and len(self._pending) >= self.max_pending:
             raise BatcherFull(f"{len(self._pending)} requests already wait for a guard")
-        if self._arrived is None:
-            self._arrived = asyncio.Event()
         self._workers = [w for w in self._workers if not w.done()]
         while len(self._workers) < self.max_concurrent:
             self._workers.append(loop.create_task(self._work()))

@@ -7,22 +7,15 @@ front), with the tiny Gen and Stream checkpoints: Serve's local testing mode has
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 
 import pytest
 
-from guard_reward.serving.ray_env import use_serve_env
+from guard_reward.serving.ray_env import free_port, use_serve_env
 from tests.guards import stream_ckpt
 
 use_serve_env()  # the HTTP front `guard-reward serve` starts with; read when Ray's processes (this one too) start
 pytest.importorskip("ray.serve", reason="the serving tests need ray[serve] (the serve extra)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -15,8 +15,8 @@ import pytest
 
 from guard_reward import RemoteStreamGuard
 from guard_reward.cli import main
+from guard_reward.serving.ray_env import free_port
 from tests.guards import stream_ckpt
-from tests.serving.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.conftest import free_port
+from guard_reward.serving.ray_env import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
