@@ -30,9 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from guard_reward.faults import check_on_error, raise_first_failure
-from guard_reward.serving.batcher import BatcherFull, RequestBatcher
-from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
-from guard_reward.serving.protocol import (
+from guard_reward.protocol import (
     BadRequest,
     judge_gen_calls,
     judge_stream_calls,
@@ -40,7 +38,9 @@ from guard_reward.serving.protocol import (
     parse_score,
     parse_score_ids,
 )
-from guard_reward.serving.wire import verdict_from_json
+from guard_reward.serving.batcher import BatcherFull, RequestBatcher
+from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
+from guard_reward.wire import verdict_from_json
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from guard_reward.serving.protocol import MAX_ITEMS, BadRequest
+from guard_reward.protocol import MAX_ITEMS, BadRequest
 from guard_reward.types import LEVEL_RANK, Verdict
 
 #: End-of-turn / end-of-text markers of common chat templates, removed from the end of a response.

@@ -15,14 +15,14 @@ import torch
 from guard_reward import RemoteGenGuard
 from guard_reward.faults import GUARD_UNAVAILABLE
 from guard_reward.guards.remote import RemoteGuardError
-from guard_reward.serving.wire import (
+from guard_reward.types import TokenRisk, Verdict
+from guard_reward.wire import (
     failed_risk,
     risk_from_json,
     risk_to_json,
     verdict_from_json,
     verdict_to_json,
 )
-from guard_reward.types import TokenRisk, Verdict
 
 
 class Flaky(ThreadingHTTPServer):

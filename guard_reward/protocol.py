@@ -13,7 +13,7 @@ from typing import Any
 
 from guard_reward.conversations import THINKING_MODES, moderation_of, validate_conversation
 from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT, SampleError
-from guard_reward.serving.wire import failed_risk, failed_verdict, risk_to_json, verdict_to_json
+from guard_reward.wire import failed_risk, failed_verdict, risk_to_json, verdict_to_json
 
 logger = logging.getLogger(__name__)
 
