@@ -299,10 +299,31 @@ def build_trainer(
     return RLOOTrainer(**common)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM: ``step`` reached, ``output_dir``, and the newest checkpoint
+    saved so far (``None`` when none was), from which ``--resume_from_checkpoint`` continues."""
+
+    def __init__(self, cause: KeyboardInterrupt, step: int, output_dir: str, checkpoint: str | None) -> None:
+        super().__init__(str(cause))
+        self.cause, self.step, self.output_dir, self.checkpoint = cause, step, output_dir, checkpoint
+
+
 def train(cfg: RecipeConfig, **build_kwargs: Any) -> Any:
-    """Build, train, and save model, state and curves to ``output_dir``; returns the trainer."""
+    """Build, train (from ``resume_from_checkpoint`` when set), and save model, state and curves to
+    ``output_dir``; returns the trainer.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C (or SIGTERM turned into an interrupt), naming the checkpoint to resume.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
     trainer = build_trainer(cfg, **build_kwargs)
-    trainer.train()
+    try:
+        trainer.train(resume_from_checkpoint=cfg.training.resume_from_checkpoint)
+    except KeyboardInterrupt as exc:
+        out = cfg.training.output_dir
+        last = get_last_checkpoint(out) if os.path.isdir(out) else None
+        raise TrainingInterrupted(exc, int(trainer.state.global_step), out, last) from exc
     trainer.save_model()
     trainer.save_state()
     logger.info("run saved to %s", os.path.abspath(cfg.training.output_dir))
