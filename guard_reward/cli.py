@@ -93,8 +93,9 @@ def _add_moderate(sub: argparse._SubParsersAction) -> None:
         help="label a JSONL dataset with Qwen3Guard-Gen verdicts (resumable)",
         description="Write one Qwen3Guard-Gen verdict per input record, in order. A line that cannot be read "
         "or judged is written with an 'error' naming its line. OUTPUT.meta.json records the input and "
-        "settings: an interrupted run resumes with the same command; other settings, another input, or an "
-        "existing file this command did not write are refused.",
+        "settings (batch sizes included): an interrupted run (Ctrl-C, SIGTERM, even kill -9) resumes with the "
+        "same command; other settings, another input, or an existing file this command did not write are "
+        "refused, naming what differs.",
     )
     p.add_argument("input", type=Path, help="JSONL records: 'messages', or 'prompt' with optional 'response'")
     p.add_argument(

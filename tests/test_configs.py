@@ -113,7 +113,7 @@ def test_documented_recipe_commands_and_sidecar_match_the_code():
     import json
     import re
 
-    from guard_reward.annotate import run_meta
+    from guard_reward.annotate import run_meta, run_settings
     from guard_reward.config import resolve_recipe, shipped_recipes
 
     root = Path(__file__).resolve().parents[1]
@@ -124,6 +124,7 @@ def test_documented_recipe_commands_and_sidecar_match_the_code():
     assert "--smoke" in readme and "--debug" in readme
     block = re.search(r"```json\n(.*?)```", readme[readme.index("Labelling a dataset") :], re.S).group(1)
     documented = json.loads(block.replace("…", ""))
-    actual = run_meta(root / "README.md", {"guard": "g", "thinking": "answer", "dtype": None, "decode": True})
+    settings = {"guard": "g", "thinking": "answer", "dtype": None, "token_budget": 16384}
+    actual = run_meta(root / "README.md", run_settings(settings, decode=True, chunk_size=64))
     assert documented.keys() == actual.keys() and documented["input"].keys() == actual["input"].keys()
     assert documented["settings"].keys() == actual["settings"].keys()

@@ -232,9 +232,15 @@ def load_reward_models(reward_funcs: Sequence[Any], dense: Sequence[Any] = ()) -
 
 
 def build_trainer(
-    cfg: RecipeConfig, *, model: Any = None, tokenizer: Any = None, train_dataset: Any = None
+    cfg: RecipeConfig,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    train_dataset: Any = None,
+    callbacks: Sequence[Any] = (),
 ) -> Any:
-    """The configured trainer (``DenseGRPOTrainer``, ``RLOOTrainer`` or ``GuardPPOTrainer``), untrained."""
+    """The configured trainer (``DenseGRPOTrainer``, ``RLOOTrainer`` or ``GuardPPOTrainer``), untrained;
+    ``callbacks`` are added after the safety-curves callback."""
     from trl import RLOOTrainer, get_peft_config
 
     from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
@@ -253,7 +259,8 @@ def build_trainer(
     if float(cfg.training.beta) == 0.0:
         logger.warning("beta=0: no KL term anchors the policy; guard rewards are then easy to game")
     callbacks = [
-        SafetyCurvesCallback(plot_every=cfg.recipe.curves_plot_every, prefix=cfg.guard.guard_metric_prefix)
+        SafetyCurvesCallback(plot_every=cfg.recipe.curves_plot_every, prefix=cfg.guard.guard_metric_prefix),
+        *callbacks,
     ]
     common = dict(
         model=model,
