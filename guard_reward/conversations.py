@@ -37,6 +37,7 @@ THINKING_MODES: tuple[str, ...] = ("answer", "separate", "whole")
 JUDGED_ROLES = ("user", "assistant")
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+TOOL_CALL_OPEN = "<tool_call>"
 #: End-of-turn markers a decoded completion may still carry (when decoded with special tokens).
 END_OF_TURN_TEXTS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
 

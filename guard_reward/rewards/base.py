@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guard_reward.conversations import (
+    TOOL_CALL_OPEN,
     Conversation,
     check_message,
     flatten_tools,
@@ -121,7 +122,8 @@ class Turns:
             (:mod:`guard_reward.conversations`): prompt, earlier turns (their answers and tool calls, reasoning
             left out), tool results as ``<tool_response>`` user turns, then the turn itself (reasoning, answer
             and tool calls).
-        tool_calls: per assistant turn, how many tool calls it made.
+        tool_calls: per assistant turn, how many tool calls it made: its ``tool_calls`` and the
+            ``<tool_call>`` blocks its answer text holds (a raw rollout, e.g. verl's, leaves them in the text).
         ends_with_tool: the completion ends with tool results (the policy's next turn was cut off).
     """
 
@@ -162,10 +164,9 @@ def completion_turns(prompt: Any, completion: Any, index: int = 0) -> Turns:
         conversations.append(
             [*context, {"role": "assistant", "content": render_tool_calls(m["content"], m["tool_calls"])}]
         )
-        calls.append(len(m["tool_calls"]))
-        _, answer = split_thinking(
-            m["content"]
-        )  # earlier turns' reasoning is not context (as in Qwen3's template)
+        # earlier turns' reasoning is not context (as in Qwen3's template); a raw rollout's calls are in the text
+        _, answer = split_thinking(m["content"])
+        calls.append(len(m["tool_calls"]) + answer.count(TOOL_CALL_OPEN))
         context.append({"role": "assistant", "content": render_tool_calls(answer, m["tool_calls"])})
     if not conversations:
         raise ValueError(f"sample {index}: the completion has no assistant message, so nothing to judge")
