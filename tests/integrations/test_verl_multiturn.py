@@ -47,7 +47,7 @@ def test_verl_managers_judge_only_the_policys_turns(tiny_gen_path, tmp_path):
     out = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
     for key in ("manager", "manager_no_mask"):
         samples = out[key]["samples"]
-        assert [(s["messages"], s["completion"]) for s in samples] == [list(e) for e in EXPECTED]
+        assert [[s["messages"], s["completion"]] for s in samples] == [list(e) for e in EXPECTED]
     with_mask, without = (
         out["manager"]["samples"][1]["policy_ids"],
         out["manager_no_mask"]["samples"][1]["policy_ids"],
