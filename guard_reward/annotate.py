@@ -8,7 +8,13 @@ a record that cannot be judged, is written with an ``error`` naming its line and
 The output is only ever appended to, and only when it is this command's own output for this input and these
 settings: next to ``OUT`` a sidecar ``OUT.meta.json`` records what it was made from (see :func:`run_meta`).
 A resume whose input or settings differ, an ``OUT`` without a sidecar (a foreign file) and an ``OUT`` equal to
-the input are refused before anything is written.
+the input are refused before anything is written. The settings include the batching (``token_budget``,
+``chunk_size``): which records share a padded micro-batch moves low-precision probabilities in their last
+digits, so a resumed file is only ever one run's numbers.
+
+An interrupt (Ctrl-C, or SIGTERM where the caller turns it into one) stops after the rows already flushed and
+raises :class:`AnnotationInterrupted` carrying the counts, so the caller can say what was written; the chunk
+being judged is not written and is judged again on resume.
 
 Accepted record shapes (one JSON object per line; a UTF-8 byte-order mark on the first line is ignored):
 - conversational: ``{"messages": [{"role", "content"}, ...]}`` (``"conversation"`` is accepted too);
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from guard_reward.conversations import Conversation, to_conversation, validate_conversation
+from guard_reward.faults import UNPARSEABLE
 from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
@@ -44,6 +51,15 @@ _BOM = b"\xef\xbb\xbf"
 
 class OutputRefused(ValueError):
     """The output path cannot be written or resumed (it is the input, a foreign file, or made otherwise)."""
+
+
+class AnnotationInterrupted(KeyboardInterrupt):
+    """The run was interrupted; ``counts`` says what it had written (every row written is complete)."""
+
+    def __init__(self, counts: Counter[str], cause: KeyboardInterrupt) -> None:
+        super().__init__(str(cause))
+        self.counts = counts
+        self.cause = cause
 
 
 def record_to_conversation(record: Any) -> Conversation:
@@ -134,8 +150,8 @@ def run_meta(input_path: str | os.PathLike, settings: Mapping[str, Any]) -> dict
     """What an output is made from: the sidecar ``OUT.meta.json``.
 
     ``{"command": "guard-reward moderate", "format": 1, "input": {"path", "size", "sha256"},
-    "settings": {"guard", "decode", "thinking", "dtype", ...}}``. Only settings that change the verdicts
-    belong in ``settings`` (batch sizes do not).
+    "settings": {"guard", "decode", "thinking", "dtype", "token_budget", "chunk_size", ...}}``: every setting
+    that can change an output row (see :func:`run_settings`).
     """
     path = Path(input_path)
     return {
@@ -144,6 +160,23 @@ def run_meta(input_path: str | os.PathLike, settings: Mapping[str, Any]) -> dict
         "input": {"path": str(path.resolve()), **fingerprint(path)},
         "settings": dict(settings),
     }
+
+
+def run_settings(
+    settings: Mapping[str, Any] | None, *, decode: bool, chunk_size: int, guard: Any = None
+) -> dict[str, Any]:
+    """The settings recorded for a run: the caller's (guard, thinking, dtype, ...) plus ``decode``,
+    ``chunk_size`` and the guard's ``token_budget`` (when the caller did not give it and ``guard`` has one)."""
+    out = {**(settings or {}), "decode": decode, "chunk_size": chunk_size}
+    if "token_budget" not in out and getattr(guard, "token_budget", None) is not None:
+        out["token_budget"] = guard.token_budget
+    return out
+
+
+def count_records(path: Path) -> int:
+    """Non-blank lines of ``path`` (the progress bar's total), read as bytes in one pass."""
+    with path.open("rb") as handle:
+        return sum(1 for raw in handle if raw.strip())
 
 
 def prepare_output(
@@ -255,36 +288,45 @@ def annotate(
 ) -> Counter[str]:
     """Judge every record of ``input_path`` into ``output_path`` (resuming it if it is this run's output).
 
-    ``settings`` are recorded in the sidecar next to the output (``decode`` is always added); the CLI passes
-    the guard and its options. Returns counts: ``written``, ``skipped_done`` (already in the output),
-    ``errors`` (records written with an error), ``unparsed`` (verdicts with ``level=None``), ``truncated``,
-    ``blank`` (blank lines skipped).
+    ``settings`` are recorded in the sidecar next to the output with ``decode``, ``chunk_size`` and the guard's
+    ``token_budget`` (:func:`run_settings`); the CLI passes the guard and its options. Returns counts:
+    ``written``, ``skipped_done`` (already in the output), ``errors`` (records written with an error), and
+    among the verdicts without a label: ``empty`` (empty answer, not judged), ``no_answer`` (reasoning cut off
+    before its answer), ``unparsed`` (verdict text that could not be read), ``failed`` (any other reason);
+    plus ``truncated`` and ``blank`` (blank lines skipped).
+
+    Raises:
+        AnnotationInterrupted: on Ctrl-C (or SIGTERM turned into an interrupt); its ``counts`` are this run's.
     """
     from tqdm.auto import tqdm
 
     input_path, output_path = Path(input_path), Path(output_path)
-    meta = run_meta(input_path, {**(settings or {}), "decode": decode})
+    meta = run_meta(input_path, run_settings(settings, decode=decode, chunk_size=chunk_size, guard=guard))
     prepare_output(input_path, output_path, meta)
     done = done_lines(output_path)
     counts: Counter[str] = Counter()
     pending: list[tuple[int, Any, str | None]] = []
-    with (
-        output_path.open("a", encoding="utf-8") as out,
-        tqdm(desc="moderating", unit="rec", disable=not progress) as bar,
-    ):
-        for item in read_records(input_path, counts):
-            if item[0] in done:
-                counts["skipped_done"] += 1
-                bar.update(1)
-                continue
-            pending.append(item)
-            if len(pending) >= chunk_size:
+    total = count_records(input_path) if progress else None
+    try:
+        with (
+            output_path.open("a", encoding="utf-8") as out,
+            tqdm(desc="moderating", unit="rec", total=total, initial=len(done), disable=not progress) as bar,
+        ):
+            for item in read_records(input_path, counts):
+                if item[0] in done:
+                    counts["skipped_done"] += 1  # counted in the bar's start, so the ETA is this run's rate
+                    continue
+                pending.append(item)
+                if len(pending) >= chunk_size:
+                    _flush(guard, pending, out, decode, counts)
+                    bar.update(len(pending))
+                    pending = []
+            if pending:
                 _flush(guard, pending, out, decode, counts)
                 bar.update(len(pending))
-                pending = []
-        if pending:
-            _flush(guard, pending, out, decode, counts)
-            bar.update(len(pending))
+    except KeyboardInterrupt as exc:
+        logger.warning("moderation interrupted: %s", dict(counts))
+        raise AnnotationInterrupted(counts, exc) from exc
     if counts["blank"]:
         logger.info("%d blank lines skipped", counts["blank"])
     logger.info("moderation finished: %s", dict(counts))
@@ -313,13 +355,23 @@ def _flush(
             rows[number]["error"] = f"line {number}: {verdict}"
         else:
             rows[number].update(verdict_to_json(verdict, decode))
-            counts["unparsed"] += not verdict.ok
+            if not verdict.ok:
+                counts[_unlabelled_kind(verdict)] += 1
             counts["truncated"] += verdict.truncated
     for number, _, _ in items:
         counts["errors"] += "error" in rows[number] and "level" not in rows[number]
         out.write(json.dumps(rows[number], ensure_ascii=False) + "\n")
     counts["written"] += len(items)
     out.flush()
+
+
+def _unlabelled_kind(verdict: Verdict) -> str:
+    """Why a verdict has no label, as a count name (an empty answer is not a parsing failure)."""
+    if verdict.empty:
+        return "empty"
+    if verdict.answer_missing:
+        return "no_answer"
+    return "unparsed" if verdict.reason == UNPARSEABLE else "failed"
 
 
 def _judge(guard: Any, convs: dict[int, Conversation], decode: bool) -> dict[int, Verdict | str]:

@@ -12,8 +12,16 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from guard_reward.cli_args import (
+    exit_status,
+    missing_extra_message,
+    positive_int,
+    signal_name,
+    sigterm_as_interrupt,
+)
 
 #: Modules that add their own subcommand: each has ``add_parser(subparsers)`` setting ``func`` on its parser.
 PLUGIN_MODULES: tuple[str, ...] = ("guard_reward.sandbox.cli", "guard_reward.cli_train")
@@ -27,7 +35,6 @@ DESCRIPTION = (
 )
 #: Exit status of a command that failed (argparse uses 2 for a bad command line).
 EXIT_FAILED = 1
-EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,15 +49,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"error: interrupted by {signal_name(exc)}", file=sys.stderr)
+        return exit_status(exc)
     except Exception as exc:
         if debug:
             raise
-        print(f"error: {error_message(exc)} (--debug shows the traceback)", file=sys.stderr)
+        missing = (
+            missing_extra_message(exc, f"guard-reward {args.command}")
+            if isinstance(exc, ImportError)
+            else None
+        )
+        print(f"error: {missing or error_message(exc)} (--debug shows the traceback)", file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -81,8 +93,9 @@ def _add_moderate(sub: argparse._SubParsersAction) -> None:
         help="label a JSONL dataset with Qwen3Guard-Gen verdicts (resumable)",
         description="Write one Qwen3Guard-Gen verdict per input record, in order. A line that cannot be read "
         "or judged is written with an 'error' naming its line. OUTPUT.meta.json records the input and "
-        "settings: an interrupted run resumes with the same command; other settings, another input, or an "
-        "existing file this command did not write are refused.",
+        "settings (batch sizes included): an interrupted run (Ctrl-C, SIGTERM, even kill -9) resumes with the "
+        "same command; other settings, another input, or an existing file this command did not write are "
+        "refused, naming what differs.",
     )
     p.add_argument("input", type=Path, help="JSONL records: 'messages', or 'prompt' with optional 'response'")
     p.add_argument(
@@ -97,13 +110,24 @@ def _add_moderate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--thinking", default="answer", choices=("answer", "separate", "whole"))
     p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: a GPU if present)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--token-budget", type=int, default=16384, help="padded tokens per micro-batch")
-    p.add_argument("--chunk-size", type=int, default=64, help="records judged and flushed together")
+    p.add_argument(
+        "--token-budget",
+        type=positive_int("--token-budget"),
+        default=16384,
+        help="padded tokens per micro-batch (default 16384)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=positive_int("--chunk-size"),
+        default=64,
+        help="records judged and flushed together (default 64)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (counts are still printed)")
     p.set_defaults(func=_run_moderate)
 
 
 def _run_moderate(args: argparse.Namespace) -> int:
-    from guard_reward.annotate import annotate, prepare_output, run_meta
+    from guard_reward.annotate import AnnotationInterrupted, annotate, prepare_output, run_meta, run_settings
     from guard_reward.guards.common import checkpoint_source, resolve_device
 
     if not args.input.is_file():
@@ -113,9 +137,15 @@ def _run_moderate(args: argparse.Namespace) -> int:
     source = checkpoint_source(args.guard)
     resolve_device(args.device)
     guard_id = os.path.abspath(os.path.expanduser(args.guard)) if source == "local" else args.guard
-    settings = {"guard": guard_id, "thinking": args.thinking, "dtype": args.dtype}
-    meta = run_meta(args.input, {**settings, "decode": not args.no_decode})
-    prepare_output(args.input, args.output, meta)
+    settings = {
+        "guard": guard_id,
+        "thinking": args.thinking,
+        "dtype": args.dtype,
+        "token_budget": args.token_budget,
+    }
+    decode = not args.no_decode
+    meta = run_meta(args.input, run_settings(settings, decode=decode, chunk_size=args.chunk_size))
+    resumed = prepare_output(args.input, args.output, meta)
 
     from guard_reward.guards.gen import GenGuard
 
@@ -126,20 +156,53 @@ def _run_moderate(args: argparse.Namespace) -> int:
         token_budget=args.token_budget,
         thinking=args.thinking,
     )
-    counts = annotate(
-        guard,
-        args.input,
-        args.output,
-        decode=not args.no_decode,
-        chunk_size=args.chunk_size,
-        settings=settings,
-    )
-    print(
-        f"{counts['written']} written, {counts['skipped_done']} already done, {counts['errors']} errors, "
-        f"{counts['unparsed']} unparsed verdicts, {counts['truncated']} truncated, {counts['blank']} blank "
-        f"lines skipped -> {args.output}"
-    )
+    try:
+        with sigterm_as_interrupt():
+            counts = annotate(
+                guard,
+                args.input,
+                args.output,
+                decode=decode,
+                chunk_size=args.chunk_size,
+                settings=settings,
+                progress=not args.no_progress,
+            )
+    except AnnotationInterrupted as exc:
+        print(
+            f"interrupted by {signal_name(exc.cause)}: {_summary(exc.counts)} -> {args.output} (every row "
+            "written is complete). Run the same command again to resume from there.",
+            file=sys.stderr,
+        )
+        return exit_status(exc.cause)
+    print(f"{_summary(counts)} -> {args.output}{' (resumed)' if resumed else ''}")
+    judged = counts["written"] - counts["errors"]
+    if counts["written"] and not judged:
+        print(
+            f"error: no record could be judged ({counts['errors']} errors); see {args.output}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
+
+
+def _summary(counts: Mapping[str, int]) -> str:
+    """The counts of a moderation run as one line; the kinds of unlabelled verdicts only when they occurred."""
+    parts = [
+        f"{counts['written']} written",
+        f"{counts['skipped_done']} already done",
+        f"{counts['errors']} errors",
+    ]
+    for key, label in (
+        ("unparsed", "unparsed verdicts"),
+        ("empty", "empty answers (not judged)"),
+        ("no_answer", "reasoning without an answer"),
+        ("failed", "other failed verdicts"),
+        ("truncated", "truncated"),
+        ("blank", "blank lines skipped"),
+    ):
+        if counts.get(key) or key in ("unparsed", "truncated"):
+            parts.append(f"{counts.get(key, 0)} {label}")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":

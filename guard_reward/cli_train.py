@@ -8,6 +8,7 @@ registers both (list this module in ``guard_reward.cli.PLUGIN_MODULES``).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -44,7 +45,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "grpo_gen_safety, grpo_stream_dense, grpo_hybrid, rloo_gen_safety, ppo_stream_dense, ...). Any "
         "recipe option can be overridden after the config, e.g. --output_dir runs/x --max_steps 10. "
         "--smoke runs the recipe on tiny stand-ins of the policy, guards and reward models, offline, on the "
-        "CPU in float32, for two steps: a check of the set-up before the real run.",
+        "CPU in float32, for two steps: a check of the set-up before the real run (the recipe as it would "
+        "really run is checked first). A recipe's keys are the fields of guard_reward.config's "
+        "RecipeArguments, GuardArguments (guard_*), ShapingArguments (shaping_*) and ConstraintArguments "
+        "(constraint_*), and of TRL's ScriptArguments (dataset_*), ModelConfig and GRPOConfig, RLOOConfig or "
+        "GuardPPOConfig (by the trainer key); an unknown key or a value of the wrong type is refused before "
+        "anything loads.",
     )
     parser.add_argument(
         "--smoke",
@@ -65,15 +71,32 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from guard_reward.cli_args import exit_status, signal_name, sigterm_as_interrupt
     from guard_reward.config import load_config
-    from guard_reward.integrations.trl.train import train
+    from guard_reward.integrations.trl.train import TrainingInterrupted, train
 
     if not args.config:
         raise SystemExit("guard-reward train: --config needs a recipe YAML file or a shipped recipe name")
     path, *overrides = args.config
     smoke = args.smoke or "--smoke" in overrides
     overrides = [a for a in overrides if a not in ("--", "--smoke")]
-    train(load_config(path, overrides, smoke=smoke))
+    cfg = load_config(path, overrides, smoke=smoke)
+    try:
+        with sigterm_as_interrupt():
+            train(cfg)
+    except TrainingInterrupted as exc:
+        if exc.checkpoint is None:
+            saved = "no checkpoint was saved yet (save_steps sets how often one is)"
+        else:
+            saved = (
+                f"the newest checkpoint is {exc.checkpoint}: resume with the same command plus "
+                f"--resume_from_checkpoint {exc.checkpoint}"
+            )
+        print(
+            f"interrupted by {signal_name(exc.cause)} at step {exc.step} (output_dir {exc.output_dir}); {saved}",
+            file=sys.stderr,
+        )
+        return exit_status(exc.cause)
     return 0
 
 

@@ -436,27 +436,51 @@ def load_config(
 ) -> RecipeConfig:
     """Parse a recipe YAML (plus ``--option value`` overrides) into a validated :class:`RecipeConfig`.
 
-    ``path`` is a file or the name of a shipped recipe (:func:`resolve_recipe`). Unknown keys are an error
-    naming them (``TrlParser``'s rule), so a typo never falls back to a default. ``smoke=True`` swaps in the
-    tiny stand-ins and a two-step CPU run (``guard_reward.tiny.smoke``; ``smoke_cache`` is where they are
-    kept, ``smoke_gen`` an existing tiny Gen folder to use); ``overrides`` still win over the swap.
+    ``path`` is a file or the name of a shipped recipe (:func:`resolve_recipe`). Every key and value is
+    checked against the dataclass fields first (:func:`guard_reward.recipe_check.check_recipe`): an unknown
+    key (with a "did you mean") or a value of the wrong type is one :class:`~guard_reward.recipe_check.
+    RecipeError` line, so a typo never falls back to a default. ``smoke=True`` first checks the recipe as it
+    would really run, then swaps in the tiny stand-ins and a two-step CPU run (``guard_reward.tiny.smoke``;
+    ``smoke_cache`` is where they are kept, ``smoke_gen`` an existing tiny Gen folder to use); ``overrides``
+    still win over the swap.
     """
-    from trl import TrlParser
-
     path = resolve_recipe(path)
     data = _read_recipe(path)
     overrides = list(overrides)
     if smoke:
+        # the recipe as it will really run is checked first (every key, type and rule; only the device
+        # switches that this machine may lack are set), so a smoke run never passes a recipe that fails
+        _parse(path, data, [*overrides, *_CPU_CHECK])
         from guard_reward.tiny.smoke import smoke_overrides
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything a smoke run reads is local
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
         gen = os.fspath(smoke_gen) if smoke_gen is not None else None
         overrides = [*smoke_overrides(data, path.stem, smoke_cache, gen=gen), *overrides]
+    return _parse(path, data, overrides)
+
+
+#: What the real-recipe check of a smoke run sets: the run itself is on the CPU, the recipe may be for a GPU.
+_CPU_CHECK = ("--use_cpu", "true", "--bf16", "false", "--fp16", "false")
+
+
+def _parse(path: Path, data: dict[str, Any], overrides: list[str]) -> RecipeConfig:
+    """``TrlParser`` over the recipe and the overrides, after :func:`check_recipe` has judged every key."""
+    from trl import TrlParser
+
+    from guard_reward.recipe_check import RecipeError, check_recipe
+
     classes = config_classes(_trainer_of(data, overrides))
-    overrides += _activation_checkpointing(data, overrides, classes[TRAINING_INDEX])
+    check_recipe(data, overrides, classes, path.name)
+    overrides = overrides + _activation_checkpointing(data, overrides, classes[TRAINING_INDEX])
+    parser = TrlParser(classes)
+
+    def one_line(message: str) -> None:  # argparse would print the usage of every option and exit
+        raise RecipeError(f"{path.name}: {message}")
+
+    parser.error = one_line  # type: ignore[method-assign]
     try:
-        parsed = TrlParser(classes).parse_args_and_config(["--config", os.fspath(path), *overrides])
+        parsed = parser.parse_args_and_config(["--config", os.fspath(path), *overrides])
     except ValueError as exc:
         if "bf16/gpu" not in str(exc):
             raise

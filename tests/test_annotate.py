@@ -161,7 +161,12 @@ def test_meta_sidecar_records_what_the_output_was_made_from(guard, tmp_path):
     assert meta["command"] == "guard-reward moderate" and meta["format"] == 1
     assert meta["input"]["path"] == str((tmp_path / "in.jsonl").resolve())
     assert len(meta["input"]["sha256"]) == 64 and meta["input"]["size"] > 0
-    assert meta["settings"] == {"thinking": "answer", "decode": False}
+    assert meta["settings"] == {
+        "thinking": "answer",
+        "decode": False,
+        "chunk_size": 64,
+        "token_budget": 16384,
+    }
 
 
 def test_resume_with_other_settings_or_input_is_refused(guard, tmp_path):
@@ -229,3 +234,103 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys)
     assert capsys.readouterr().err.count("\n") == 1
     with pytest.raises(FileNotFoundError, match="no such folder"):
         main([*args, "--debug"])
+
+
+# ----------------------------------------------------------------------------- numbers, settings, signals
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--token-budget", "0", "--token-budget must be a positive integer, got 0"),
+        ("--chunk-size", "0", "--chunk-size must be a positive integer, got 0"),
+        ("--chunk-size", "-5", "--chunk-size must be a positive integer, got -5"),
+        ("--token-budget", "many", "--token-budget must be a positive integer, got 'many'"),
+    ],
+)
+def test_number_options_are_checked_before_anything_loads(tmp_path, capsys, option, value, message):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp)
+    with pytest.raises(SystemExit) as exit_info:
+        # the guard folder does not exist: the number is refused before the guard is even looked at
+        _moderate(inp, out, "./no/such/guard", option, value)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.jsonl.meta.json").exists()
+
+
+def test_a_resume_with_another_token_budget_names_it(tiny_gen_path, tmp_path, capsys):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(inp)
+    assert _moderate(inp, out, tiny_gen_path, "--token-budget", "4096", "--no-progress") == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert _moderate(inp, out, tiny_gen_path, "--no-progress") == 1
+    err = capsys.readouterr().err
+    assert "token_budget was 4096, now 16384" in err and err.count("\n") == 1
+    assert _moderate(inp, out, tiny_gen_path, "--token-budget", "4096", "--chunk-size", "2") == 1
+    assert "chunk_size was 64, now 2" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_sigterm_writes_whole_rows_says_how_to_resume_and_the_rerun_finishes(tiny_gen_path, tmp_path, capsys):
+    import os
+    import signal
+
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    n = write_input(inp, with_broken_line=False)
+    real = GenGuard.moderate
+    calls = []
+
+    def moderate_then_terminated(self, conversations, **kw):
+        calls.append(len(conversations))
+        if len(calls) == 2:  # as a scheduler would, while the second chunk is being judged
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, conversations, **kw)
+
+    GenGuard.moderate = moderate_then_terminated
+    try:
+        status = _moderate(inp, out, tiny_gen_path, "--chunk-size", "2", "--no-progress")
+    finally:
+        GenGuard.moderate = real
+    err = capsys.readouterr().err
+    assert status == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM: 2 written" in err and "Run the same command again to resume" in err
+    assert [r["line"] for r in read_output(out)] == [1, 2]  # the first chunk, whole; not the second
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert _moderate(inp, out, tiny_gen_path, "--chunk-size", "2", "--no-progress") == 0
+    assert f"{n - 2} written, 2 already done" in capsys.readouterr().out
+    assert [r["line"] for r in read_output(out)] == list(range(1, n + 1))
+
+
+def test_empty_answers_are_counted_apart_from_unparsed_verdicts(guard, tmp_path):
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"prompt": "Hi", "response": "   "},
+        {"prompt": "Hi", "response": "<think>never closed"},
+        {"prompt": "Hi", "response": "Hello!"},
+    ]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = annotate(guard, inp, tmp_path / "out.jsonl", decode=False, progress=False)
+    assert counts["empty"] == 1 and counts["no_answer"] == 1
+    assert counts["unparsed"] == 0 and counts["written"] == 3
+
+
+def test_a_run_where_nothing_could_be_judged_fails(tiny_gen_path, tmp_path, capsys):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("{not json\n[1, 2]\n")
+    assert _moderate(inp, out, tiny_gen_path, "--no-progress") == 1
+    captured = capsys.readouterr()
+    assert "2 written" in captured.out and "error: no record could be judged (2 errors)" in captured.err
+    assert len(read_output(out)) == 2  # the error rows are still written, one per line
+
+
+def test_progress_shows_the_total_of_records(guard, tmp_path, capsys):
+    from guard_reward.annotate import count_records
+
+    inp = tmp_path / "in.jsonl"
+    n = write_input(inp)
+    inp.write_text(inp.read_text() + "\n  \n")  # blank lines are not records
+    assert count_records(inp) == n
+    annotate(guard, inp, tmp_path / "out.jsonl", decode=False, progress=True)
+    assert f"{n}/{n}" in capsys.readouterr().err

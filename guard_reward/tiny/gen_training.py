@@ -34,8 +34,10 @@ def train_tiny_gen(
     batch_size: int = 8,
     lr: float = 1e-2,
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
-    """Fine-tune the checkpoint in ``path`` on ``(conversation, verdict text)`` pairs and save it in place.
+    """Fine-tune the checkpoint in ``path`` on ``(conversation, verdict text)`` pairs and save it in place
+    (``progress``: a progress bar over the ``steps`` ceiling).
 
     Training stops early once every example's verdict tokens are the model's greedy choice under teacher
     forcing (so greedy decoding reproduces them); ``steps`` is the ceiling.
@@ -67,7 +69,7 @@ def train_tiny_gen(
         pad_id=compact.index[tok.pad_token_id],
         seed=seed,
         desc="tiny Gen stand-in",
-        progress=False,
+        progress=progress,
         # the gate is the real model: every verdict token the argmax over the whole vocabulary
         validate=lambda _: _all_verdicts_greedy(compact.write_back(), pool, tok.pad_token_id),
         target=1.0,
@@ -170,9 +172,11 @@ def bundled_examples() -> list[tuple[Conversation, str]]:
     return pairs
 
 
-def build_trained_tiny_gen(path: str | os.PathLike, *, steps: int = 300, seed: int = 0) -> Path:
+def build_trained_tiny_gen(
+    path: str | os.PathLike, *, steps: int = 300, seed: int = 0, progress: bool = False
+) -> Path:
     """A tiny Gen stand-in that has learned the bundled examples' verdicts (for demos and decode tests)."""
     from guard_reward.tiny.gen import build_tiny_gen
 
     build_tiny_gen(path, seed=seed)
-    return train_tiny_gen(path, bundled_examples(), steps=steps, seed=seed)
+    return train_tiny_gen(path, bundled_examples(), steps=steps, seed=seed, progress=progress)

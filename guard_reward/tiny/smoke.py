@@ -14,7 +14,7 @@ downloaded thing for a local stand-in and shrink the run, while keeping the reci
 
 The stand-ins are built once and kept in a cache folder (``$XDG_CACHE_HOME/guard_reward/smoke-<versions>/``, one
 folder per stand-in keyed by its builders' code); a first run builds them (the Gen one is trained until it
-writes the bundled examples' verdict lines: ~20 s of CPU), later runs reuse them. Overrides given on the command line after the switch
+writes the bundled examples' verdict lines: about a minute of CPU, see docs/cli.md), later runs reuse them. Overrides given on the command line after the switch
 still win.
 """
 
@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: What a smoke run changes besides the checkpoints and the dataset (command-line values).
 SMOKE_SETTINGS: dict[str, str] = {
@@ -89,15 +93,29 @@ def _examples_text() -> str:
     return (resources.files("guard_reward") / "data" / "moderation_examples.jsonl").read_text()
 
 
+#: What each stand-in is, for the log line of a first run that builds it.
+_WHAT = {
+    "policy": "tiny Qwen3 policy (random weights)",
+    "gen": "tiny Qwen3Guard-Gen, trained until it writes the bundled examples' verdicts",
+    "stream": "tiny Qwen3Guard-Stream (random weights)",
+    "helpfulness": "tiny one-logit reward model (random weights)",
+    "data": "bundled example prompts",
+}
+
+
 def _cached(folder: Path, build: Callable[[Path], Any]) -> Path:
     """``folder``, built by ``build(staging)`` and renamed into place if absent (a half-built one is never
     used)."""
     if folder.exists():
         return folder
+    asset = folder.name.rsplit("-", 1)[0]
+    logger.info("building the %s in %s (first run only)", _WHAT.get(asset, asset), folder)
+    start = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     try:
         build(staging / "x")
+        logger.info("built the %s stand-in in %.1f s", asset, time.perf_counter() - start)
         (staging / "x").rename(folder)
     except OSError:
         if not folder.exists():  # another process did not win the race: a real failure
@@ -127,10 +145,21 @@ def _model_reward(recipe: Mapping[str, Any]) -> bool:
 
 
 def smoke_assets(
-    recipe: Mapping[str, Any], cache_dir: str | os.PathLike | None = None, *, gen: str | None = None
+    recipe: Mapping[str, Any],
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    gen: str | None = None,
+    progress: bool = True,
 ) -> dict[str, str]:
     """Build (or reuse) the stand-ins ``recipe`` needs; ``{"policy", "gen", "data", ["stream"],
-    ["helpfulness"]}`` as paths. ``gen`` uses an existing tiny Gen folder instead of the cached one."""
+    ["helpfulness"]}`` as paths. ``gen`` uses an existing tiny Gen folder instead of the cached one;
+    ``progress`` shows a bar while the Gen stand-in trains (each build is also logged with its time).
+
+    For a script of your own, pass the keys that decide which stand-ins are built: ``{}`` gives the policy,
+    the Gen guard and the prompts, ``{"guard_stream": "x"}`` adds the Stream guard, ``{"guard_reward":
+    "hybrid"}`` the helpfulness model. The Stream stand-in has random weights: its per-token risks exercise
+    the code, they judge nothing.
+    """
     from guard_reward.tiny.gen_training import build_trained_tiny_gen
     from guard_reward.tiny.policy import build_tiny_policy, build_tiny_reward_model
     from guard_reward.tiny.stream import build_tiny_stream
@@ -138,7 +167,9 @@ def smoke_assets(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     assets = {
         "policy": _cached(_folder(root, "policy"), build_tiny_policy),
-        "gen": Path(gen) if gen else _cached(_folder(root, "gen"), build_trained_tiny_gen),
+        "gen": Path(gen)
+        if gen
+        else _cached(_folder(root, "gen"), lambda p: build_trained_tiny_gen(p, progress=progress)),
         "data": _cached(_folder(root, "data"), _write_prompts) / "prompts.jsonl",
     }
     if recipe.get("guard_stream") or recipe.get("shaping_mode"):

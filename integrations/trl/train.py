@@ -232,9 +232,15 @@ def load_reward_models(reward_funcs: Sequence[Any], dense: Sequence[Any] = ()) -
 
 
 def build_trainer(
-    cfg: RecipeConfig, *, model: Any = None, tokenizer: Any = None, train_dataset: Any = None
+    cfg: RecipeConfig,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    train_dataset: Any = None,
+    callbacks: Sequence[Any] = (),
 ) -> Any:
-    """The configured trainer (``DenseGRPOTrainer``, ``RLOOTrainer`` or ``GuardPPOTrainer``), untrained."""
+    """The configured trainer (``DenseGRPOTrainer``, ``RLOOTrainer`` or ``GuardPPOTrainer``), untrained;
+    ``callbacks`` are added after the safety-curves callback."""
     from trl import RLOOTrainer, get_peft_config
 
     from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
@@ -253,7 +259,8 @@ def build_trainer(
     if float(cfg.training.beta) == 0.0:
         logger.warning("beta=0: no KL term anchors the policy; guard rewards are then easy to game")
     callbacks = [
-        SafetyCurvesCallback(plot_every=cfg.recipe.curves_plot_every, prefix=cfg.guard.guard_metric_prefix)
+        SafetyCurvesCallback(plot_every=cfg.recipe.curves_plot_every, prefix=cfg.guard.guard_metric_prefix),
+        *callbacks,
     ]
     common = dict(
         model=model,
@@ -299,10 +306,31 @@ def build_trainer(
     return RLOOTrainer(**common)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM: ``step`` reached, ``output_dir``, and the newest checkpoint
+    saved so far (``None`` when none was), from which ``--resume_from_checkpoint`` continues."""
+
+    def __init__(self, cause: KeyboardInterrupt, step: int, output_dir: str, checkpoint: str | None) -> None:
+        super().__init__(str(cause))
+        self.cause, self.step, self.output_dir, self.checkpoint = cause, step, output_dir, checkpoint
+
+
 def train(cfg: RecipeConfig, **build_kwargs: Any) -> Any:
-    """Build, train, and save model, state and curves to ``output_dir``; returns the trainer."""
+    """Build, train (from ``resume_from_checkpoint`` when set), and save model, state and curves to
+    ``output_dir``; returns the trainer.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C (or SIGTERM turned into an interrupt), naming the checkpoint to resume.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
     trainer = build_trainer(cfg, **build_kwargs)
-    trainer.train()
+    try:
+        trainer.train(resume_from_checkpoint=cfg.training.resume_from_checkpoint)
+    except KeyboardInterrupt as exc:
+        out = cfg.training.output_dir
+        last = get_last_checkpoint(out) if os.path.isdir(out) else None
+        raise TrainingInterrupted(exc, int(trainer.state.global_step), out, last) from exc
     trainer.save_model()
     trainer.save_state()
     logger.info("run saved to %s", os.path.abspath(cfg.training.output_dir))

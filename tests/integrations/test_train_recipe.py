@@ -160,3 +160,50 @@ def test_smoke_data_is_json_lines(smoke_cache, trained_gen_path):
     assets = smoke_assets({"guard_reward": "safety"}, smoke_cache, gen=str(trained_gen_path))
     rows = [json.loads(line) for line in Path(assets["data"]).read_text().splitlines()]
     assert {"prompt", "harmful"} == set(rows[0]) and "stream" not in assets and "helpfulness" not in assets
+
+
+@pytest.mark.slow
+def test_sigterm_during_training_names_the_checkpoint_that_resumes(smoke_cache, trained_gen_path, tmp_path):
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    from guard_reward.cli_args import Terminated, sigterm_as_interrupt
+    from guard_reward.integrations.trl.train import TrainingInterrupted, train
+
+    class TerminateAtStep2(TrainerCallback):  # what a scheduler's SIGTERM does, at a known step
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "run"
+    every_step = ("--output_dir", str(out), "--save_strategy", "steps", "--save_steps", "1")
+    cfg = smoke_config(
+        CONFIGS / "grpo_gen_safety.yaml", smoke_cache, trained_gen_path, *every_step, "--max_steps", "4"
+    )
+    with pytest.raises(TrainingInterrupted) as info, sigterm_as_interrupt():
+        train(cfg, callbacks=[TerminateAtStep2()])
+    assert isinstance(info.value.cause, Terminated) and info.value.step == 2
+    # stopped in step 2's end, before its checkpoint: step 1's is the newest whole one
+    assert info.value.checkpoint == str(out / "checkpoint-1")
+    resumed = smoke_config(
+        CONFIGS / "grpo_gen_safety.yaml",
+        smoke_cache,
+        trained_gen_path,
+        *every_step,
+        "--max_steps",
+        "3",
+        "--resume_from_checkpoint",
+        info.value.checkpoint,
+    )
+
+    taken: list[int] = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            taken.append(state.global_step)
+
+    trainer = train(resumed, callbacks=[CountSteps()])
+    assert trainer.state.global_step == 3
+    assert taken == [2, 3], "the run went on from checkpoint-1, not from scratch"
