@@ -5,9 +5,18 @@ The controller follows safe-rlhf's PPO-Lag (PKU-Alignment): λ is kept as ``log_
 
     log_lambda <- min(log_lambda + lambda_lr · (J_c - threshold) · λ, log(lambda_max)),
 
-where ``J_c`` is the mean cost over the last ``cost_window`` samples (episodes). λ rises while the cost is above
-the threshold and falls (multiplicatively, never below 0) when it is below; updates start once
-``update_delay_steps`` updates have been offered. The policy's advantage is then ``(A_r - λ·A_c) / (1 + λ)``
+where ``J_c`` is the mean cost over the last ``cost_window`` samples (episodes) *of each process*, pooled over the
+processes. λ rises while the cost is above the threshold and falls (multiplicatively, never below 0) when it is
+below; updates start once ``update_delay_steps`` updates have been offered.
+
+The window is per process, as in safe-rlhf, where every rank keeps a ``deque(maxlen=window)`` of its own episode
+costs and the ranks' window means are all-reduced (averaged) before the step: with N processes λ sees the last
+``N · cost_window`` samples, ``cost_window`` from each. Here every rank holds all N windows (it gets the gathered
+costs) and takes the pooled mean, sum over the windows / count; it equals safe-rlhf's average of the N window
+means whenever the windows hold equally many costs, which is always the case unless the guard left some costs
+unjudged (then a window with fewer judged costs weighs less, rather than as much as a full one). A single
+window over the gathered batch would see only the last ``cost_window`` samples *in rank order*, i.e. only the
+prompts that landed on the last ranks. The policy's advantage is then ``(A_r - λ·A_c) / (1 + λ)``
 (:func:`combine_advantages`): reward and cost advantages are normalised each on its own, so λ is the exchange
 rate between one standard deviation of helpfulness and one of cost.
 
@@ -27,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +68,8 @@ class ConstraintConfig:
         lambda_lr: SGD step size on ``log_lambda`` (>= 0; 0 keeps λ fixed at ``lambda_init``).
         lambda_max: upper clamp of λ (> 0, at least ``lambda_init``); ``None`` = no clamp.
         update_delay_steps: updates offered before λ starts moving (>= 0).
-        cost_window: the mean cost is over the last this many samples (>= 1).
+        cost_window: the mean cost is over the last this many samples of each process (>= 1); with N
+            processes λ sees the last ``N · cost_window`` samples.
         max_cost: the largest cost a sample can have (set from the cost function; used to check
             ``threshold``).
     """
@@ -121,15 +131,15 @@ class ConstraintStep:
 class LagrangeController:
     """λ for ``E[cost] <= threshold``: safe-rlhf's log-space SGD update over a window of recent costs.
 
-    Call :meth:`update` once per optimisation batch with the costs of *all* processes (the same values on every
-    rank make the same λ on every rank), then read :attr:`lam`. ``state_dict`` / ``load_state_dict`` carry λ,
-    the window and the counters across a checkpoint.
+    Call :meth:`update` once per optimisation batch with the costs of *all* processes in rank order and their
+    number (the same values on every rank make the same λ on every rank), then read :attr:`lam`.
+    ``state_dict`` / ``load_state_dict`` carry λ, the per-process windows and the counters across a checkpoint.
     """
 
     def __init__(self, config: ConstraintConfig) -> None:
         self.config = config
         self.log_lambda = math.log(config.lambda_init)
-        self.window: deque[float] = deque(maxlen=config.cost_window)
+        self.windows: list[deque[float]] = []  # one per process, created by the first update()
         self.offered = 0  # update() calls, i.e. optimisation batches seen
         self.updates = 0  # of them, those that moved λ
         self.skipped = 0  # batches whose every cost was None
@@ -142,25 +152,55 @@ class LagrangeController:
 
     @property
     def mean_cost(self) -> float:
-        """Mean cost over the window (NaN while it is empty)."""
-        return sum(self.window) / len(self.window) if self.window else float("nan")
+        """Mean cost over the windows of all processes, pooled (NaN while they are empty)."""
+        n = sum(len(w) for w in self.windows)
+        return sum(sum(w) for w in self.windows) / n if n else float("nan")
 
-    def update(self, costs: Iterable[float | None]) -> ConstraintStep:
-        """Add this batch's per-sample costs to the window and take one λ step.
+    def _resize(self, num_processes: int) -> None:
+        """One window per process. A resume with another number of processes deals the saved costs out
+        round-robin (oldest first), so the pooled mean carries over."""
+        if len(self.windows) == num_processes:
+            return
+        merged = [c for w in self.windows for c in w]
+        if merged:
+            logger.warning(
+                "constraint: %d cost window(s) restored for %d process(es); their %d costs are redistributed",
+                len(self.windows),
+                num_processes,
+                len(merged),
+            )
+        size = self.config.cost_window
+        self.windows = [deque(merged[r::num_processes], maxlen=size) for r in range(num_processes)]
+
+    def update(self, costs: Sequence[float | None], num_processes: int = 1) -> ConstraintStep:
+        """Add this batch's per-sample costs to their processes' windows and take one λ step.
 
         Args:
-            costs: every sample's cost, gathered over all processes; ``None`` (or NaN) = not judged.
+            costs: ``(B_total,)`` every sample's cost, gathered over all processes in rank order (process ``r``
+                contributed the ``r``-th of ``num_processes`` equal slices); ``None`` (or NaN) = not judged.
+            num_processes: the number of processes the costs were gathered from.
 
         Returns:
             The step's values. λ does not move while fewer than ``update_delay_steps`` batches have been
             offered, nor when every cost of the batch is missing (counted in :attr:`skipped`).
         """
+        costs = list(costs)
+        if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+            raise ValueError(f"num_processes must be an integer >= 1, got {num_processes!r}")
+        if len(costs) % num_processes:
+            raise ValueError(
+                f"{len(costs)} gathered costs cannot be split into {num_processes} equal per-process slices; "
+                "pass the costs of every process, each process contributing the same number"
+            )
+        self._resize(num_processes)
+        per_rank = len(costs) // num_processes
         values: list[float] = []
-        for c in costs:
+        for i, c in enumerate(costs):
             if c is None or (isinstance(c, float) and math.isnan(c)):
                 self.missing += 1
                 continue
             values.append(float(c))
+            self.windows[i // per_rank].append(float(c))
         self.offered += 1
         cfg = self.config
         if not values:
@@ -173,7 +213,6 @@ class LagrangeController:
                 self.skipped,
             )
             return ConstraintStep(self.lam, float("nan"), cfg.threshold, float("nan"), False, 0)
-        self.window.extend(values)
         mean = self.mean_cost
         updated = self.offered > cfg.update_delay_steps and cfg.lambda_lr > 0
         if updated:
@@ -185,10 +224,10 @@ class LagrangeController:
         return ConstraintStep(self.lam, mean, cfg.threshold, mean - cfg.threshold, updated, len(values))
 
     def state_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot (λ, the window, the counters)."""
+        """A JSON-serialisable snapshot (λ, the per-process windows, the counters)."""
         return {
             "log_lambda": self.log_lambda,
-            "window": list(self.window),
+            "windows": [list(w) for w in self.windows],
             "offered": self.offered,
             "updates": self.updates,
             "skipped": self.skipped,
@@ -197,10 +236,14 @@ class LagrangeController:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` (a resumed run continues with the saved λ and window)."""
-        missing = {"log_lambda", "window", "offered"} - set(state)
-        if missing:
-            raise KeyError(f"constraint state is missing {sorted(missing)}")
+        """Restore a :meth:`state_dict` (a resumed run continues with the saved λ and windows). A state saved
+        before the windows were per process (one ``"window"``) is read as one window."""
+        missing = {"log_lambda", "offered"} - set(state)
+        if missing or not {"windows", "window"} & set(state):
+            raise KeyError(
+                f"constraint state is missing {sorted(missing) or ['windows']}; expected log_lambda, "
+                "windows and offered"
+            )
         if state.get("threshold", self.config.threshold) != self.config.threshold:
             logger.warning(
                 "constraint: resuming with threshold %s (the checkpoint was saved with %s)",
@@ -211,7 +254,9 @@ class LagrangeController:
         if self.config.lambda_max is not None:
             log_lambda = min(log_lambda, math.log(self.config.lambda_max))
         self.log_lambda = log_lambda
-        self.window = deque((float(c) for c in state["window"]), maxlen=self.config.cost_window)
+        windows = state["windows"] if "windows" in state else [state["window"]]
+        size = self.config.cost_window
+        self.windows = [deque((float(c) for c in w), maxlen=size) for w in windows]
         self.offered = int(state["offered"])
         for key in ("updates", "skipped", "missing"):
             setattr(self, key, int(state.get(key, 0)))
@@ -237,25 +282,46 @@ def combine_advantages(reward_adv: torch.Tensor, cost_adv: torch.Tensor, lam: fl
     return (reward_adv - lam * cost_adv) / (1.0 + lam)
 
 
-def group_advantages(values: torch.Tensor, group_size: int, scale: bool = True) -> torch.Tensor:
-    """GRPO's group-normalised advantage of per-sample values ``(B,)`` (consecutive groups of ``group_size``).
+#: ``scale_rewards`` values of TRL's ``GRPOConfig`` (``True`` / ``False`` mean ``"group"`` / ``"none"`` there too).
+SCALES = ("group", "batch", "none")
 
-    NaN marks a missing value: it gets advantage 0 and is left out of its group's mean and std. ``scale``
-    divides by the group's std (+1e-4, TRL's epsilon).
+
+def group_advantages(values: torch.Tensor, group_size: int, scale: str | bool = "group") -> torch.Tensor:
+    """GRPO's group-centred advantage of per-sample values ``(B,)`` (consecutive groups of ``group_size``),
+    scaled as TRL 1.16 scales its reward advantages for ``scale_rewards``:
+
+    * ``"group"``: divided by the group's std (+1e-4, TRL's epsilon);
+    * ``"batch"``: divided by the std of all ``B`` values (the gathered batch), so a group whose values differ
+      only by noise keeps small advantages instead of being blown up to unit scale;
+    * ``"none"``: centred only (Dr. GRPO).
+
+    Stds are Bessel-corrected. NaN marks a missing value: it is left out of every mean and std and gets
+    advantage 0.
     """
+    if isinstance(scale, bool):
+        scale = "group" if scale else "none"
+    if scale not in SCALES:
+        raise ValueError(
+            f"scale={scale!r} is not accepted; use one of {', '.join(SCALES)} (TRL's scale_rewards)"
+        )
     if values.dim() != 1 or values.numel() % group_size:
         raise ValueError(
             f"values must be (B,) with B a multiple of group_size={group_size}, got {tuple(values.shape)}"
         )
-    grouped = values.view(-1, group_size)
-    ok = ~torch.isnan(grouped)
-    filled = torch.where(ok, grouped, torch.zeros_like(grouped))
-    n = ok.sum(1, keepdim=True).clamp(min=1)
-    mean = filled.sum(1, keepdim=True) / n
-    centred = torch.where(ok, grouped - mean, torch.zeros_like(grouped))
-    if scale:
-        std = (centred.pow(2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
-        centred = centred / (std + 1e-4)
+
+    def centred_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x minus its row means, 0 where missing; the rows' Bessel stds) for ``x`` ``(R, K)``."""
+        ok = ~torch.isnan(x)
+        n = ok.sum(1, keepdim=True).clamp(min=1)
+        mean = torch.where(ok, x, torch.zeros_like(x)).sum(1, keepdim=True) / n
+        c = torch.where(ok, x - mean, torch.zeros_like(x))
+        return c, (c.pow(2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+
+    centred, group_std = centred_std(values.view(-1, group_size))
+    if scale == "group":
+        centred = centred / (group_std + 1e-4)
+    elif scale == "batch":
+        centred = centred / (centred_std(values.view(1, -1))[1] + 1e-4)
     return centred.reshape(-1)
 
 

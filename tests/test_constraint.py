@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import deque
 
 import pytest
 import torch
@@ -93,11 +94,76 @@ def test_state_dict_round_trip_continues_identically():
     state = json.loads(json.dumps(a.state_dict()))
     b = LagrangeController(cfg)
     b.load_state_dict(state)
-    assert (b.lam, list(b.window), b.offered, b.missing) == (a.lam, list(a.window), a.offered, a.missing)
+    assert (b.lam, b.state_dict(), b.offered, b.missing) == (a.lam, a.state_dict(), a.offered, a.missing)
     for c in ([0.0] * 5, [1.0, 1.0]):
         assert a.update(c).lam == b.update(c).lam
     with pytest.raises(KeyError, match="log_lambda"):
-        b.load_state_dict({"window": []})
+        b.load_state_dict({"windows": []})
+    with pytest.raises(KeyError, match="windows"):
+        b.load_state_dict({"log_lambda": 0.0, "offered": 1})
+
+
+def safe_rlhf_lambdas(rank_batches, threshold, init, lr, lam_max, delay, window):
+    """safe-rlhf's PPO-Lag rule on N ranks, as a plain loop: every rank extends its own
+    ``deque(maxlen=window)`` with its own episode costs, the ranks' window means are averaged (the all-reduce
+    AVG), and log λ takes one SGD step on ``-(mean - threshold) · exp(log λ)``, clamped at log(lambda_max)."""
+    windows = [deque(maxlen=window) for _ in rank_batches[0]]
+    log_lambda, out = math.log(init), []
+    for step, per_rank in enumerate(rank_batches):
+        for w, costs in zip(windows, per_rank, strict=True):
+            w.extend(costs)
+        episode_cost = sum(sum(w) / len(w) for w in windows) / len(windows)
+        if step >= delay:
+            log_lambda += lr * (episode_cost - threshold) * math.exp(log_lambda)
+            if lam_max is not None:
+                log_lambda = min(log_lambda, math.log(lam_max))
+        out.append(math.exp(log_lambda))
+    return out
+
+
+@pytest.mark.parametrize("num_ranks,window", [(2, 3), (2, 12), (3, 5)])
+def test_per_rank_windows_match_safe_rlhf_with_rank_correlated_costs(num_ranks, window):
+    """Costs differ systematically by rank (the last rank is mostly safe): λ follows safe-rlhf's per-rank
+    windows averaged over ranks, not a window over the gathered batch's last samples."""
+    rng = random.Random(1)
+    p_unsafe = [0.9, 0.05, 0.5][:num_ranks]
+    p_unsafe[-1] = 0.05
+    rank_batches = [
+        [[float(rng.random() < p_unsafe[r]) for _ in range(4)] for r in range(num_ranks)] for _ in range(12)
+    ]
+    cfg = ConstraintConfig(0.2, lambda_init=1.0, lambda_lr=0.5, lambda_max=5.0, cost_window=window)
+    ctrl = LagrangeController(cfg)
+    got = [
+        ctrl.update([c for rank in step for c in rank], num_processes=num_ranks).lam for step in rank_batches
+    ]
+    want = safe_rlhf_lambdas(rank_batches, 0.2, 1.0, 0.5, 5.0, 0, window)
+    assert got == pytest.approx(want, rel=1e-12)
+    assert [len(w) for w in ctrl.windows] == [min(window, 12 * 4)] * num_ranks
+    # one window over the gathered batch (the last `window` costs in rank order) sees mostly the safe last rank
+    one_window = LagrangeController(cfg)
+    flat = [one_window.update([c for rank in step for c in rank]).lam for step in rank_batches]
+    if window < 4 * num_ranks:
+        assert flat[-1] < got[-1]
+
+
+def test_windows_validation_and_resume_on_other_process_count(caplog):
+    ctrl = LagrangeController(ConstraintConfig(0.1, cost_window=4))
+    with pytest.raises(ValueError, match="equal per-process slices"):
+        ctrl.update([1.0, 0.0, 1.0], num_processes=2)
+    with pytest.raises(ValueError, match="num_processes"):
+        ctrl.update([1.0], num_processes=0)
+    ctrl.update([1.0, 1.0, 0.0, 0.0], num_processes=2)
+    state = ctrl.state_dict()
+    assert state["windows"] == [[1.0, 1.0], [0.0, 0.0]]
+    resumed = LagrangeController(ctrl.config)
+    resumed.load_state_dict(state)
+    with caplog.at_level("WARNING"):
+        resumed.update([None, None, None, None], num_processes=4)  # resumed on 4 processes: all missing
+    assert "redistributed" in caplog.text
+    assert resumed.mean_cost == pytest.approx(0.5) and len(resumed.windows) == 4
+    legacy = LagrangeController(ctrl.config)  # a state saved with one window over the gathered batch
+    legacy.load_state_dict({"log_lambda": 0.0, "offered": 3, "window": [1.0, 0.0, 0.0]})
+    assert legacy.mean_cost == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +200,40 @@ def test_combine_and_group_advantages():
     assert torch.equal(adv[3:], torch.zeros(3))  # a constant group carries no signal
     with pytest.raises(ValueError, match="multiple of group_size"):
         group_advantages(torch.zeros(5), 2)
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(torch.zeros(4), 2, scale="global")
+
+
+def trl_advantages(rewards: torch.Tensor, group: int, scale: str) -> torch.Tensor:
+    """TRL 1.16's ``sum_then_normalize`` advantage (GRPOTrainer._generate_and_score_completions), with TRL's
+    own ``nanstd``: centred on the group's nanmean, divided by the group's or the whole batch's std + 1e-4
+    unless ``"none"``; NaN -> 0."""
+    from trl.trainer.utils import nanstd
+
+    mean = torch.nanmean(rewards.view(-1, group), dim=1).repeat_interleave(group)
+    if scale == "batch":
+        std = nanstd(rewards).expand_as(rewards)
+    else:
+        std = nanstd(rewards.view(-1, group), dim=1).repeat_interleave(group)
+    adv = rewards - mean
+    if scale != "none":
+        adv = adv / (std + 1e-4)
+    return torch.nan_to_num(adv, nan=0.0)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none", True, False])
+def test_group_advantages_follow_trl_scale_rewards(scale):
+    nan = float("nan")
+    # a benign group whose P(Unsafe) differs by noise only, an unsafe/safe split, a group with a missing cost
+    costs = torch.tensor([0.010, 0.013, 0.011, 0.012, 0.98, 0.02, 0.97, 0.03, 0.5, nan, 0.1, 0.9])
+    mode = {True: "group", False: "none"}.get(scale, scale)
+    got = group_advantages(costs, 4, scale=scale)
+    assert got == pytest.approx(trl_advantages(costs, 4, mode), abs=1e-5)
+    benign, split = got[:4].abs().max(), got[4:8].abs().max()
+    if mode == "group":  # per-group scaling: noise gets as large as a real unsafe answer
+        assert benign > 0.8 and split < 1.0
+    else:  # batch / none: noise stays small next to the unsafe answers
+        assert benign < 0.01 * split
 
 
 class FakeGen:

@@ -1,10 +1,19 @@
-"""``SafetyCurvesCallback``: the safety metrics of every logging step in a CSV, and ``safety_curves.png``.
+"""``SafetyCurvesCallback``: the safety metrics of every logging step in a CSV, and ``safety_curves.png``;
+``AsyncGRPOMetrics``: the rewards' ``guard/…`` metrics under TRL's ``AsyncGRPOTrainer``.
 
 It only reads what the trainer logs (the ``guard/…`` metrics the rewards send through TRL's
 ``log_metric``, plus ``reward``, ``rewards/<name>/mean``, ``kl`` and the completion length); it touches no
 trainer internals and works with any ``transformers.Trainer`` subclass. ``on_log`` callbacks run after the
 trainer has stored the entry in ``log_history`` and after the reporting integrations, so this is a side sink:
 it never changes what wandb, trackio or ``trainer_state.json`` receive.
+
+TRL's ``AsyncGRPOTrainer`` (``trl.experimental.async_grpo``) scores rollouts in a spawned, CUDA-free child process
+and calls the reward functions there with neither ``log_metric`` nor ``log_extra`` nor ``trainer_state``, so
+every metric a reward logs is lost. The child does have one channel to the trainer: the worker's
+``metrics_queue``, which the trainer drains into its logs at every logging step (rates as ``(numerator,
+denominator)`` pairs). ``AsyncGRPOMetrics`` wraps a reward and hands it a ``log_metric`` that sends through that
+queue, summed per call into pairs, so a metric is (sum of its values) / (number of values) over the logging
+window, as GRPOTrainer's flush gives it.
 """
 
 from __future__ import annotations
@@ -12,6 +21,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import queue
+from collections.abc import Callable, Sequence
+from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +113,79 @@ class SafetyCurvesCallback(TrainerCallback):
             plot_safety_curves(self.rows, self._dir(args) / self.png_name, prefix=self.prefix)
         except ValueError as exc:  # nothing plottable yet; training must not stop for a figure
             logger.warning("safety curves not drawn: %s", exc)
+
+
+class AsyncGRPOMetrics:
+    """A reward for TRL's ``AsyncGRPOTrainer`` whose ``log_metric`` calls reach the trainer's logs.
+
+    Wrap the reward, build the trainer with the wrapper, then :meth:`connect` it before ``train()``::
+
+        safety = AsyncGRPOMetrics(SafetyReward(RemoteGenGuard("http://guard:8000")))
+        trainer = AsyncGRPOTrainer(model, reward_funcs=[safety, ...], args=AsyncGRPOConfig(...), ...)
+        safety.connect(trainer)
+        trainer.train()
+
+    In the worker's child process each call runs the reward with a ``log_metric`` that adds up every metric's
+    values and counts, then puts ``{name: (sum, count)}`` on the worker's ``metrics_queue`` (never blocking: a
+    full queue drops the batch's metrics, counted in :attr:`dropped` and logged once). What stays lost:
+    ``log_extra`` columns (the async trainer has no completions table) and ``trainer_state``. Failure totals
+    (``guard/failures/…``) come out per reward call, i.e. per scored group, not per step. Called with a
+    ``log_metric`` (e.g. by ``GRPOTrainer``), or before :meth:`connect`, the wrapper just calls the reward.
+
+    Args:
+        reward: any reward callable (``SafetyReward``, ``HybridSafetyReward``, ``SafetyCost``, ...); it keeps its
+            ``__name__``, so TRL's ``rewards/<name>`` keys do not change.
+    """
+
+    def __init__(self, reward: Callable[..., Sequence[float | None]]) -> None:
+        if not callable(reward):
+            raise TypeError(f"reward must be callable, got {type(reward).__name__}")
+        self.reward = reward
+        self.__name__ = str(getattr(reward, "__name__", type(reward).__name__))
+        self._queue: Any = None
+        self.dropped = 0
+
+    def connect(self, trainer: Any) -> None:
+        """Send the metrics to ``trainer``'s rollout worker (an ``AsyncGRPOTrainer``; call before ``train()``,
+        which spawns the child). Only the main process has a worker; elsewhere this does nothing."""
+        worker = getattr(trainer, "rollout_worker", None)
+        if worker is None:
+            if getattr(getattr(trainer, "accelerator", None), "is_main_process", True):
+                raise ValueError(
+                    f"{type(trainer).__name__} has no rollout_worker: AsyncGRPOMetrics is for TRL's "
+                    "AsyncGRPOTrainer; other trainers pass log_metric to the rewards themselves"
+                )
+            return
+        self._queue = worker.metrics_queue
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        # A multiprocessing queue pickles only into a process being spawned; TRL also pickles the rewards once
+        # beforehand to check them, and that copy needs no queue.
+        if get_spawning_popen() is None:
+            state["_queue"] = None
+        return state
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Any:
+        if self._queue is None or kwargs.get("log_metric") is not None:
+            return self.reward(prompts=prompts, completions=completions, **kwargs)
+        sums: dict[str, list[float]] = {}
+
+        def log_metric(name: str, value: float) -> None:
+            pair = sums.setdefault(name, [0.0, 0.0])
+            pair[0] += float(value)
+            pair[1] += 1.0
+
+        kwargs["log_metric"] = log_metric
+        values = self.reward(prompts=prompts, completions=completions, **kwargs)
+        if sums:
+            try:
+                self._queue.put_nowait({name: (s, n) for name, (s, n) in sums.items()})
+            except queue.Full:
+                self.dropped += 1
+                if self.dropped == 1:
+                    logger.warning(
+                        "%s: the trainer's metrics queue is full; this batch's metrics are dropped (counted)",
+                        self.__name__,
+                    )
+        return values

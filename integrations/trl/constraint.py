@@ -8,13 +8,17 @@ helpfulness side: any TRL reward function, a reward model, ``HybridSafetyReward`
 1. the cost function runs right after the reward functions, with the same arguments (so its ``guard/...``
    metrics are flushed with the step); the optional per-token cost (``Constraint.dense_cost``) likewise;
 2. the per-sample costs of all processes are gathered (``None`` -> NaN); every rank then updates its
-   :class:`~guard_reward.constraint.LagrangeController` with the same pooled sum and count of the gathered
-   costs (not a mean of per-rank means), so λ is the same number on every rank;
+   :class:`~guard_reward.constraint.LagrangeController` with all of them and the number of processes: each
+   process's costs go to that process's window of ``cost_window`` samples (safe-rlhf's per-rank window) and λ
+   steps on the pooled mean of the windows, so λ is the same number on every rank and, with N processes, sees
+   the last ``N · cost_window`` samples, not only those of the last ranks;
 3. the advantages are combined as ``(A_r - λ·A_c) / (1 + λ)``:
 
    * GRPO (:class:`ConstrainedGRPOTrainer`): ``A_r`` is TRL's group-normalised reward advantage (per token when
-     ``dense_rewards`` are given: it is a ``DenseGRPOTrainer``), ``A_c`` the group-normalised cost advantage
-     (same group statistics, NaN costs left out), plus ``dense_coef · c_t`` per token with a dense cost;
+     ``dense_rewards`` are given: it is a ``DenseGRPOTrainer``), ``A_c`` the cost advantage computed with TRL's
+     own rule for ``scale_rewards`` (centred per group; divided by the group's std for ``"group"``, by the
+     gathered batch's std for ``"batch"``, not at all for ``"none"``; NaN costs left out), plus
+     ``dense_coef · c_t`` per token with a dense cost;
    * PPO (:class:`ConstrainedPPOTrainer`): ``A_r`` is GuardPPOTrainer's whitened GAE advantage; ``A_c`` is the
      cost's GAE advantage with gamma = lambda = 1 and the batch-mean cost as baseline instead of a learned cost
      critic: the terminal cost (plus the per-token costs still ahead, for a dense cost), minus its batch mean,
@@ -24,7 +28,8 @@ helpfulness side: any TRL reward function, a reward model, ``HybridSafetyReward`
 
 ``constraint/lambda``, ``constraint/cost`` (the window mean the update used), ``constraint/threshold``,
 ``constraint/violation`` (cost - threshold), ``constraint/batch_cost`` and ``constraint/skipped_updates`` are
-logged every step; λ's state is saved as ``constraint_state.json`` in every checkpoint and restored on resume.
+logged every step; the completions table shows the combined advantage the loss uses (per token: its mean over the
+completion's policy tokens); λ's state is saved as ``constraint_state.json`` in every checkpoint and restored on resume.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 from guard_reward import constraint as C
 from guard_reward.constraint import Constraint, combine_advantages, group_advantages
 
-from .grpo import DenseGRPOTrainer
+from .grpo import DenseGRPOTrainer, show_loss_advantages
 from .ppo import GuardPPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -146,7 +151,7 @@ class _ConstraintMixin:
         ok = ~torch.isnan(all_costs)
         batch_cost = float(all_costs[ok].mean()) if bool(ok.any()) else math.nan
         if mode == "train":
-            step = ctrl.update(all_costs.tolist())
+            step = ctrl.update(all_costs.tolist(), num_processes=self.accelerator.num_processes)
             cost, violation = step.cost, step.violation
         else:
             cost = ctrl.mean_cost
@@ -217,7 +222,7 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
         all_costs, dense = self._gathered_costs()
         lam = self._constraint_step(all_costs, mode)
         group = self.num_generations if mode == "train" else self.num_generations_eval
-        cost_adv = group_advantages(all_costs, group, scale=self.scale_rewards != "none")
+        cost_adv = group_advantages(all_costs, group, scale=self.scale_rewards)
         b = out["completion_ids"].shape[0]
         rows = slice(self.accelerator.process_index * b, (self.accelerator.process_index + 1) * b)
         device = out["advantages"].device
@@ -230,6 +235,7 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
         if combined.dim() == 2:
             combined = combined * out["completion_mask"]
         out["advantages"] = combined
+        show_loss_advantages(self, out)
         return out
 
 
@@ -274,4 +280,5 @@ class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
         var = (total[1] / n - mean.pow(2)).clamp(min=0)
         cost_adv = (to_go - mean) / (var.sqrt() + 1e-8) * valid
         out["advantages"] = combine_advantages(out["advantages"], cost_adv, lam) * mask
+        show_loss_advantages(self, out)
         return out

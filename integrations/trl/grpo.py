@@ -6,13 +6,15 @@ unsqueezes 1-D ones), and the maintainers' advice for custom advantages is to ov
 does, without copying TRL code:
 
 1. the scalar ``reward_funcs`` run exactly as in ``GRPOTrainer`` (group normalisation, ``reward_weights``,
-   ``rewards/<name>/mean``, the completions table are untouched);
+   ``rewards/<name>/mean`` are untouched);
 2. the ``dense_rewards`` are called right after them, from a thin ``_calculate_rewards`` override, with the
    very arguments TRL gives the scalar ones (so their ``log_metric``/``log_extra`` calls are flushed by TRL in
    the same step); each returns :class:`~guard_reward.types.DenseRewards` aligned to ``completion_ids``;
 3. after ``super()._generate_and_score_completions``, ``advantages`` ``(B,)`` becomes
    ``A_t = A_seq + dense_coef · f(d)_t`` ``(B, T)``, 0 on padding and tool tokens
-   (:func:`guard_reward.shaping.dense.dense_advantages`).
+   (:func:`guard_reward.shaping.dense.dense_advantages`); the completions table's ``advantage`` column then
+   shows each completion's mean of them over its policy tokens (:func:`show_loss_advantages`), not TRL's
+   sequence advantage the loss no longer uses.
 
 The dense term is added after group normalisation, so ``dense_coef`` is relative to unit-std sequence
 advantages. Losses that turn the advantage into a sequence-level quantity cannot use per-token credit and are
@@ -130,6 +132,29 @@ def per_token_off_policy_mask(
     mean_kl = (kl * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
     keep = (advantages >= 0) | (mean_kl <= off_policy_threshold)
     return keep.expand_as(mask).to(dtype=mask.dtype)
+
+
+def show_loss_advantages(trainer: Any, out: dict[str, Any]) -> None:
+    """Put the advantages the loss uses into TRL's completions table (rich print, parquet, wandb/trackio).
+
+    TRL fills the table with its own group advantages ``(B_total,)`` before a subclass replaces
+    ``out["advantages"]``; this overwrites the current generation batch's entries with ``out["advantages"]``
+    gathered over all processes: as they are when ``(B,)``, and when ``(B, T)`` each completion's mean over its
+    policy tokens (``completion_mask``, and ``tool_mask`` when present; 0 for a row without any). Every process
+    must call it (it gathers).
+    """
+    adv = out["advantages"]
+    if adv.dim() == 2:
+        mask = out["completion_mask"].bool()
+        if "tool_mask" in out:
+            mask = mask & out["tool_mask"].bool()
+        weights = mask.to(adv.dtype)
+        adv = (adv * weights).sum(1) / weights.sum(1).clamp(min=1)
+    shown = trainer.accelerator.gather(adv.float().contiguous()).tolist()
+    table = trainer._logs["advantages"]  # a deque of the last generation batch's (TRL 1.16)
+    for _ in range(min(len(table), len(shown))):
+        table.pop()
+    table.extend(shown)
 
 
 def _name(func: Any) -> str:
@@ -284,6 +309,7 @@ class DenseGRPOTrainer(GRPOTrainer):
         adv = self._dense_advantages(seq, d, dense_mask, group)
         out["advantages"] = torch.where(dense_mask, adv, seq.to(adv.dtype).unsqueeze(1)) * mask
         self._log_dense(mode, d, dense_mask, has_signal)
+        show_loss_advantages(self, out)
         return out
 
     def _log_dense(

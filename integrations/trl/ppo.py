@@ -45,7 +45,13 @@ from trl.trainer.utils import disable_dropout_in_model, get_config_model_id
 from guard_reward.types import DenseRewards
 
 from . import ppo_math
-from .grpo import DenseGRPOTrainer, check_dense_loss, check_dense_rewards, per_token_off_policy_mask
+from .grpo import (
+    DenseGRPOTrainer,
+    check_dense_loss,
+    check_dense_rewards,
+    per_token_off_policy_mask,
+    show_loss_advantages,
+)
 from .ppo_config import GuardPPOConfig
 from .value import check_value_model, completion_values, load_value_model, load_value_state, save_value_model
 
@@ -306,6 +312,8 @@ class GuardPPOTrainer(GRPOTrainer):
         # value tokens of the generation batch over every process (0-dim: TRL's splitting keeps it whole)
         out["ppo_value_items"] = self._sum_across(value_mask.sum().float())
         self._log_rollout(mode, scores, unscorable, kl, dense, values, returns, advantages, mask, policy_mask)
+        # The completions table shows GRPO's group advantage; show each completion's mean PPO advantage.
+        show_loss_advantages(self, out)
         return out
 
     def _log_rollout(
@@ -336,12 +344,6 @@ class GuardPPOTrainer(GRPOTrainer):
                 n_unscorable,
                 all_unscorable.numel(),
             )
-        # The completions table shows GRPO's group advantage; show each completion's mean PPO advantage.
-        seq_adv = gather((advantages * policy_mask).sum(1) / policy_mask.sum(1).clamp(min=1))
-        table = self._logs["advantages"]
-        for _ in range(min(len(table), seq_adv.numel())):
-            table.pop()
-        table.extend(seq_adv.tolist())
 
     # ------------------------------------------------------------------ losses
 

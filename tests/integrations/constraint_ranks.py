@@ -1,8 +1,9 @@
 """Run by ``torchrun --nproc_per_node 2`` from test_constraint_trainers.py: a constrained GRPO run on 2 CPU ranks
 (gloo). Each rank writes, per step, its λ and the costs the update saw to ``<out>/rank<k>.json``.
 
-The per-sample cost depends on the rank (rank 1 judges everything 1, rank 0 mostly 0), so a rank that updated λ
-from its own costs only would drift from the other.
+The per-sample cost depends on the rank (rank 0 judges everything 1, rank 1 mostly 0), so a rank that updated λ
+from its own costs only would drift from the other, and a window of ``cost_window`` (3) samples over the gathered
+batch would see only rank 1's: λ would fall while the mean cost (0.625) is far above the threshold.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ def main(out: str) -> None:
 
     def rank_cost(prompts, completions, **kwargs):
         rank = torch.distributed.get_rank()
-        return [1.0 if rank == 1 else float(i == 0) for i in range(len(completions))]
+        return [1.0 if rank == 0 else float(i == 0) for i in range(len(completions))]
 
     args = GRPOConfig(
         output_dir=out, per_device_train_batch_size=4, num_generations=2, max_completion_length=6, max_steps=3,
         learning_rate=1e-2, logging_steps=1, report_to="none", use_cpu=True, bf16=False, seed=0,
         save_strategy="no", gradient_checkpointing=False, disable_tqdm=True,
     )  # fmt: skip
-    constraint = Constraint(rank_cost, ConstraintConfig(threshold=0.2, lambda_init=1.0, lambda_lr=0.5))
+    constraint = Constraint(
+        rank_cost, ConstraintConfig(threshold=0.2, lambda_init=1.0, lambda_lr=0.5, cost_window=3)
+    )
     trainer = Recording(
         model, [length_reward], args=args, train_dataset=prompt_dataset(2), processing_class=tok,
         constraint=constraint,

@@ -13,9 +13,10 @@ import pytest
 import torch
 from trl import GRPOConfig
 
-from guard_reward.constraint import Constraint, ConstraintConfig, LagrangeController
+from guard_reward.constraint import Constraint, ConstraintConfig, LagrangeController, combine_advantages
 from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer, ConstrainedPPOTrainer
 from tests.integrations.ppo_tiny import TokenPenalty
+from tests.test_constraint import safe_rlhf_lambdas
 from tests.tiny_policy import prompt_dataset, save_tiny_policy, tiny_policy
 
 COMMON = dict(
@@ -34,18 +35,36 @@ def long_cost(prompts, completions, **kwargs):
     return [float(len(c[-1]["content"]) > 12) for c in completions]
 
 
+def table_view(adv: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    """What the completions table must show: the advantage, or its mean over the completion's tokens."""
+    if adv.dim() == 1:
+        return adv.tolist()
+    return ((adv * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+
+
 class Recorder(ConstrainedGRPOTrainer):
-    """Keeps the rewards, costs and advantages of each generation batch."""
+    """Keeps the rewards, costs and advantages of each generation batch, and the completions table's."""
 
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
-        self.record = [*getattr(self, "record", []), {"adv": out["advantages"].clone(), "lam": self.lam}]
+        record = {"adv": out["advantages"].clone(), "lam": self.lam, "mask": out["completion_mask"].float()}
+        record["table"] = list(self._logs["advantages"])
+        self.record = [*getattr(self, "record", []), record]
         return out
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self.batches = [*getattr(self, "batches", []), (rewards[:, 0].clone(), self._pending_cost.clone())]
         return rewards
+
+
+class ShowingPPO(ConstrainedPPOTrainer):
+    """Keeps the last generation batch's advantages and completion mask."""
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        self.shown = (out["advantages"].clone(), out["completion_mask"].float())
+        return out
 
 
 def _norm(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -67,6 +86,9 @@ def test_grpo_advantage_is_the_lagrangian_combination(tmp_path):
         assert rec["lam"] == pytest.approx(lam)
         want = (_norm(rewards, 2) - lam * _norm(costs, 2)) / (1 + lam)
         assert rec["adv"] == pytest.approx(want, abs=1e-5)
+        # the completions table shows the combined advantage, not TRL's reward-only one
+        assert rec["table"] == pytest.approx(want.tolist(), abs=1e-5)
+        assert rec["table"] != pytest.approx(_norm(rewards, 2).tolist(), abs=1e-3)
     rows = [r for r in trainer.state.log_history if "constraint/lambda" in r]
     assert len(rows) == 2
     for key in (
@@ -139,7 +161,7 @@ def test_lambda_saved_in_checkpoints_and_restored(tmp_path):
     reference = LagrangeController(resumed.constraint.config)
     reference.load_state_dict(one)
     assert rows[-1]["constraint/lambda"] != pytest.approx(1.0)  # not restarted from lambda_init
-    assert len(reference.window) == len(one["window"])
+    assert [len(w) for w in reference.windows] == [len(w) for w in one["windows"]] == [4]
 
 
 @pytest.mark.slow
@@ -150,13 +172,16 @@ def test_ppo_with_constraint_runs_and_logs(tmp_path):
     _, tok = tiny_policy()
     constraint = Constraint(long_cost, ConstraintConfig(threshold=0.1, lambda_lr=1.0))
     args = GuardPPOConfig(output_dir=str(tmp_path / "ppo"), **{**COMMON, "beta": 0.05})
-    trainer = ConstrainedPPOTrainer(
+    trainer = ShowingPPO(
         str(policy), [length_reward], args=args, train_dataset=prompt_dataset(), processing_class=tok,
         constraint=constraint,
     )  # fmt: skip
     trainer.train()
     rows = [r for r in trainer.state.log_history if "constraint/lambda" in r]
     assert len(rows) == 2 and constraint.controller.offered == 2
+    # the completions table shows the combined per-token advantages' mean over each completion's tokens
+    adv, mask = trainer.shown
+    assert list(trainer._logs["advantages"]) == pytest.approx(table_view(adv, mask), abs=1e-6)
 
 
 @pytest.mark.slow
@@ -173,11 +198,12 @@ def test_two_ranks_hold_the_same_lambda(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert ranks[0]["lambda"] == ranks[1]["lambda"] and len(ranks[0]["lambda"]) == 3
     assert ranks[0]["costs"] == ranks[1]["costs"]  # both updated from the same gathered costs
-    assert all(
-        len(c) == 8 and sum(c) == 5.0 for c in ranks[0]["costs"]
-    )  # 4 from rank 1 (all 1), 1 from rank 0
-    reference = LagrangeController(ConstraintConfig(threshold=0.2, lambda_init=1.0, lambda_lr=0.5))
-    assert ranks[0]["lambda"] == pytest.approx([reference.update(c).lam for c in ranks[0]["costs"]])
+    # rank 0 judges all 4 of its samples 1, rank 1 only its first: rank-correlated costs, mean 0.625
+    assert ranks[0]["costs"] == [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]] * 3
+    per_rank = [[c[:4], c[4:]] for c in ranks[0]["costs"]]
+    want = safe_rlhf_lambdas(per_rank, threshold=0.2, init=1.0, lr=0.5, lam_max=5.0, delay=0, window=3)
+    assert ranks[0]["lambda"] == pytest.approx(want, rel=1e-9)
+    assert ranks[0]["lambda"][0] > 1.0  # the cost is above the threshold: λ rises
 
 
 def test_dense_cost_lands_on_its_token(tmp_path):
@@ -199,6 +225,36 @@ def test_dense_cost_lands_on_its_token(tmp_path):
     for i in rows:
         assert float(adv[i, 2] - adv[i, 1]) == pytest.approx(-2 * 0.5 / 3, abs=1e-5)
         assert float(adv[i, 3]) == pytest.approx(float(adv[i, 1]), abs=1e-6)
+    # the table shows each completion's mean per-token advantage, which the cost token lowers
+    record = trainer.record[0]
+    assert record["table"] == pytest.approx(table_view(adv, record["mask"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_cost_advantages_follow_scale_rewards_like_trl_reward_advantages(tmp_path, monkeypatch, scale):
+    """With the cost equal to the reward, the cost advantage must equal TRL's own reward advantage for every
+    ``scale_rewards`` (TRL computes the latter; ConstrainedGRPOTrainer the former)."""
+    import guard_reward.integrations.trl.constraint as module
+
+    seen = []
+
+    def spy(reward_adv, cost_adv, lam):
+        seen.append((reward_adv.clone(), cost_adv.clone()))
+        return combine_advantages(reward_adv, cost_adv, lam)
+
+    monkeypatch.setattr(module, "combine_advantages", spy)
+    model, tok = tiny_policy()
+    constraint = Constraint(length_reward, ConstraintConfig(threshold=0.1, lambda_lr=0.0))
+    args = GRPOConfig(output_dir=str(tmp_path), **{**COMMON, "max_steps": 1, "scale_rewards": scale,
+                      "per_device_train_batch_size": 6, "num_generations": 3})  # fmt: skip
+    trainer = ConstrainedGRPOTrainer(
+        model, [length_reward], args=args, train_dataset=prompt_dataset(), processing_class=tok,
+        constraint=constraint,
+    )  # fmt: skip
+    trainer.train()
+    ((reward_adv, cost_adv),) = seen
+    assert cost_adv.abs().sum() > 0, "the completions differ in length: the test has signal"
+    assert cost_adv == pytest.approx(reward_adv, abs=1e-5)
 
 
 def test_dense_cost_narrower_than_completions_is_padded_and_wider_is_refused():

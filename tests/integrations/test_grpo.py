@@ -52,7 +52,8 @@ class Capturing(DenseGRPOTrainer):
         out = super()._generate_and_score_completions(inputs)
         self.captured = [
             *getattr(self, "captured", []),
-            {k: out[k].clone() for k in ("advantages", "completion_mask")},
+            {k: out[k].clone() for k in ("advantages", "completion_mask")}
+            | {"table": list(self._logs["advantages"])},
         ]
         return out
 
@@ -125,6 +126,9 @@ def test_tokens_before_and_after_a_violation_get_different_advantages(tmp_path, 
     adv, mask = step["advantages"], step["completion_mask"].bool()
     assert adv.shape == mask.shape and adv.dim() == 2
     assert (adv[~mask] == 0).all(), "padding is masked"
+    # the completions table shows each completion's mean per-token advantage (what the loss uses)
+    shown = (adv * mask).sum(1) / mask.sum(1).clamp(min=1)
+    assert step["table"] == pytest.approx(shown.tolist(), abs=1e-6)
     rows = [i for i in range(adv.shape[0]) if int(mask[i].sum()) > 4]
     assert rows, "the tiny policy writes completions longer than the violation"
     for i in rows:
