@@ -256,7 +256,12 @@ class ConstraintArguments:
     constraint_update_delay_steps: int = field(
         default=0, metadata={"help": "Batches before λ starts moving."}
     )
-    constraint_cost_window: int = field(default=128, metadata={"help": "Mean cost over the last N samples."})
+    constraint_cost_window: int = field(
+        default=128,
+        metadata={
+            "help": "Mean cost over the last N samples of each process (λ pools the windows of all processes)."
+        },
+    )
     constraint_dense: bool = field(
         default=False,
         metadata={"help": "Add Qwen3Guard-Stream's per-token cost (first violation) to A_cost."},

@@ -46,8 +46,9 @@ def check_name(name: object) -> str:
 class GuardHandle:
     """A guard given either as a loaded object or as a checkpoint to load lazily.
 
-    Pickling keeps only the checkpoint reference when there is one (the child process loads its own copy, on
-    its own device); an object given directly is pickled with its weights.
+    Pickling keeps only the checkpoint reference when there is one (the unpickling process loads its own copy
+    with the handle's device settings: TRL's async GRPO child sees no GPU, so there a remote guard is the way to
+    share one); an object given directly is pickled with its weights.
     """
 
     def __init__(
