@@ -5,7 +5,7 @@ batch on that timer while the previous one still runs, so requests that arrive d
 split over batches and every partial batch pays the whole wait. Here a batch is sealed when the first of these
 holds:
 
-* it holds ``max_batch_size`` requests;
+* it holds ``max_batch_size`` requests, or the next request would take it over ``max_batch_bytes``;
 * no request has arrived for ``quiet_s``: the burst (a GRPO step's samples, N ranks sending at once) is over;
 * its oldest request has waited ``max_wait_s``;
 
@@ -29,12 +29,14 @@ import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+#: A waiting request: (arrival time, item, its caller's future, its size in bytes).
+Pending = tuple[float, Any, asyncio.Future, int]
 
 
 class BatcherFull(RuntimeError):
@@ -55,6 +57,8 @@ class RequestBatcher(Generic[Item, Result]):
         quiet_s: a batch is sealed once no request has arrived for this long (``>= max_wait_s``: never early).
         max_concurrent: batches running at once at most.
         max_pending: requests waiting for a batch at most; one more raises :class:`BatcherFull`.
+        max_batch_bytes: the sizes given to :meth:`submit` summed over a batch at most (a request larger than
+            this goes alone); ``None``: no limit.
     """
 
     def __init__(
@@ -65,11 +69,14 @@ class RequestBatcher(Generic[Item, Result]):
         quiet_s: float,
         max_concurrent: int = 1,
         max_pending: int | None = None,
+        max_batch_bytes: int | None = None,
     ) -> None:
-        if min(max_batch_size, max_concurrent, max_pending or 1) < 1 or min(max_wait_s, quiet_s) < 0:
+        limits = (max_batch_size, max_concurrent, max_pending or 1, max_batch_bytes or 1)
+        if min(limits) < 1 or min(max_wait_s, quiet_s) < 0:
             raise ValueError(
-                "max_batch_size, max_concurrent and max_pending must be >= 1 and the waits >= 0, got "
-                f"{max_batch_size}, {max_concurrent}, {max_pending}, {max_wait_s}, {quiet_s}"
+                "max_batch_size, max_concurrent, max_pending and max_batch_bytes must be >= 1 and the waits "
+                f">= 0, got {max_batch_size}, {max_concurrent}, {max_pending}, {max_batch_bytes}, "
+                f"{max_wait_s}, {quiet_s}"
             )
         self._run = run
         self.max_batch_size = max_batch_size
@@ -77,18 +84,20 @@ class RequestBatcher(Generic[Item, Result]):
         self.quiet_s = quiet_s
         self.max_concurrent = max_concurrent
         self.max_pending = max_pending
-        self._pending: deque[tuple[float, Item, asyncio.Future]] = deque()
+        self.max_batch_bytes = max_batch_bytes
+        self._pending: deque[Pending] = deque()
         self._last_arrival = 0.0
         self._arrived = asyncio.Event()  # bound to the loop of its first use (Python >= 3.10)
         self._workers: list[asyncio.Task] = []
 
-    async def submit(self, item: Item, queue: bool = False) -> Result:
+    async def submit(self, item: Item, queue: bool = False, size: int = 0) -> Result:
         """``item``'s result, once the batch it joined has run (the batch's exception if that call failed).
 
         Args:
             item: one request.
             queue: wait in line even when ``max_pending`` requests already wait (for callers that cannot
                 retry a refusal; they still count towards ``max_pending``).
+            size: the request's size in bytes (what ``max_batch_bytes`` limits).
 
         Raises:
             BatcherFull: ``max_pending`` requests already wait (and ``queue`` is false).
@@ -103,17 +112,17 @@ class RequestBatcher(Generic[Item, Result]):
             self._workers.append(contextvars.Context().run(loop.create_task, self._work()))
         future: asyncio.Future = loop.create_future()
         self._last_arrival = loop.time()
-        self._pending.append((self._last_arrival, item, future))
+        self._pending.append((self._last_arrival, item, future, size))
         self._arrived.set()
         return await future  # cancelled with its caller: the worker then skips it
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
-        batch: list[tuple[float, Item, asyncio.Future]] = []
+        batch: list[Pending] = []
         try:
             while True:
                 batch = await self._seal()
-                items = [item for _, item, _ in batch]
+                items = [p[1] for p in batch]
                 guard_call = loop.create_task(self._call(items))
                 # wait() never cancels ``guard_call`` and raises only when this worker itself is cancelled
                 await asyncio.wait([guard_call])
@@ -122,7 +131,7 @@ class RequestBatcher(Generic[Item, Result]):
                 elif guard_call.exception() is not None:
                     self._fail(batch, guard_call.exception())
                 else:
-                    for (_, _, future), result in zip(batch, guard_call.result(), strict=True):
+                    for (_, _, future, _), result in zip(batch, guard_call.result(), strict=True):
                         if not future.done():  # its caller may have gone (client disconnected)
                             future.set_result(result)
                 batch = []
@@ -141,24 +150,35 @@ class RequestBatcher(Generic[Item, Result]):
         return results
 
     @staticmethod
-    def _fail(batch: list[tuple[float, Item, asyncio.Future]], exc: BaseException) -> None:
+    def _fail(batch: list[Pending], exc: BaseException) -> None:
         """Fail every still-waiting future of ``batch`` with ``exc`` (logged once)."""
-        waiting = [future for _, _, future in batch if not future.done()]
+        waiting = [p[2] for p in batch if not p[2].done()]
         if waiting:
             logger.warning("a merged call of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc)
         for future in waiting:
             future.set_exception(exc)
 
-    async def _seal(self) -> list[tuple[float, Item, asyncio.Future]]:
+    def _fitting(self) -> int:
+        """How many of the oldest waiting requests one batch takes (at least one)."""
+        n, total = 0, 0
+        for _, _, _, size in self._pending:
+            if n == self.max_batch_size:
+                break
+            if n and self.max_batch_bytes is not None and total + size > self.max_batch_bytes:
+                break
+            n, total = n + 1, total + size
+        return n
+
+    async def _seal(self) -> list[Pending]:
         """Wait until the pending requests form a batch (the rules in the module docstring); take it."""
         loop = asyncio.get_running_loop()
         while True:
-            if any(future.done() for _, _, future in self._pending):  # callers gone before their batch ran
+            if any(p[2].done() for p in self._pending):  # callers gone before their batch ran
                 self._pending = deque(p for p in self._pending if not p[2].done())
             now = loop.time()
             if self._pending:
-                if len(self._pending) >= self.max_batch_size:
-                    break
+                if self._fitting() < len(self._pending) or len(self._pending) >= self.max_batch_size:
+                    break  # full: by count, or the next request does not fit
                 deadline = min(self._pending[0][0] + self.max_wait_s, self._last_arrival + self.quiet_s)
                 if now >= deadline:
                     break
@@ -169,5 +189,4 @@ class RequestBatcher(Generic[Item, Result]):
             # asyncio.TimeoutError: before Python 3.11 it is not the builtin TimeoutError
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
-        n = min(self.max_batch_size, len(self._pending))
-        return [self._pending.popleft() for _ in range(n)]
+        return [self._pending.popleft() for _ in range(self._fitting())]

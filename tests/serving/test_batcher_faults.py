@@ -165,3 +165,18 @@ def test_queued_requests_still_count_towards_the_limit():
         return await asyncio.gather(running, queued)
 
     assert run(go()) == [0, 10]
+
+
+def test_a_batch_stops_before_the_request_that_would_take_it_over_max_batch_bytes():
+    async def go():
+        guard = Guard()
+        batcher = RequestBatcher(
+            guard, max_batch_size=32, max_wait_s=NEVER, quiet_s=0.02, max_batch_bytes=100
+        )
+        sizes = {1: 60, 2: 30, 3: 20, 4: 250, 5: 10}  # 4 is larger than the budget: it goes alone
+        tasks = [asyncio.ensure_future(batcher.submit(i, size=n)) for i, n in sizes.items()]
+        return guard, await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+    guard, results = run(go())
+    assert results == [10, 20, 30, 40, 50]
+    assert guard.batches == [[1, 2], [3], [4], [5]]
