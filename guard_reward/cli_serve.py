@@ -48,7 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="send a batch once no request came for this long (ms)",
     )
     p.add_argument(
-        "--max-queued-requests", type=int, default=512, help="requests waiting per guard; more -> 503"
+        "--max-queued-requests",
+        type=int,
+        default=512,
+        help="requests waiting per guard; more -> 503 (/get_reward waits instead)",
     )
     p.add_argument("--device", default=None, help="guard device inside a replica (default: the guards' own)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))

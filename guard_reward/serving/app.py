@@ -80,7 +80,7 @@ class ServeOptions:
         max_batch_size: requests merged into one guard call at most.
         batch_wait_ms: how long a request may wait for more to merge with while a replica is free.
         batch_quiet_ms: a batch goes as soon as no request has arrived for this long (the burst is over).
-        max_queued_requests: requests waiting per guard for a batch; more -> 503.
+        max_queued_requests: requests waiting per guard for a batch; more -> 503 (``/get_reward`` waits).
         device, dtype, token_budget: the guards' loading options (``None``: the guards' own defaults).
         reward_config: ``SafetyReward`` fields for ``/get_reward`` (see ``get_reward.REWARD_FIELDS``).
         torch_threads: intra-op threads of each guard replica (``None``: torch's default).
