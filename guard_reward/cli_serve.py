@@ -22,6 +22,8 @@ from guard_reward.serving.ray_env import PROXIES, descendants, end_leftovers, us
 
 logger = logging.getLogger(__name__)
 
+#: The architecture of a Qwen3Guard-Stream checkpoint (``guards.stream_heads.STREAM_ARCHITECTURE``).
+STREAM_ARCH = "Qwen3ForGuardModel"
 #: ``org/name``: a model hub id, resolved inside the replica (no hub is asked here).
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -68,6 +70,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from guard_reward.serving.config import load_reward_config
+
+    try:  # what can be checked before importing Ray (seconds) and starting it (tens of seconds)
+        if not args.gen and not args.stream:
+            raise ValueError("give at least one guard: --gen and/or --stream")
+        reward_config = load_reward_config(args.reward_config) if args.reward_config else {}
+        for kind in ("gen", "stream"):
+            if getattr(args, kind):
+                check_checkpoint(kind, getattr(args, kind))
+        if args.address is None:  # a joined cluster's HTTP proxies run where it put them
+            check_port(args.host, args.port)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.address is None:  # Ray's processes read these when they start; a joined cluster keeps its own
         use_serve_env(args.proxy)
     try:
@@ -77,10 +93,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print("error: guard-reward serve needs Ray Serve: pip install 'guard-reward[serve]'", file=sys.stderr)
         return 2
     from guard_reward.serving.app import ServeOptions, build, wait_healthy
-    from guard_reward.serving.config import load_reward_config
 
     try:
-        reward_config = load_reward_config(args.reward_config) if args.reward_config else {}
         options_kw = dict(
             gen=args.gen,
             stream=args.stream,
@@ -96,21 +110,16 @@ def run_serve(args: argparse.Namespace) -> int:
             reward_config=reward_config,
         )
         ServeOptions(**options_kw)  # check before Ray starts
-        for kind in ("gen", "stream"):
-            if getattr(args, kind):
-                check_checkpoint(kind, getattr(args, kind))
-        if args.address is None:  # a joined cluster's HTTP proxies run where it put them
-            check_port(args.host, args.port)
-    except (ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = descendants()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         # without --address: always a fresh local Ray, never one that happens to run on this machine
         ray.init(address=args.address or "local")
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own handlers
+            signal.signal(sig, lambda *_: stop.set())
         gpus = args.gpus_per_replica
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -154,14 +163,21 @@ def check_checkpoint(kind: str, name: str) -> None:
         config = json.loads(config_file.read_text())
     except ValueError as exc:
         raise ValueError(f"--{kind} {name}: config.json is not valid JSON ({exc})") from None
-    if kind == "gen":
-        from guard_reward.guards.gen import _check_gen_config
-
-        _check_gen_config(config, name)
-    else:
-        from guard_reward.guards.stream_heads import check_stream_config
-
-        check_stream_config(config, name)
+    # the architectures only, without importing transformers (seconds count here); the guards check the rest
+    archs = config.get("architectures") or [] if isinstance(config, dict) else []
+    if kind == "gen" and STREAM_ARCH in archs:
+        raise ValueError(
+            f"--gen {name} is a Qwen3Guard-Stream checkpoint ({STREAM_ARCH}); give it to --stream"
+        )
+    if kind == "gen" and archs and not any(a.endswith("ForCausalLM") for a in archs):
+        raise ValueError(
+            f"--gen {name} has architectures {archs}; a Qwen3Guard-Gen checkpoint is a causal LM"
+        )
+    if kind == "stream" and STREAM_ARCH not in archs:
+        raise ValueError(
+            f"--stream {name} is not a Qwen3Guard-Stream checkpoint (architectures {archs}, expected "
+            f"{STREAM_ARCH}); a Gen checkpoint goes to --gen"
+        )
 
 
 def check_port(host: str, port: int) -> None:

@@ -36,7 +36,7 @@ def test_serve_names_a_missing_folder_a_wrong_model_kind_and_a_busy_port_before_
     stream = str(stream_ckpt.path("single"))
     cases = [
         (["--gen", "./nope"], "--gen ./nope: no such folder"),
-        (["--gen", stream], "is a Qwen3Guard-Stream checkpoint (Qwen3ForGuardModel); use StreamGuard"),
+        (["--gen", stream], "is a Qwen3Guard-Stream checkpoint (Qwen3ForGuardModel); give it to --stream"),
         (["--stream", str(tiny_gen_path)], "is not a Qwen3Guard-Stream checkpoint"),
     ]
     for args, cause in cases:
