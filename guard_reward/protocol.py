@@ -20,6 +20,24 @@ logger = logging.getLogger(__name__)
 STREAM_THINKING = ("answer", "include")
 #: The most items one request may carry (clients split larger calls into chunks).
 MAX_ITEMS = 4096
+#: The largest request body, in bytes (a larger one is a 413). A Stream answer is about 40 times its request's
+#: text (15 numbers per token), so this keeps one request's answer well under a gRPC message's 2 GiB cap.
+MAX_REQUEST_BYTES = 16 * 2**20
+#: Request bytes merged into one guard call at most (a single larger request still goes, alone).
+MAX_BATCH_BYTES = 16 * 2**20
+
+
+class RequestTooLarge(ValueError):
+    """The request body is over :data:`MAX_REQUEST_BYTES` (HTTP 413)."""
+
+
+def check_body_size(size: int, route: str) -> None:
+    """Raise :class:`RequestTooLarge` when a body of ``size`` bytes is over :data:`MAX_REQUEST_BYTES`."""
+    if size > MAX_REQUEST_BYTES:
+        raise RequestTooLarge(
+            f"{route}: the request body has {size} bytes; at most {MAX_REQUEST_BYTES} "
+            f"({MAX_REQUEST_BYTES // 2**20} MiB) per request: split it into smaller requests"
+        )
 
 
 class BadRequest(ValueError):

@@ -4,8 +4,11 @@ They have the local guards' methods and return types, so ``SafetyReward``, ``Hyb
 ``TokenSafetyPenalty`` take either. Importing them needs neither transformers, trl nor ray (only the stdlib's
 ``http.client`` and torch for ``TokenRisk``'s tensors).
 
-Each call is split into chunks of ``chunk_size`` samples, sent over pooled keep-alive connections (up to
-``parallel`` at once) and reassembled in input order; a chunk is retried ``retries`` times with exponential
+Each call is split into chunks of at most ``chunk_size`` samples and ``chunk_bytes`` of JSON (a Stream answer
+is some 40 times its request, so a byte budget, not a sample count, keeps answers of long conversations at a
+sane size), sent over pooled keep-alive connections (up to ``parallel`` at once) and reassembled in input order.
+A sample too large for any request (over the server's ``MAX_REQUEST_BYTES``) is not sent: it gets a failed
+result with reason ``invalid_input``. A chunk is retried ``retries`` times with exponential
 backoff and jitter on connection errors, timeouts and 5xx/503 (honouring ``Retry-After``). A chunk still
 unanswered after that gives each of its samples a failed result with reason ``guard_unavailable``
 (``on_error="skip"``, the rewards then count it and give it no signal) or raises :class:`GuardUnavailable`
@@ -27,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from guard_reward.conversations import moderation_of
-from guard_reward.faults import GUARD_UNAVAILABLE, OnError, check_on_error, raise_first_failure
+from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT, OnError, check_on_error, raise_first_failure
+from guard_reward.protocol import MAX_REQUEST_BYTES
 from guard_reward.types import TokenRisk, Verdict
 from guard_reward.wire import failed_risk, failed_verdict, risk_from_json, verdict_from_json
 
@@ -35,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: HTTP statuses worth retrying: the server is overloaded, restarting or failed transiently.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Bytes of a request's fields other than the samples (field names, options): room kept under the limit.
+_BODY_OVERHEAD = 4096
 
 
 class RemoteGuardError(RuntimeError):
@@ -63,10 +69,16 @@ class _Client:
         chunk_size: int,
         parallel: int,
         on_error: OnError,
+        chunk_bytes: int = 2**20,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
+        if not 1 <= chunk_bytes <= MAX_REQUEST_BYTES - _BODY_OVERHEAD:
+            raise ValueError(
+                f"chunk_bytes must be between 1 and {MAX_REQUEST_BYTES - _BODY_OVERHEAD} (the server's request "
+                f"limit less room for the other fields), got {chunk_bytes}"
+            )
         if timeout <= 0 or retries < 0 or backoff < 0 or chunk_size < 1 or parallel < 1:
             raise ValueError(
                 "timeout must be > 0, retries and backoff >= 0, chunk_size and parallel >= 1; got "
@@ -79,6 +91,7 @@ class _Client:
         self.backoff = float(backoff)
         self.backoff_max = float(backoff_max)
         self.chunk_size = int(chunk_size)
+        self.chunk_bytes = int(chunk_bytes)
         self.parallel = int(parallel)
         self.on_error = check_on_error(on_error)
         self.stats: Counter[str] = Counter()
@@ -161,20 +174,28 @@ class _Client:
         extra: dict[str, Any],
         result_key: str,
         decode: Callable[[dict[str, Any]], Any],
-        fail: Callable[[int, str], Any],
+        fail: Callable[[int, str, str], Any],
         on_error: OnError | None = None,
     ) -> list[Any]:
         """POST ``columns`` (equal-length lists) in chunks; one decoded result per row, in input order.
 
-        ``fail(row, message)`` builds a row's result when its chunk is unavailable after the retries.
+        ``fail(row, reason, message)`` builds a row's result when its chunk is unavailable after the retries
+        (``guard_unavailable``) or the row alone is over the server's request limit (``invalid_input``).
         ``on_error`` (default: the client's): ``"raise"`` raises :class:`GuardUnavailable` then, and a
         :class:`~guard_reward.faults.SampleError` for the first row the server could not judge."""
         policy = self.on_error if on_error is None else check_on_error(on_error)
         n = len(next(iter(columns.values()))) if columns else 0
-        starts = list(range(0, n, self.chunk_size))
 
-        def one(start: int) -> list[Any]:
-            stop = min(start + self.chunk_size, n)
+        def one(span: tuple[int, int, int]) -> list[Any]:
+            start, stop, size = span
+            if size > MAX_REQUEST_BYTES - _BODY_OVERHEAD:
+                message = (
+                    f"{path}: sample {start} is {size} bytes of JSON, over the server's limit of "
+                    f"{MAX_REQUEST_BYTES} bytes per request"
+                )
+                self.stats[INVALID_INPUT] += 1
+                logger.warning("%s; it gets reason %s", message, INVALID_INPUT)
+                return [fail(start, INVALID_INPUT, message)]
             body = {**{k: v[start:stop] for k, v in columns.items()}, **extra}
             try:
                 answer = self.request("POST", path, body)
@@ -183,7 +204,7 @@ class _Client:
                     raise
                 self.stats[GUARD_UNAVAILABLE] += stop - start
                 logger.warning("%s; %d samples get reason %s", exc, stop - start, GUARD_UNAVAILABLE)
-                return [fail(i, str(exc)) for i in range(start, stop)]
+                return [fail(i, GUARD_UNAVAILABLE, str(exc)) for i in range(start, stop)]
             rows = answer.get(result_key) if isinstance(answer, dict) else None
             if not isinstance(rows, list) or len(rows) != stop - start:
                 # never shift results onto other samples
@@ -192,15 +213,31 @@ class _Client:
                 )
             return [decode(r) for r in rows]
 
-        if len(starts) <= 1 or self.parallel == 1:
-            parts = [one(s) for s in starts]
+        spans = self._spans(columns, n)
+        if len(spans) <= 1 or self.parallel == 1:
+            parts = [one(s) for s in spans]
         else:
-            with ThreadPoolExecutor(min(self.parallel, len(starts))) as pool:
-                parts = list(pool.map(one, starts))
+            with ThreadPoolExecutor(min(self.parallel, len(spans))) as pool:
+                parts = list(pool.map(one, spans))
         results = [r for part in parts for r in part]
         if policy == "raise":  # as the local guards do: a sample they cannot judge raises
             raise_first_failure(results, path)
         return results
+
+    def _spans(self, columns: dict[str, list[Any]], n: int) -> list[tuple[int, int, int]]:
+        """``(start, stop, bytes)`` of each chunk: at most ``chunk_size`` rows and ``chunk_bytes`` of JSON; a
+        row over the budget on its own is a chunk of one."""
+        spans: list[tuple[int, int, int]] = []
+        start, total = 0, 0
+        for i in range(n):
+            size = len(json.dumps([v[i] for v in columns.values()])) + 2  # ", " between rows
+            if i > start and (i - start >= self.chunk_size or total + size > self.chunk_bytes):
+                spans.append((start, i, total))
+                start, total = i, 0
+            total += size
+        if n > start:
+            spans.append((start, n, total))
+        return spans
 
 
 def _error_message(payload: bytes) -> str:
@@ -222,6 +259,7 @@ class _Remote:
         backoff: float = 0.5,
         backoff_max: float = 10.0,
         chunk_size: int = 64,
+        chunk_bytes: int = 2**20,
         parallel: int = 4,
         on_error: OnError = "skip",
     ) -> None:
@@ -232,6 +270,7 @@ class _Remote:
             backoff=backoff,
             backoff_max=backoff_max,
             chunk_size=chunk_size,
+            chunk_bytes=chunk_bytes,
             parallel=parallel,
             on_error=on_error,
         )
@@ -261,7 +300,8 @@ class RemoteGenGuard(_Remote):
         timeout: seconds per HTTP request (one chunk).
         retries: retries per chunk after the first attempt.
         backoff, backoff_max: the first retry waits about ``backoff`` seconds, doubling up to ``backoff_max``.
-        chunk_size: samples per request; ``parallel``: requests of one call in flight at once.
+        chunk_size: samples per request at most; ``chunk_bytes``: JSON bytes of samples per request at most
+            (1 MiB; a single larger sample goes alone). ``parallel``: requests of one call in flight at once.
         on_error: ``"skip"``: samples of an unanswered chunk get ``Verdict(level=None, reason=
             "guard_unavailable")``; ``"raise"``: :class:`GuardUnavailable`.
     """
@@ -281,12 +321,12 @@ class RemoteGenGuard(_Remote):
             raise TypeError("moderate() takes a list of conversations; wrap a single conversation in a list")
         convs = [list(c) if isinstance(c, tuple) else c for c in conversations]
 
-        def fail(i: int, message: str) -> Verdict:
+        def fail(i: int, reason: str, message: str) -> Verdict:
             try:
                 moderation = moderation_of(convs[i])
             except Exception:
                 moderation = "response"
-            return failed_verdict(moderation, GUARD_UNAVAILABLE, message)
+            return failed_verdict(moderation, reason, message)
 
         return self.client.chunked(
             "/v1/gen/moderate",
@@ -340,7 +380,7 @@ class RemoteStreamGuard(_Remote):
             {"thinking": thinking},
             "risks",
             risk_from_json,
-            lambda i, m: failed_risk(self._fail_names(), GUARD_UNAVAILABLE, m, None),
+            lambda i, reason, m: failed_risk(self._fail_names(), reason, m, None),
             on_error,
         )
 
@@ -364,7 +404,7 @@ class RemoteStreamGuard(_Remote):
             {"thinking": thinking},
             "risks",
             risk_from_json,
-            lambda i, m: failed_risk(self._fail_names(), GUARD_UNAVAILABLE, m, (0, 0)),
+            lambda i, reason, m: failed_risk(self._fail_names(), reason, m, (0, 0)),
             on_error,
         )
 

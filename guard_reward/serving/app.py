@@ -5,7 +5,14 @@ The ingress parses bodies (400 on a malformed one) and merges concurrent request
 call of the guard's own micro-batching (token budget, length sorting, prefix sharing and dedupe then work across
 requests). Merging before the hop to the replica means one actor call per batch, not per request: the replica's
 process spends its CPU on the guard. Too many waiting requests (``max_queued_requests``) or a lost replica
-become 503 with ``Retry-After``.
+become 503 with ``Retry-After``, except on ``/get_reward``: OpenRLHF's client gives up after five tries a second
+apart and then fails the run, so there a request waits in line instead (its client waits minutes).
+
+Sizes: a request body is at most ``protocol.MAX_REQUEST_BYTES`` (16 MiB; a larger one is a 413 naming the
+limit) and a merged call at most ``MAX_BATCH_BYTES`` of requests. Ray Serve's gRPC hop between deployments
+(HAProxy front) caps a message at 4 MiB by default, less than one Stream answer for 64 conversations of 900
+tokens; the deployments here raise that cap to gRPC's 2 GiB maximum, which a merged call within these limits
+stays under.
 
 Deploy with ``guard-reward serve`` or, with your own Serve config, ``serve run
 guard_reward.serving.app:build_app gen=PATH stream=PATH`` (``build_app`` takes the :class:`ServeOptions` fields
@@ -29,18 +36,20 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from guard_reward.faults import check_on_error, raise_first_failure
 from guard_reward.protocol import (
+    MAX_BATCH_BYTES,
     BadRequest,
+    RequestTooLarge,
+    check_body_size,
     judge_gen_calls,
     judge_stream_calls,
     parse_gen,
     parse_score,
     parse_score_ids,
 )
-from guard_reward.serving.batcher import BatcherFull, RequestBatcher
+from guard_reward.serving.batcher import BatchCancelled, BatcherFull, RequestBatcher
 from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
-from guard_reward.wire import verdict_from_json
+from guard_reward.serving.prefetch import PrefetchedGen, run_reward
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +60,13 @@ RETRYABLE = (
     ReplicaUnavailableError,
     RayActorError,
     BatcherFull,
+    BatchCancelled,
 )
 #: Seconds a client is told to wait after a 503.
 RETRY_AFTER_S = 1
+#: Serve's per-message cap on its gRPC hop between deployments (default 4 MiB), raised to gRPC's maximum; read
+#: when a replica's process starts, so it goes into every deployment's environment.
+GRPC_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
 
 
 @dataclass
@@ -67,7 +80,7 @@ class ServeOptions:
         max_batch_size: requests merged into one guard call at most.
         batch_wait_ms: how long a request may wait for more to merge with while a replica is free.
         batch_quiet_ms: a batch goes as soon as no request has arrived for this long (the burst is over).
-        max_queued_requests: requests waiting per guard for a batch; more -> 503.
+        max_queued_requests: requests waiting per guard for a batch; more -> 503 (``/get_reward`` waits).
         device, dtype, token_budget: the guards' loading options (``None``: the guards' own defaults).
         reward_config: ``SafetyReward`` fields for ``/get_reward`` (see ``get_reward.REWARD_FIELDS``).
         torch_threads: intra-op threads of each guard replica (``None``: torch's default).
@@ -180,25 +193,8 @@ class StreamService(_GuardReplica):
         return dict(self.guard.tokenizer.get_vocab())
 
 
-class _BatchedGen:
-    """A Gen guard whose ``moderate`` joins the ingress's Gen batches (``/get_reward``'s reward calls it in a
-    worker thread, which hands the request to the ingress's event loop)."""
-
-    def __init__(self, batcher: RequestBatcher, loop: asyncio.AbstractEventLoop) -> None:
-        self.batcher, self.loop = batcher, loop
-
-    def moderate(
-        self, conversations: list, decode: bool = False, thinking: str | None = None, on_error: str = "raise"
-    ) -> list:
-        call = {"conversations": list(conversations), "decode": decode, "thinking": thinking}
-        results = asyncio.run_coroutine_threadsafe(self.batcher.submit(call), self.loop).result()
-        verdicts = [verdict_from_json(v) for v in results]
-        if check_on_error(on_error) == "raise":  # the replicas judge with "skip"
-            raise_first_failure(verdicts, "gen deployment")
-        return verdicts
-
-
 def _error(status: int, message: str) -> JSONResponse:
+    """A JSON error answer; a 503 says when to retry."""
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -219,12 +215,14 @@ class GuardAPI:
                 quiet_s=options.batch_quiet_ms / 1000,
                 max_concurrent=options.replicas,  # one batch in flight per replica
                 max_pending=options.max_queued_requests,
+                max_batch_bytes=MAX_BATCH_BYTES,
             )
             for name, handle in (("gen", gen), ("stream", stream))
             if handle is not None
         }
         self._vocab: dict[str, int] | None = None
-        self._reward = None
+        self._prefetched = PrefetchedGen()
+        self._reward: GuardRewardFunction | None = None
 
     async def __call__(self, request: Request) -> JSONResponse:
         path = request.url.path
@@ -237,11 +235,18 @@ class GuardAPI:
                 return await self._get(path)
             if request.method != "POST":
                 return _error(405, f"{request.method} is not accepted; use GET or POST")
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit():  # refuse before reading it
+                check_body_size(int(declared), path)
+            raw = await request.body()
+            check_body_size(len(raw), path)
             try:
-                body = json.loads(await request.body())
+                body = json.loads(raw)
             except ValueError as exc:
                 raise BadRequest(f"{path}: the body is not valid JSON ({exc})") from None
-            return await self._post(path, body)
+            return await self._post(path, body, len(raw))
+        except RequestTooLarge as exc:
+            return _error(413, str(exc))
         except BadRequest as exc:
             return _error(400, str(exc))
         except RETRYABLE as exc:  # back-pressure, a replica lost mid-request: the client should retry
@@ -271,19 +276,26 @@ class GuardAPI:
             return JSONResponse(out)
         return _error(404, f"no route GET {path}; see GET /health")
 
-    async def _post(self, path: str, body: Any) -> JSONResponse:
+    async def _post(self, path: str, body: Any, size: int) -> JSONResponse:
         if path == "/v1/gen/moderate":
-            return JSONResponse({"verdicts": await self._batcher("gen").submit(parse_gen(body))})
+            return JSONResponse({"verdicts": await self._batcher("gen").submit(parse_gen(body), size=size)})
         if path == "/v1/stream/score":
-            return JSONResponse({"risks": await self._batcher("stream").submit(parse_score(body))})
+            return JSONResponse({"risks": await self._batcher("stream").submit(parse_score(body), size=size)})
         if path == "/v1/stream/score_ids":
-            return JSONResponse({"risks": await self._batcher("stream").submit(parse_score_ids(body))})
+            call = parse_score_ids(body)
+            return JSONResponse({"risks": await self._batcher("stream").submit(call, size=size)})
         if path == "/get_reward":
             queries, prompts = parse_get_reward(body)
+            gen = self._batcher("gen")
             if self._reward is None:
-                gen = _BatchedGen(self._batcher("gen"), asyncio.get_running_loop())
-                self._reward = GuardRewardFunction(gen, self.options.reward_config)
-            return JSONResponse(await asyncio.to_thread(self._reward, queries, prompts))
+                self._reward = GuardRewardFunction(self._prefetched, self.options.reward_config)
+            reward = self._reward
+
+            async def fetch(call: dict[str, Any]) -> list[dict[str, Any]]:
+                # queue: OpenRLHF's client cannot wait out a 503, so a full queue makes this one wait
+                return await gen.submit(call, queue=True, size=size)
+
+            return JSONResponse(await run_reward(lambda: reward(queries, prompts), self._prefetched, fetch))
         return _error(404, f"no route POST {path}; see the README's Serving section")
 
     def _batcher(self, name: str) -> RequestBatcher:
@@ -298,13 +310,14 @@ class GuardAPI:
 
 def build(options: ServeOptions) -> Any:
     """The Serve ``Application`` for ``options`` (``serve.run(build(options))``)."""
-    actor = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica}
+    env = {"runtime_env": {"env_vars": dict(GRPC_ENV)}}
+    actor = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica, **env}
     common = dict(num_replicas=options.replicas, ray_actor_options=actor)
     gen = GenService.options(**common).bind(options) if options.gen else None
     stream = StreamService.options(**common).bind(options) if options.stream else None
     # the ingress holds every request that waits for or is in a batch, plus health and stats calls
     ongoing = max(1024, 2 * (options.max_queued_requests + options.replicas * options.max_batch_size))
-    return GuardAPI.options(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing).bind(
+    return GuardAPI.options(ray_actor_options={"num_cpus": 0, **env}, max_ongoing_requests=ongoing).bind(
         gen, stream, options
     )
 

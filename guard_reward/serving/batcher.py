@@ -5,7 +5,7 @@ batch on that timer while the previous one still runs, so requests that arrive d
 split over batches and every partial batch pays the whole wait. Here a batch is sealed when the first of these
 holds:
 
-* it holds ``max_batch_size`` requests;
+* it holds ``max_batch_size`` requests, or the next request would take it over ``max_batch_bytes``;
 * no request has arrived for ``quiet_s``: the burst (a GRPO step's samples, N ranks sending at once) is over;
 * its oldest request has waited ``max_wait_s``;
 
@@ -13,25 +13,38 @@ and only while fewer than ``max_concurrent`` batches run (one per guard replica)
 every replica is busy all wait for the next free one, and then go as one batch (they have already waited
 ``max_wait_s`` by then, or the burst is over). No replica idles while requests wait past those limits, and none
 runs a batch the burst could still fill.
+
+A batch belongs to no caller: the workers run in a fresh ``contextvars.Context``, not in the request that
+happened to start them. Ray Serve cancels the calls a request made when its client disconnects (it finds them
+through the request's context), so a worker that inherited the first caller's context would see the merged call
+cancelled for everyone in the batch. Whatever ends a guard call, cancellation included, fails that batch's
+futures: no caller waits forever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+#: A waiting request: (arrival time, item, its caller's future, its size in bytes).
+Pending = tuple[float, Any, asyncio.Future, int]
 
 
 class BatcherFull(RuntimeError):
     """More requests wait than the batcher may hold (the caller should answer "busy, retry")."""
+
+
+class BatchCancelled(RuntimeError):
+    """The merged guard call was cancelled, or the batcher stopped, before the guard answered (retryable)."""
 
 
 class RequestBatcher(Generic[Item, Result]):
@@ -44,6 +57,8 @@ class RequestBatcher(Generic[Item, Result]):
         quiet_s: a batch is sealed once no request has arrived for this long (``>= max_wait_s``: never early).
         max_concurrent: batches running at once at most.
         max_pending: requests waiting for a batch at most; one more raises :class:`BatcherFull`.
+        max_batch_bytes: the sizes given to :meth:`submit` summed over a batch at most (a request larger than
+            this goes alone); ``None``: no limit.
     """
 
     def __init__(
@@ -54,11 +69,14 @@ class RequestBatcher(Generic[Item, Result]):
         quiet_s: float,
         max_concurrent: int = 1,
         max_pending: int | None = None,
+        max_batch_bytes: int | None = None,
     ) -> None:
-        if min(max_batch_size, max_concurrent, max_pending or 1) < 1 or min(max_wait_s, quiet_s) < 0:
+        limits = (max_batch_size, max_concurrent, max_pending or 1, max_batch_bytes or 1)
+        if min(limits) < 1 or min(max_wait_s, quiet_s) < 0:
             raise ValueError(
-                "max_batch_size, max_concurrent and max_pending must be >= 1 and the waits >= 0, got "
-                f"{max_batch_size}, {max_concurrent}, {max_pending}, {max_wait_s}, {quiet_s}"
+                "max_batch_size, max_concurrent, max_pending and max_batch_bytes must be >= 1 and the waits "
+                f">= 0, got {max_batch_size}, {max_concurrent}, {max_pending}, {max_batch_bytes}, "
+                f"{max_wait_s}, {quiet_s}"
             )
         self._run = run
         self.max_batch_size = max_batch_size
@@ -66,58 +84,101 @@ class RequestBatcher(Generic[Item, Result]):
         self.quiet_s = quiet_s
         self.max_concurrent = max_concurrent
         self.max_pending = max_pending
-        self._pending: deque[tuple[float, Item, asyncio.Future]] = deque()
+        self.max_batch_bytes = max_batch_bytes
+        self._pending: deque[Pending] = deque()
         self._last_arrival = 0.0
         self._arrived = asyncio.Event()  # bound to the loop of its first use (Python >= 3.10)
         self._workers: list[asyncio.Task] = []
 
-    async def submit(self, item: Item) -> Result:
+    async def submit(self, item: Item, queue: bool = False, size: int = 0) -> Result:
         """``item``'s result, once the batch it joined has run (the batch's exception if that call failed).
 
+        Args:
+            item: one request.
+            queue: wait in line even when ``max_pending`` requests already wait (for callers that cannot
+                retry a refusal; they still count towards ``max_pending``).
+            size: the request's size in bytes (what ``max_batch_bytes`` limits).
+
         Raises:
-            BatcherFull: ``max_pending`` requests already wait.
+            BatcherFull: ``max_pending`` requests already wait (and ``queue`` is false).
+            BatchCancelled: the guard call of its batch was cancelled, or the batcher stopped.
         """
         loop = asyncio.get_running_loop()
-        if self.max_pending is not None and len(self._pending) >= self.max_pending:
+        if not queue and self.max_pending is not None and len(self._pending) >= self.max_pending:
             raise BatcherFull(f"{len(self._pending)} requests already wait for a guard")
         self._workers = [w for w in self._workers if not w.done()]
         while len(self._workers) < self.max_concurrent:
-            self._workers.append(loop.create_task(self._work()))
+            # a fresh context: the worker must not belong to (and be cancelled with) this request
+            self._workers.append(contextvars.Context().run(loop.create_task, self._work()))
         future: asyncio.Future = loop.create_future()
         self._last_arrival = loop.time()
-        self._pending.append((self._last_arrival, item, future))
+        self._pending.append((self._last_arrival, item, future, size))
         self._arrived.set()
         return await future  # cancelled with its caller: the worker then skips it
 
     async def _work(self) -> None:
-        while True:
-            batch = await self._seal()
-            try:
-                results = await self._run([item for _, item, _ in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"the guard returned {len(results)} results for {len(batch)} requests")
-            except Exception as exc:  # the batch's requests fail; the worker goes on with the next batch
-                logger.warning(
-                    "a merged call of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc
-                )
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, _, future), result in zip(batch, results, strict=True):
-                if not future.done():  # its caller may have gone (client disconnected)
-                    future.set_result(result)
+        loop = asyncio.get_running_loop()
+        batch: list[Pending] = []
+        try:
+            while True:
+                batch = await self._seal()
+                items = [p[1] for p in batch]
+                guard_call = loop.create_task(self._call(items))
+                # wait() never cancels ``guard_call`` and raises only when this worker itself is cancelled
+                await asyncio.wait([guard_call])
+                if guard_call.cancelled():
+                    self._fail(batch, BatchCancelled("the guard call was cancelled before it answered"))
+                elif guard_call.exception() is not None:
+                    self._fail(batch, guard_call.exception())
+                else:
+                    for (_, _, future, _), result in zip(batch, guard_call.result(), strict=True):
+                        if not future.done():  # its caller may have gone (client disconnected)
+                            future.set_result(result)
+                batch = []
+        except BaseException as exc:  # cancelled (the server stops) or a bug here: nobody may wait forever
+            stopped = BatchCancelled(f"the batcher stopped ({type(exc).__name__}) before the guard answered")
+            self._fail(batch, stopped)
+            if not any(not w.done() and w is not asyncio.current_task() for w in self._workers):
+                self._fail(list(self._pending), stopped)
+                self._pending.clear()
+            raise
 
-    async def _seal(self) -> list[tuple[float, Item, asyncio.Future]]:
+    async def _call(self, items: list[Item]) -> list[Result]:
+        results = await self._run(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"the guard returned {len(results)} results for {len(items)} requests")
+        return results
+
+    @staticmethod
+    def _fail(batch: list[Pending], exc: BaseException) -> None:
+        """Fail every still-waiting future of ``batch`` with ``exc`` (logged once)."""
+        waiting = [p[2] for p in batch if not p[2].done()]
+        if waiting:
+            logger.warning("a merged call of %d requests failed: %s: %s", len(batch), type(exc).__name__, exc)
+        for future in waiting:
+            future.set_exception(exc)
+
+    def _fitting(self) -> int:
+        """How many of the oldest waiting requests one batch takes (at least one)."""
+        n, total = 0, 0
+        for _, _, _, size in self._pending:
+            if n == self.max_batch_size:
+                break
+            if n and self.max_batch_bytes is not None and total + size > self.max_batch_bytes:
+                break
+            n, total = n + 1, total + size
+        return n
+
+    async def _seal(self) -> list[Pending]:
         """Wait until the pending requests form a batch (the rules in the module docstring); take it."""
         loop = asyncio.get_running_loop()
         while True:
-            if any(future.done() for _, _, future in self._pending):  # callers gone before their batch ran
+            if any(p[2].done() for p in self._pending):  # callers gone before their batch ran
                 self._pending = deque(p for p in self._pending if not p[2].done())
             now = loop.time()
             if self._pending:
-                if len(self._pending) >= self.max_batch_size:
-                    break
+                if self._fitting() < len(self._pending) or len(self._pending) >= self.max_batch_size:
+                    break  # full: by count, or the next request does not fit
                 deadline = min(self._pending[0][0] + self.max_wait_s, self._last_arrival + self.quiet_s)
                 if now >= deadline:
                     break
@@ -125,7 +186,7 @@ class RequestBatcher(Generic[Item, Result]):
             else:
                 timeout = None
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
+            # asyncio.TimeoutError: before Python 3.11 it is not the builtin TimeoutError
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout)
-        n = min(self.max_batch_size, len(self._pending))
-        return [self._pending.popleft() for _ in range(n)]
+        return [self._pending.popleft() for _ in range(self._fitting())]

@@ -11,11 +11,14 @@ set before ``ray.init``; a cluster joined with ``--address`` keeps the settings 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
+import signal
 import socket
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +68,60 @@ def use_serve_env(proxy: str = "haproxy") -> dict[str, str]:
     for key, value in wanted.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in wanted}
+
+
+def descendants(root: int | None = None) -> dict[int, str]:
+    """The descendants of process ``root`` (default: this one) now, ``{pid: start time}`` (Linux ``/proc``;
+    empty elsewhere).
+
+    The start time tells a process from a later one that reuses its pid."""
+    parents: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields:
+                parents.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    out: dict[int, str] = {}
+    todo = [os.getpid() if root is None else root]
+    while todo:
+        for pid, started in parents.get(todo.pop(), []):
+            out[pid] = started
+            todo.append(pid)
+    return out
+
+
+def alive(processes: dict[int, str]) -> list[int]:
+    """Those of ``processes`` (from :func:`descendants`) still running (not the same pid reused, not zombies)."""
+    return [
+        pid for pid, started in processes.items() if (f := _stat(pid)) and f[19] == started and f[0] != "Z"
+    ]
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of ``/proc/PID/stat`` after the command name (state, ppid, ...); empty if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def end_leftovers(processes: dict[int, str], grace_s: float = 3.0) -> int:
+    """Stop those of ``processes`` (from :func:`descendants`) still alive after Ray's shutdown; how many.
+
+    Ray Serve's HAProxy runs as a child of a Ray worker; when the shutdown kills that worker before it stopped
+    HAProxy (its controller's graceful shutdown has a deadline), HAProxy lives on, parented to init, still
+    holding the HTTP port. SIGTERM, then SIGKILL after ``grace_s``."""
+    left = alive(processes)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and alive({pid: processes[pid] for pid in left}):
+        time.sleep(0.1)
+    for pid in alive({pid: processes[pid] for pid in left}):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        logger.warning("stopped %d process(es) Ray left behind: %s", len(left), left)
+    return len(left)

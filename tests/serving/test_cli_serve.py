@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from guard_reward import RemoteStreamGuard
 from guard_reward.cli import main
-from guard_reward.serving.ray_env import free_port
+from guard_reward.serving.ray_env import alive, descendants, free_port
 from tests.guards import stream_ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +28,30 @@ def test_serve_without_a_guard_or_with_a_bad_reward_config_fails_early(tmp_path,
     (tmp_path / "r.yaml").write_text("modus: soft\n")
     assert main(["serve", "--stream", "x", "--reward-config", str(tmp_path / "r.yaml")]) == 2
     assert "unknown field 'modus'" in capsys.readouterr().err
+
+
+def test_serve_names_a_missing_folder_a_wrong_model_kind_and_a_busy_port_before_ray_starts(
+    tiny_gen_path, capsys
+):
+    stream = str(stream_ckpt.path("single"))
+    cases = [
+        (["--gen", "./nope"], "--gen ./nope: no such folder"),
+        (["--gen", stream], "is a Qwen3Guard-Stream checkpoint (Qwen3ForGuardModel); give it to --stream"),
+        (["--stream", str(tiny_gen_path)], "is not a Qwen3Guard-Stream checkpoint"),
+    ]
+    for args, cause in cases:
+        start = time.monotonic()
+        assert main(["serve", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and cause in err and err.count("\n") == 1, err
+        assert time.monotonic() - start < 10  # it used to take ~30 s inside Ray, the cause in a log only
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", "--stream", stream, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --port {port}: cannot listen on 127.0.0.1:{port}" in err
 
 
 @pytest.mark.slow
@@ -56,9 +81,13 @@ def test_serve_prints_its_url_answers_and_stops_on_sigterm(proxy):
             [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]]
         )
         assert risks[0].error is None and len(risks[0].p_unsafe) > 0
+        ours = descendants(proc.pid)
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in alive(ours)}
+        assert "raylet" in names and ("haproxy" in names) == (proxy == "haproxy"), names
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
         assert "shutting down" in proc.stdout.read()
+        assert alive(ours) == []  # no HAProxy, raylet or worker of ours outlives the command
     finally:
         if proc.poll() is None:
             proc.kill()

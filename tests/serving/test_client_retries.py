@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from guard_reward import RemoteGenGuard
-from guard_reward.faults import GUARD_UNAVAILABLE
+from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT
 from guard_reward.guards.remote import RemoteGuardError
+from guard_reward.protocol import MAX_REQUEST_BYTES
 from guard_reward.types import TokenRisk, Verdict
 from guard_reward.wire import (
     failed_risk,
@@ -31,6 +32,7 @@ class Flaky(ThreadingHTTPServer):
 
     def __init__(self, failures: int, status: int = 503) -> None:
         self.failures, self.status, self.posts = failures, status, 0
+        self.sizes: list[int] = []  # conversations per POST
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), Handler)
 
@@ -47,6 +49,7 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.server.lock:
             self.server.posts += 1
+            self.server.sizes.append(len(body["conversations"]))
             fail = self.server.posts <= self.server.failures
         if fail:
             payload = json.dumps({"error": "busy"}).encode()
@@ -106,11 +109,26 @@ def test_a_4xx_is_not_retried(flaky):
     assert flaky.posts == 1
 
 
+@pytest.mark.parametrize("flaky", [(0,)], indirect=True)
+def test_chunks_are_sized_by_bytes_and_a_sample_over_the_request_limit_is_not_sent(flaky):
+    padded = [[{"role": "user", "content": str(k) + " " * 600}] for k in range(10)]  # ~630 bytes of JSON each
+    huge = [{"role": "user", "content": "3" + " " * MAX_REQUEST_BYTES}]
+    guard = RemoteGenGuard(flaky.url, chunk_size=64, chunk_bytes=2000, parallel=1)
+    verdicts = guard.moderate([*padded[:3], huge, *padded[3:]])
+    assert flaky.sizes == [3, 3, 3, 1]  # by bytes (3 x 630 < 2000 < 4 x 630), never the huge one
+    ks = [None if v.level is None else round(v.probs["Safe"] * 100) for v in verdicts]
+    assert ks == [0, 1, 2, None, 3, 4, 5, 6, 7, 8, 9]
+    assert verdicts[3].reason == INVALID_INPUT and str(MAX_REQUEST_BYTES) in verdicts[3].error
+    assert guard.stats[INVALID_INPUT] == 1
+
+
 def test_bad_client_options_are_refused():
     with pytest.raises(ValueError, match="http://HOST:PORT"):
         RemoteGenGuard("localhost:8000")
     with pytest.raises(ValueError, match="timeout must be > 0"):
         RemoteGenGuard("http://localhost:8000", timeout=0)
+    with pytest.raises(ValueError, match="chunk_bytes must be between 1 and"):
+        RemoteGenGuard("http://localhost:8000", chunk_bytes=MAX_REQUEST_BYTES)
 
 
 def test_wire_round_trip_keeps_every_field():

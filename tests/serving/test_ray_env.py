@@ -1,12 +1,15 @@
-"""The environment a local Ray for the service starts with (``guard-reward serve --proxy``)."""
+"""The environment a local Ray for the service starts with (``guard-reward serve --proxy``), and finding the
+processes a stopped Ray left behind."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
 from guard_reward.serving import ray_env
+from guard_reward.serving.ray_env import alive, descendants, end_leftovers
 
 KEYS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_STATS_PORT",
         "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")  # fmt: skip
@@ -41,3 +44,18 @@ def test_variables_already_set_win(clean_env, monkeypatch):
     used = ray_env.use_serve_env("haproxy")
     assert used["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
     assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"  # the unset ones are filled in
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="process trees are read from /proc")
+def test_an_orphaned_grandchild_is_found_and_stopped():
+    """What Ray's shutdown leaves: HAProxy, started by a worker that was killed first, running on under init."""
+    parent = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    grandchild = int(parent.stdout.readline())
+    ours = descendants()
+    assert {parent.pid, grandchild} <= set(ours)
+    parent.kill()  # the worker dies; its child lives on
+    parent.wait()
+    assert alive(ours) == [grandchild]
+    assert end_leftovers(ours, grace_s=5) == 1
+    assert alive(ours) == []
+    assert end_leftovers(ours) == 0  # nothing left: nothing signalled (a reused pid is not ours)
