@@ -8,8 +8,9 @@ into messages. Recognised formats, each by its turn markers:
   blocks in an assistant turn become ``tool_calls``; a user turn made only of ``<tool_response>`` blocks (how
   Qwen3's template renders tool results) and a ``tool`` turn become ``tool`` messages, named after the call
   they answer (by position).
-* ``llama3`` — Llama 3.x (``<|start_header_id|>role<|end_header_id|>\\n\\n…<|eot_id|>``); ``ipython`` turns are
-  tool results; the template's own date preamble in the system turn is dropped.
+* ``llama3`` — Llama 3.x (``<|start_header_id|>role<|end_header_id|>\\n\\n…<|eot_id|>``): an assistant turn that is
+  one JSON ``{"name", "parameters"}`` object is a tool call, ``ipython`` turns are tool results; the template's own
+  date preamble in the system turn is dropped.
 * ``gemma`` — Gemma (``<start_of_turn>user|model\\n…<end_of_turn>``).
 * ``deepseek`` — DeepSeek-R1 and its distills (``<｜User｜>…<｜Assistant｜>…<｜end▁of▁sentence｜>``); its generation
   prompt opens a ``<think>`` block, which stays in front of the response.
@@ -186,15 +187,51 @@ def _chatml_messages(turns: list[Turn]) -> list[Message]:
     return out
 
 
+def _json_text(content: str) -> str:
+    """A tool result the template wrote as a JSON string (``"21 C"``; gpt-oss and Llama 3.2 do) -> its text."""
+    if content.startswith('"'):
+        try:
+            text = json.loads(content)
+        except ValueError:
+            return content
+        if isinstance(text, str):
+            return text
+    return content
+
+
+def _llama3_call(content: str) -> dict[str, Any] | None:
+    """Llama 3's JSON tool call (``{"name": ..., "parameters": {...}}``, the whole assistant turn), or ``None``."""
+    if not content.lstrip().startswith("{"):
+        return None
+    try:
+        call = json.loads(content)
+    except ValueError:
+        return None
+    if isinstance(call, dict) and isinstance(call.get("name"), str) and "parameters" in call:
+        return _tool_call(call["name"], call["parameters"])
+    return None
+
+
 def _llama3_messages(turns: list[Turn]) -> list[Message]:
     out: list[Message] = []
+    calls: list[dict[str, Any]] = []
+    answered = 0
     for role, content, _ in turns:
         content = strip_end_markers(content)
         if role == "system":
             content = _LLAMA3_PREAMBLE.sub("", content)
             if not content.strip():
                 continue  # the template's own date preamble, not the caller's system prompt
-        out.append({"role": "tool" if role == "ipython" else role, "content": content})
+        if role in ("ipython", "tool"):
+            out.extend(_tool_messages([_json_text(content)], calls, answered))
+            answered += 1
+            continue
+        call = _llama3_call(content) if role == "assistant" else None
+        if call is not None:
+            out.append({"role": "assistant", "content": "", "tool_calls": [call]})
+            calls, answered = [call], 0
+        else:
+            out.append({"role": role, "content": content})
     return out
 
 
@@ -235,11 +272,9 @@ def _harmony_messages(turns: list[Turn]) -> list[Message]:
                 message["_reasoning"] = (message["_reasoning"] or "") + content
                 message["_open"] = not closed
         elif role.startswith("functions."):
-            try:
-                text = json.loads(content)  # the template writes a tool result as a JSON string
-            except ValueError:
-                text = content
-            out.append({"role": "tool", "name": role.removeprefix("functions."), "content": str(text)})
+            out.append(
+                {"role": "tool", "name": role.removeprefix("functions."), "content": _json_text(content)}
+            )
         else:
             out.append({"role": role, "content": content})
     for message in out:

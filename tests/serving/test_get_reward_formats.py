@@ -175,6 +175,30 @@ def test_qwen3_tool_trajectory_splits_into_assistant_tool_calls_and_tool_message
     ]
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs", "reasoning"),
+    [
+        ("llama3", {"bos_token": "<|begin_of_text|>", "date_string": "04 Dec 2026"}, ""),
+        ("gpt_oss", {}, ""),  # the template drops a tool-call turn's analysis once a final answer follows
+    ],
+)
+def test_llama3_and_gpt_oss_tool_trajectories_rendered_by_their_templates(name, kwargs, reasoning):
+    trajectory = [
+        {"role": "assistant", "content": "", "tool_calls": [CALL]},
+        {"role": "tool", "name": "get_weather", "content": "21 C"},
+        {"role": "assistant", "content": "It is 21 degrees in Paris."},
+    ]
+    prompt = render(name, USER, tools=TOOLS, **kwargs)
+    full = render(name, [*USER, *trajectory], False, tools=TOOLS, **kwargs)
+    assert full.startswith(prompt)
+    _, completion = split_rendered(prompt, full)
+    assert completion == [
+        {"role": "assistant", "content": reasoning, "tool_calls": [CALL]},
+        {"role": "tool", "name": "get_weather", "content": "21 C"},
+        {"role": "assistant", "content": "It is 21 degrees in Paris."},
+    ]
+
+
 def test_chatml_tool_role_turns_two_results_and_a_malformed_call():
     prompt = "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n"
     response = (
