@@ -25,7 +25,6 @@ from typing import Any
 
 from guard_reward.protocol import MAX_ITEMS, BadRequest
 from guard_reward.serving.chat_formats import (
-    END_MARKERS,
     detect_format,
     raw_turns,
     split_rendered,
@@ -34,8 +33,8 @@ from guard_reward.serving.chat_formats import (
 )
 from guard_reward.types import Verdict
 
-__all__ = ["END_MARKERS", "EXTRA_LOGS", "GuardRewardFunction", "parse_get_reward", "prompt_messages"]
 logger = logging.getLogger(__name__)
+
 #: Fields of a reward config (YAML) and the ``SafetyReward`` argument each sets; ``guard_`` prefixes (the
 #: recipes' spelling) are accepted too.
 REWARD_FIELDS = (
