@@ -30,4 +30,4 @@ bench: $(STAMP)
 	$(PYTHON) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-trl112 runs .pytest_cache
+	rm -rf $(VENV) .venv-trl112 .venv-verl091 .venv-openrlhf011 .venv-openrlhf011.partial runs .pytest_cache

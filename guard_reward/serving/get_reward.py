@@ -2,29 +2,39 @@
 
 OpenRLHF 0.11 sends ``{"query": [str], "prompts": [str], "labels": [...]}``: each query is the decoded prompt
 and response (``tokenizer.decode(prompt + response, skip_special_tokens=False)``), each prompt the decoded
-prompt. The response is the query minus its prompt prefix, with trailing end-of-turn special tokens removed. A
-prompt in ChatML (``<|im_start|>role\\n...<|im_end|>`` turns, as every Qwen chat template renders it) is parsed
-back into messages; the open assistant turn at its end (the generation prompt, possibly with an empty
-``<think></think>`` block) is put back in front of the response. Any other prompt is one user message.
+prompt. Both are parsed back into TRL's conversational format (:mod:`guard_reward.serving.chat_formats`: ChatML,
+Llama 3, Gemma, DeepSeek-R1, gpt-oss harmony; anything else is one user and one assistant message): the prompt
+messages, and the completion messages the response adds (the open turn the generation prompt began, with its
+opening such as ``<think>\\n``, then any tool results and further assistant turns), end markers removed. The
+reward judges them as it judges a TRL completion.
 
 The answer is ``{"rewards": [float], "scores": [float], "extra_logs": {name: [float]}}``. OpenRLHF cannot take a
-missing reward, so a sample the guard could not judge gets the reward config's ``failure_value`` (0.0 unless
-set) and ``guard_failed = 1.0`` in ``extra_logs``; it is also logged and counted by the reward.
+missing reward (a ``None`` reaches its experience maker) and averages every ``extra_logs`` key over the samples
+of a step, so every sample gets a float reward and the same keys, all 0/1 indicators or values whose batch mean
+means something (:data:`EXTRA_LOGS`); nothing is ``-1``. A sample without a value of its own (bad sample, guard
+failure) gets the reward config's ``failure_value`` (0.0 unless set) and ``guard_failed = 1``; it is also logged
+and counted by the reward. An empty answer is a judged outcome (the config's ``empty_value``), not a failure.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from guard_reward.protocol import MAX_ITEMS, BadRequest
-from guard_reward.types import LEVEL_RANK, Verdict
+from guard_reward.serving.chat_formats import (
+    detect_format,
+    raw_turns,
+    split_rendered,
+    strip_end_markers,
+    to_messages,
+)
+from guard_reward.types import Verdict
 
-#: End-of-turn / end-of-text markers of common chat templates, removed from the end of a response.
-END_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<eos>", "<|end|>")
-_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\s*|$)", re.S)
+logger = logging.getLogger(__name__)
+
 #: Fields of a reward config (YAML) and the ``SafetyReward`` argument each sets; ``guard_`` prefixes (the
 #: recipes' spelling) are accepted too.
 REWARD_FIELDS = (
@@ -37,6 +47,8 @@ REWARD_FIELDS = (
     "benign_refusal_value",
     "harmful_refusal_value",
     "thinking",
+    "empty_value",
+    "no_answer_value",
     "failure_value",
     "decode",
 )
@@ -75,43 +87,36 @@ def parse_get_reward(body: Any) -> tuple[list[str], list[str]]:
     return queries, prompts
 
 
-def strip_end_markers(text: str) -> str:
-    """``text`` without trailing end-of-turn markers (and the whitespace between them)."""
-    while True:
-        stripped = text.rstrip()
-        for marker in END_MARKERS:
-            if stripped.endswith(marker):
-                text = stripped[: -len(marker)]
-                break
-        else:
-            return text
-
-
-def prompt_messages(prompt: str) -> tuple[list[dict[str, str]], str]:
-    """``(messages up to the last user turn, text of the open assistant turn)`` of a rendered prompt."""
-    turns = [(m.group(1), m.group(2)) for m in _TURN.finditer(prompt)]
-    if not turns:
+def prompt_messages(prompt: str) -> tuple[list[dict[str, Any]], str]:
+    """``(messages of the prompt's closed turns, text of the open assistant turn at its end)`` of a rendered
+    prompt (the opening is what a response decoded on its own must be prefixed with, e.g. ``<think>\\n``)."""
+    fmt = detect_format(prompt)
+    if fmt is None:
         return [{"role": "user", "content": strip_end_markers(prompt).strip()}], ""
+    turns = raw_turns(prompt, fmt)
     opening = ""
-    if turns[-1][0] == "assistant" and "<|im_end|>" not in prompt[prompt.rfind("<|im_start|>") :]:
-        opening = turns.pop()[1]
-    return [{"role": role, "content": content} for role, content in turns], opening
+    if turns and not turns[-1][2]:
+        role, opening, _ = turns.pop()
+        opening = opening if role.startswith("assistant") else ""
+    return to_messages(turns, fmt), opening
 
 
-def split_sample(query: str, prompt: str, index: int) -> tuple[list[dict[str, str]], str]:
-    """``(prompt messages, response text)`` of one OpenRLHF sample; a query that does not start with its
-    prompt is a bad item (``ValueError``)."""
-    if not query.startswith(prompt):
-        raise ValueError(
-            f"sample {index}: the query does not start with its prompt, so the response is unknown"
-        )
-    messages, opening = prompt_messages(prompt)
-    return messages, opening + strip_end_markers(query[len(prompt) :])
+Sample = tuple[list[dict[str, Any]], "str | list[dict[str, Any]]"]
 
 
-def level_number(v: Verdict) -> float:
-    """0 Safe, 1 Controversial, 2 Unsafe, -1 when the guard gave no level."""
-    return float(LEVEL_RANK[v.level]) if v.level is not None else -1.0
+def split_sample(query: str, prompt: str, index: int) -> Sample:
+    """``(prompt messages, completion messages)`` of one OpenRLHF sample; a query that does not start with its
+    prompt is a bad item (``ValueError`` naming the sample)."""
+    try:
+        return split_rendered(prompt, query)
+    except ValueError as exc:
+        raise ValueError(f"sample {index}: {exc}") from None
+
+
+def _tool_call_count(completion: str | list[dict[str, Any]]) -> float:
+    if isinstance(completion, str):
+        return 0.0
+    return float(sum(len(m.get("tool_calls") or ()) for m in completion if isinstance(m, dict)))
 
 
 def get_reward(
@@ -123,47 +128,69 @@ def get_reward(
 ) -> dict[str, Any]:
     """Value every OpenRLHF sample with ``reward`` (a ``SafetyReward``); ``judged()`` returns the response
     verdicts the reward's guard produced for this call (for ``extra_logs``). Bad samples get
-    ``failure_value``."""
-    samples: list[tuple[list[dict[str, str]], str] | None] = []
+    ``failure_value``, counted and logged."""
+    samples: list[Sample | None] = []
+    bad = 0
     for i, (q, p) in enumerate(zip(queries, prompts, strict=True)):
         try:
             samples.append(split_sample(q, p, i))
-        except ValueError:
+        except ValueError as exc:
+            bad += 1
+            if bad == 1:
+                logger.warning("/get_reward: %s; valued %s (guard_failed=1)", exc, failure_value)
             samples.append(None)
+    if bad:
+        logger.info(
+            "/get_reward: %d of %d samples could not be split into prompt and response", bad, len(samples)
+        )
     return score_samples(reward, judged, samples, failure_value)
+
+
+#: The ``extra_logs`` keys and what each means for one sample; OpenRLHF logs each key's mean over a step.
+EXTRA_LOGS = {
+    "guard_failed": "1 when the sample has no value of its own and got failure_value, else 0 (mean: failure rate)",
+    "judged": "1 when the guard gave the answer a safety level, else 0 (mean: judged rate)",
+    "empty": "1 when the answer was empty, valued with empty_value (a judged outcome, not a failure)",
+    "unsafe": "1 when judged Unsafe, else 0 (mean: unsafe rate over all samples)",
+    "controversial": "1 when judged Controversial, else 0",
+    "refusal": "1 when the guard's Refusal line says Yes (decoded verdicts only), else 0",
+    "p_unsafe": "P(Unsafe) when judged, else 0; mean(p_unsafe) / mean(judged) is the mean over judged samples",
+    "tool_calls": "number of tool calls in the completion",
+}
 
 
 def score_samples(
     reward: Callable[..., Sequence[float | None]],
     judged: Callable[[], list[Verdict]],
-    samples: Sequence[tuple[list[dict[str, str]], str] | None],
+    samples: Sequence[Sample | None],
     failure_value: float,
 ) -> dict[str, Any]:
-    """``(prompt messages, response)`` per sample (``None``: a bad sample) -> rewards, scores, extra logs."""
+    """``(prompt messages, completion)`` per sample (``None``: a bad sample) -> rewards ``(B,)``, scores
+    ``(B,)`` and ``extra_logs`` ``{key: (B,)}`` (keys: :data:`EXTRA_LOGS`)."""
     n = len(samples)
     rewards: list[float] = [failure_value] * n
-    failed = [1.0] * n
-    p_unsafe = [-1.0] * n
-    levels = [-1.0] * n
-    refusal = [-1.0] * n
+    logs = {key: [0.0] * n for key in EXTRA_LOGS}
+    logs["guard_failed"] = [1.0] * n
     good = [i for i, s in enumerate(samples) if s is not None]
     if good:
         values = reward(prompts=[samples[i][0] for i in good], completions=[samples[i][1] for i in good])
         verdicts = judged()
         for k, i in enumerate(good):
+            logs["tool_calls"][i] = _tool_call_count(samples[i][1])
             if values[k] is not None:
                 rewards[i] = float(values[k])
-            if k < len(verdicts):
-                v = verdicts[k]
-                failed[i] = 0.0 if v.ok and values[k] is not None else 1.0
-                p_unsafe[i] = v.p_unsafe if v.ok else -1.0
-                levels[i] = level_number(v)
-                refusal[i] = -1.0 if v.refusal is None else float(v.refusal)
-    return {
-        "rewards": rewards,
-        "scores": list(rewards),
-        "extra_logs": {"p_unsafe": p_unsafe, "level": levels, "refusal": refusal, "guard_failed": failed},
-    }
+                logs["guard_failed"][i] = 0.0
+            if k >= len(verdicts):
+                continue
+            v = verdicts[k]
+            logs["empty"][i] = float(v.empty)
+            if v.ok and v.level is not None:
+                logs["judged"][i] = 1.0
+                logs["unsafe"][i] = float(v.level == "Unsafe")
+                logs["controversial"][i] = float(v.level == "Controversial")
+                logs["p_unsafe"][i] = float(v.p_unsafe)
+                logs["refusal"][i] = float(bool(v.refusal))
+    return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs}
 
 
 class RecordingGuard:
@@ -209,7 +236,9 @@ class GuardRewardFunction:
     def __call__(self, queries: Sequence[str], prompts: Sequence[str]) -> dict[str, Any]:
         return get_reward(self.reward, self.recorder.judged, queries, prompts, self.failure_value)
 
-    def score(self, messages: Sequence[list[dict[str, str]]], responses: Sequence[str]) -> dict[str, Any]:
-        """The same for prompts already given as message lists."""
+    def score(
+        self, messages: Sequence[list[dict[str, Any]]], responses: Sequence[str | list[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """The same for prompts already given as message lists (responses: strings or completion messages)."""
         samples = [(list(m), r) for m, r in zip(messages, responses, strict=True)]
         return score_samples(self.reward, self.recorder.judged, samples, self.failure_value)

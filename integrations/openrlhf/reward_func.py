@@ -2,7 +2,10 @@
 
 OpenRLHF 0.11 calls it in its rollout actors (through ``asyncio.to_thread``, usually one sample at a time) with
 the decoded prompt+response texts and the prompt texts; it asks the served guard (``$GUARD_REWARD_URL``,
-e.g. ``http://HOST:8000``) and returns ``{"rewards": tensor, "scores": tensor, "extra_logs": {...}}``.
+e.g. ``http://HOST:8000``) and returns ``{"rewards": tensor, "scores": tensor, "extra_logs": {...}}`` (the keys of
+:data:`guard_reward.serving.get_reward.EXTRA_LOGS`). Queries are split into messages as ``/get_reward`` splits
+them (:mod:`guard_reward.serving.chat_formats`); the guard is asked through ``RemoteGenGuard``, whose retries
+honour the service's ``Retry-After`` (OpenRLHF's own HTTP client does not).
 Reward settings: ``$GUARD_REWARD_CONFIG`` (a YAML file of ``SafetyReward`` fields), else the defaults.
 """
 

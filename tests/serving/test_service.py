@@ -214,8 +214,8 @@ def test_get_reward_follows_openrlhf_protocol(server, local_gen):
     assert body["rewards"][:2] == pytest.approx(want, abs=1e-5) and body["scores"] == body["rewards"]
     logs = body["extra_logs"]
     assert logs["guard_failed"] == [0.0, 0.0, 1.0] and body["rewards"][2] == 0.0  # query without its prompt
-    assert set(logs) >= {"p_unsafe", "level", "refusal"} and all(len(v) == 3 for v in logs.values())
-    assert 0.0 <= logs["p_unsafe"][0] <= 1.0 and logs["level"][0] in (0.0, 1.0, 2.0)
+    assert set(logs) >= {"p_unsafe", "unsafe", "refusal"} and all(len(v) == 3 for v in logs.values())
+    assert 0.0 <= logs["p_unsafe"][0] <= 1.0 and logs["judged"] == [1.0, 1.0, 0.0]
 
 
 def _replica_actors(prefix: str):
