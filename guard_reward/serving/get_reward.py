@@ -19,9 +19,8 @@ and counted by the reward. An empty answer is a judged outcome (the config's ``e
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from guard_reward.protocol import MAX_ITEMS, BadRequest
 from guard_reward.serving.chat_formats import (
@@ -31,7 +30,9 @@ from guard_reward.serving.chat_formats import (
     strip_end_markers,
     to_messages,
 )
-from guard_reward.types import Verdict
+
+if TYPE_CHECKING:
+    from guard_reward.rewards.safety import SafetyReward
 
 logger = logging.getLogger(__name__)
 
@@ -120,15 +121,10 @@ def _tool_call_count(completion: str | list[dict[str, Any]]) -> float:
 
 
 def get_reward(
-    reward: Callable[..., Sequence[float | None]],
-    judged: Callable[[], list[Verdict]],
-    queries: Sequence[str],
-    prompts: Sequence[str],
-    failure_value: float,
+    reward: SafetyReward, queries: Sequence[str], prompts: Sequence[str], failure_value: float
 ) -> dict[str, Any]:
-    """Value every OpenRLHF sample with ``reward`` (a ``SafetyReward``); ``judged()`` returns the response
-    verdicts the reward's guard produced for this call (for ``extra_logs``). Bad samples get
-    ``failure_value``, counted and logged."""
+    """Value every OpenRLHF sample with ``reward``; the verdict that decided each value feeds ``extra_logs``.
+    Bad samples get ``failure_value``, counted and logged."""
     samples: list[Sample | None] = []
     bad = 0
     for i, (q, p) in enumerate(zip(queries, prompts, strict=True)):
@@ -143,7 +139,7 @@ def get_reward(
         logger.info(
             "/get_reward: %d of %d samples could not be split into prompt and response", bad, len(samples)
         )
-    return score_samples(reward, judged, samples, failure_value)
+    return score_samples(reward, samples, failure_value)
 
 
 #: The ``extra_logs`` keys and what each means for one sample; OpenRLHF logs each key's mean over a step.
@@ -160,8 +156,7 @@ EXTRA_LOGS = {
 
 
 def score_samples(
-    reward: Callable[..., Sequence[float | None]],
-    judged: Callable[[], list[Verdict]],
+    reward: SafetyReward,
     samples: Sequence[Sample | None],
     failure_value: float,
 ) -> dict[str, Any]:
@@ -173,15 +168,16 @@ def score_samples(
     logs["guard_failed"] = [1.0] * n
     good = [i for i, s in enumerate(samples) if s is not None]
     if good:
-        values = reward(prompts=[samples[i][0] for i in good], completions=[samples[i][1] for i in good])
-        verdicts = judged()
+        # evaluate() returns, per completion, the verdict of the turn that decided its value (a multi-turn
+        # completion is judged turn by turn, so the guard's own call has more verdicts than samples)
+        values, verdicts = reward.evaluate(
+            prompts=[samples[i][0] for i in good], completions=[samples[i][1] for i in good]
+        )
         for k, i in enumerate(good):
             logs["tool_calls"][i] = _tool_call_count(samples[i][1])
             if values[k] is not None:
                 rewards[i] = float(values[k])
                 logs["guard_failed"][i] = 0.0
-            if k >= len(verdicts):
-                continue
             v = verdicts[k]
             logs["empty"][i] = float(v.empty)
             if v.ok and v.level is not None:
@@ -191,33 +187,6 @@ def score_samples(
                 logs["p_unsafe"][i] = float(v.p_unsafe)
                 logs["refusal"][i] = float(bool(v.refusal))
     return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs}
-
-
-class RecordingGuard:
-    """A Gen guard wrapper that remembers, per thread, the response verdicts of its last ``moderate`` call
-    (the reward asks the guard; the caller then reads the same verdicts for its logs). Picklable."""
-
-    def __init__(self, guard: Any) -> None:
-        self.guard = guard
-        self._local = threading.local()
-
-    def moderate(
-        self, conversations: Sequence[Any], decode: bool = False, thinking: str | None = None, **kwargs: Any
-    ) -> list:
-        verdicts = self.guard.moderate(conversations, decode=decode, thinking=thinking, **kwargs)
-        if conversations and conversations[0] and conversations[0][-1].get("role") == "assistant":
-            self._local.verdicts = verdicts
-        return verdicts
-
-    def judged(self) -> list[Verdict]:
-        return getattr(self._local, "verdicts", [])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"guard": self.guard}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.guard = state["guard"]
-        self._local = threading.local()
 
 
 class GuardRewardFunction:
@@ -230,15 +199,14 @@ class GuardRewardFunction:
 
         kwargs = reward_kwargs(reward_config)
         self.failure_value = float(kwargs["failure_value"])
-        self.recorder = RecordingGuard(guard)
-        self.reward = SafetyReward(self.recorder, **kwargs)
+        self.reward = SafetyReward(guard, **kwargs)
 
     def __call__(self, queries: Sequence[str], prompts: Sequence[str]) -> dict[str, Any]:
-        return get_reward(self.reward, self.recorder.judged, queries, prompts, self.failure_value)
+        return get_reward(self.reward, queries, prompts, self.failure_value)
 
     def score(
         self, messages: Sequence[list[dict[str, Any]]], responses: Sequence[str | list[dict[str, Any]]]
     ) -> dict[str, Any]:
         """The same for prompts already given as message lists (responses: strings or completion messages)."""
         samples = [(list(m), r) for m, r in zip(messages, responses, strict=True)]
-        return score_samples(self.reward, self.recorder.judged, samples, self.failure_value)
+        return score_samples(self.reward, samples, self.failure_value)
