@@ -18,6 +18,17 @@ It is counted per reason (``guard/failures/<reason>``) and logged once per reaso
 fact about the completion and is never raised). Ids past the guard's embedding table make that one row fall
 back to the text path (decode, score the text, align by offsets).
 
+Agent trajectories (a ``tool_mask``: TRL's ``tools=`` loop, verl's ``response_mask``): the completion
+interleaves the policy's turns with tool results. Only the policy's tokens are read: each of its turns is
+scored as the last assistant turn of the conversation before it (the prompt, its earlier turns, and a user
+turn of ``<tool_response>`` blocks per tool result), so the guard reads tool-call arguments as the policy's
+words and never reads a tool's text as such. By default the tool results are shown empty (``tool_context``):
+Stream's risk is causal and conditioned on its context, and a tiny trained Stream guard put p(Unsafe) = 1.0
+on every token of a benign answer after a tool result holding an unsafe word (0.0 with the result hidden), so
+the policy would be penalised for what the tool said. Harm that needs the tool's text to be seen is the
+scalar Gen reward's to judge. Tool tokens get reward 0 and are outside the mask; a first violation is
+searched turn by turn (a debounced pair never straddles a tool result) and reported in policy tokens.
+
 ``SummedTokenReward`` folds it into one scalar per completion (the sum of its per-token rewards) for trainers
 that are sequence-level only, such as RLOO. With ``first_violation`` shaping the sum is ``−coef · max_t
 risk_t``: the worst risk the response reached.
