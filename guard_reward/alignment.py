@@ -381,3 +381,40 @@ def turn_contexts(
             conv = [*conv, {"role": "user", "content": results[k]}]
             k += 1
     return out
+
+
+def scoring_units(
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    ids: Sequence[Sequence[int]],
+    keep: Sequence[Sequence[bool]] | None,
+    *,
+    tool_text: bool = True,
+) -> tuple[list[tuple[int, int]], list[Any], list[Any], list[list[int]]]:
+    """What a per-token guard scores for a batch: each completion whole, or, where ``keep`` (a checked tool
+    mask) has zeros, each policy turn in its context (:func:`turn_contexts`).
+
+    Returns:
+        ``(where, prompts, completions, ids)`` per unit: ``where = (sample, offset of the unit in its
+        completion)``; a turn's completion is ``[]`` (message format: judged as an assistant message).
+    """
+    where: list[tuple[int, int]] = []
+    u_prompts: list[Any] = []
+    u_completions: list[Any] = []
+    u_ids: list[list[int]] = []
+    for i, row in enumerate(ids):
+        if keep is None or all(keep[i]):
+            where.append((i, 0))
+            u_prompts.append(prompts[i])
+            u_completions.append(completions[i])
+            u_ids.append(list(row))
+            continue
+        for start, end, context in turn_contexts(
+            tokenizer, prompts[i], completions[i], row, keep[i], tool_text=tool_text
+        ):
+            where.append((i, start))
+            u_prompts.append(context)
+            u_completions.append([])
+            u_ids.append(list(row[start:end]))
+    return where, u_prompts, u_completions, u_ids

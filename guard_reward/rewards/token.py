@@ -50,8 +50,8 @@ from guard_reward.alignment import (
     align_values,
     check_tool_mask,
     guard_index_for_policy,
+    scoring_units,
     token_char_offsets,
-    turn_contexts,
 )
 from guard_reward.faults import (
     IDS_OUTSIDE_VOCABULARY,
@@ -293,37 +293,6 @@ class TokenSafetyPenalty:
         counts[reason] += 1
         self.failures.record(reason, f"completion {index}: {r.error}")
 
-    def _units(
-        self, prompts: Sequence[Any], completions: Sequence[Any], ids: list[list[int]], keep: Any
-    ) -> tuple[list[tuple[int, int]], list[Any], list[Any], list[list[int]]]:
-        """What the guard scores: a whole completion, or each policy turn of an agent trajectory in its
-        context (:func:`~guard_reward.alignment.turn_contexts`). Returns ``(sample, offset)`` per unit and the
-        units' prompts, completions and ids."""
-        where: list[tuple[int, int]] = []
-        u_prompts: list[Any] = []
-        u_completions: list[Any] = []
-        u_ids: list[list[int]] = []
-        for i, row in enumerate(ids):
-            if keep is None or all(keep[i]):
-                where.append((i, 0))
-                u_prompts.append(prompts[i])
-                u_completions.append(completions[i])
-                u_ids.append(row)
-                continue
-            for start, end, context in turn_contexts(
-                self.policy_tokenizer,
-                prompts[i],
-                completions[i],
-                row,
-                keep[i],
-                tool_text=self.tool_context,
-            ):
-                where.append((i, start))
-                u_prompts.append(context)
-                u_completions.append([])  # message format: the turn is judged as an assistant message
-                u_ids.append(row[start:end])
-        return where, u_prompts, u_completions, u_ids
-
     def __call__(
         self,
         prompts: Sequence[Any],
@@ -361,7 +330,9 @@ class TokenSafetyPenalty:
             return self._cache[1]  # the same batch again (e.g. as dense and as folded scalar): already logged
         start = time.perf_counter()
         self._check_tokenizer()
-        where, u_prompts, u_completions, u_ids = self._units(prompts, completions, ids, keep)
+        where, u_prompts, u_completions, u_ids = scoring_units(
+            self.policy_tokenizer, prompts, completions, ids, keep, tool_text=self.tool_context
+        )
         unit_rows = self._rows(u_prompts, u_completions, u_ids)
         b, t = len(ids), max((len(r) for r in ids), default=0)
         risk = torch.zeros(b, t)
