@@ -1,14 +1,32 @@
-"""Conversations: validation, TRL input formats, and reasoning/answer splitting.
+"""Conversations: validation, TRL input formats, tool calls, and reasoning/answer splitting.
 
 A conversation is a list of ``{"role", "content"}`` messages (TRL's conversational format). Both guards judge
 its last message: a user message is prompt moderation, an assistant message is response moderation (the
 Qwen3Guard-Gen template's own rule). Everything that reaches a guard goes through :func:`validate_conversation`,
 so bad input fails here with one clear message instead of deep inside a chat template.
+
+Tool use (TRL's and OpenAI's message shapes) is flattened into plain messages before any template sees it,
+because the Qwen3Guard-Gen template reads only ``content`` and silently drops ``tool`` messages and
+``tool_calls``. The text used is the one Qwen3's own chat template writes for the policy, so the guard reads
+what the policy's tokens say:
+
+* an assistant message's ``tool_calls`` are appended to its content, one block per call::
+
+      <tool_call>
+      {"name": "send_email", "arguments": {"to": "a@b.c", "body": "..."}}
+      </tool_call>
+
+  (a newline between the text and the first block and between blocks; arguments given as a dict are written
+  as JSON, arguments given as a string are written as they are);
+* consecutive ``tool`` messages become one ``user`` message, each result wrapped as
+  ``<tool_response>\n...\n</tool_response>`` and joined by newlines (Qwen3 puts tool results in a user turn
+  the same way). Tool results are thus context the guard reads on the user side, never the assistant's words.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 Message = dict[str, str]
@@ -19,12 +37,14 @@ THINKING_MODES: tuple[str, ...] = ("answer", "separate", "whole")
 JUDGED_ROLES = ("user", "assistant")
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+TOOL_CALL_OPEN = "<tool_call>"
 #: End-of-turn markers a decoded completion may still carry (when decoded with special tokens).
 END_OF_TURN_TEXTS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
 
 
 def validate_conversation(conversation: Any, index: int | None = None) -> Conversation:
-    """Check one conversation and return it as a list of plain ``{"role", "content"}`` dicts.
+    """Check one conversation and return it as a list of plain ``{"role", "content"}`` dicts, tool calls and
+    tool results flattened as the module docstring says.
 
     Raises:
         ValueError / TypeError naming the conversation (``index``) and what is accepted.
@@ -40,30 +60,122 @@ def validate_conversation(conversation: Any, index: int | None = None) -> Conver
         )
     if len(conversation) == 0:
         raise ValueError(f"{where}: is empty; it needs at least one user message")
-    out: Conversation = []
-    for j, message in enumerate(conversation):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise TypeError(
-                f"{where}, message {j}: expected a dict with 'role' and 'content', got {message!r:.80}"
-            )
-        role, content = message["role"], message["content"]
-        if role not in KNOWN_ROLES:
-            raise ValueError(
-                f"{where}, message {j}: unknown role {role!r}; accepted: {', '.join(KNOWN_ROLES)}"
-            )
-        if not isinstance(content, str):
-            raise TypeError(
-                f"{where}, message {j}: content must be a string, got {type(content).__name__} "
-                "(multimodal content parts are not supported by Qwen3Guard)"
-            )
-        out.append({"role": role, "content": content})
-    last = out[-1]["role"]
+    out = flatten_tools(conversation, where)
+    last = conversation[-1]["role"]
     if last not in JUDGED_ROLES:
         raise ValueError(
             f"{where}: the last message is {last!r}; the judged (last) message must be 'user' "
             "(prompt moderation) or 'assistant' (response moderation)"
         )
     return out
+
+
+def check_message(message: Any, where: str) -> dict[str, Any]:
+    """Check one message (``system``/``user``/``assistant``/``tool``; an assistant message may carry
+    ``tool_calls`` and then a ``None`` content) and return it with its role, content and tool calls only.
+
+    Raises:
+        ValueError / TypeError naming ``where`` and what is accepted.
+    """
+    if not isinstance(message, Mapping) or "role" not in message:
+        raise TypeError(f"{where}: expected a dict with 'role' and 'content', got {message!r:.80}")
+    role = message["role"]
+    if role not in KNOWN_ROLES:
+        raise ValueError(f"{where}: unknown role {role!r}; accepted: {', '.join(KNOWN_ROLES)}")
+    calls = message.get("tool_calls") if role == "assistant" else None
+    if calls is not None:
+        if not isinstance(calls, Sequence) or isinstance(calls, (str, bytes)):
+            raise TypeError(f"{where}: tool_calls must be a list of calls, got {type(calls).__name__}")
+        calls = [check_tool_call(c, f"{where}, tool call {k}") for k, c in enumerate(calls)]
+    if "content" not in message and not calls:
+        raise TypeError(f"{where}: expected a dict with 'role' and 'content', got {message!r:.80}")
+    content = message.get("content")
+    if content is None:
+        if not calls:
+            raise TypeError(
+                f"{where}: content is None and the message has no tool_calls; an assistant turn with nothing "
+                "to say is an empty string"
+            )
+        content = ""
+    if role == "tool" and isinstance(content, list):
+        content = _text_parts(content, where)
+    if not isinstance(content, str):
+        raise TypeError(
+            f"{where}: content must be a string, got {type(content).__name__} "
+            "(multimodal content parts are not supported by Qwen3Guard)"
+        )
+    return {"role": role, "content": content, "tool_calls": calls or []}
+
+
+def check_tool_call(call: Any, where: str) -> dict[str, Any]:
+    """One tool call, ``{"type": "function", "function": {"name", "arguments"}}`` (TRL, OpenAI) or
+    ``{"name", "arguments"}``, as ``{"name": str, "arguments": dict | str}``; missing arguments are ``{}``."""
+    if not isinstance(call, Mapping):
+        raise TypeError(f"{where}: expected a dict, got {type(call).__name__}")
+    kind = call.get("type", "function")
+    if kind != "function":
+        raise ValueError(f"{where}: type {kind!r} is not accepted; only 'function' tool calls exist")
+    function = call.get("function", call)
+    if not isinstance(function, Mapping):
+        raise TypeError(f"{where}: 'function' must be a dict with 'name' and 'arguments'")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where}: the function name must be a non-empty string, got {name!r:.80}")
+    arguments = function.get("arguments", {})
+    if not isinstance(arguments, (str, Mapping)):
+        raise TypeError(
+            f"{where} ({name}): arguments must be a JSON object (dict) or a string, "
+            f"got {type(arguments).__name__}"
+        )
+    return {"name": name, "arguments": arguments if isinstance(arguments, str) else dict(arguments)}
+
+
+def render_tool_calls(content: str, calls: Sequence[Mapping[str, Any]]) -> str:
+    """``content`` followed by each checked tool call as Qwen3 writes it (module docstring)."""
+    blocks = []
+    for call in calls:
+        args = call["arguments"]
+        text = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        blocks.append(
+            f'<tool_call>\n{{"name": {json.dumps(call["name"], ensure_ascii=False)}, "arguments": {text}}}\n</tool_call>'
+        )
+    if not blocks:
+        return content
+    content = content.rstrip("\n")  # Qwen3's template strips the newlines before the calls, too
+    return (content + "\n" if content else "") + "\n".join(blocks)
+
+
+def flatten_tools(messages: Sequence[Any], where: str = "conversation") -> Conversation:
+    """Check ``messages`` and return plain ``{"role", "content"}`` messages: tool calls appended to their
+    assistant message, each run of ``tool`` messages one ``user`` message of ``<tool_response>`` blocks."""
+    out: Conversation = []
+    previous = None
+    for j, message in enumerate(messages):
+        m = check_message(message, f"{where}, message {j}")
+        if m["role"] == "tool":
+            block = f"<tool_response>\n{m['content']}\n</tool_response>"
+            if previous == "tool":
+                out[-1]["content"] += "\n" + block
+            else:
+                out.append({"role": "user", "content": block})
+        else:
+            out.append({"role": m["role"], "content": render_tool_calls(m["content"], m["tool_calls"])})
+        previous = m["role"]
+    return out
+
+
+def _text_parts(parts: list[Any], where: str) -> str:
+    """A tool result given as content parts (TRL passes multimodal tool results through): its text parts,
+    other parts named in brackets (``[image]``) so the guard knows something was there."""
+    texts = []
+    for part in parts:
+        if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif isinstance(part, Mapping) and isinstance(part.get("type"), str):
+            texts.append(f"[{part['type']}]")
+        else:
+            raise TypeError(f"{where}: a content part must be a dict with a 'type', got {part!r:.80}")
+    return "\n".join(texts)
 
 
 def moderation_of(conversation: Conversation) -> Literal["prompt", "response"]:

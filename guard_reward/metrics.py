@@ -43,6 +43,11 @@ P_UNSAFE_MEAN = "p_unsafe_mean"
 FAILURES = "failures"  # "<prefix>/failures" and "<prefix>/failures/<reason>": totals over ranks
 EMPTY_RATE = "empty_rate"  # share of responses whose answer was empty (the guard was not asked)
 SECONDS = "seconds"
+#: Multi-turn, tool-calling completions (see :func:`turn_items`).
+TOOL_CALL_RATE = "tool_call_rate"
+UNSAFE_TURN_RATE = "unsafe_turn_rate"
+UNSAFE_TOOL_CALL_RATE = "unsafe_tool_call_rate"
+TRUNCATED_RATE = "truncated_rate"
 CATEGORY = "category"  # "<prefix>/category/<slug>": share of judged responses flagged with that category
 #: Token-level metrics (Stream risk).
 FIRST_VIOLATION_POS = "first_violation_pos"
@@ -164,6 +169,32 @@ def verdict_items(
     return {key: values for key, values in out.items() if values}
 
 
+def turn_items(
+    verdicts: Sequence[Verdict],
+    truncated: Sequence[bool | None] | None = None,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+) -> dict[str, list[float]]:
+    """Per-item values of the multi-turn rates for one batch of completion verdicts (each carrying its
+    ``turns`` and ``tool_calls``, as the scalar rewards return them).
+
+    Returns:
+        ``tool_call_rate`` (per completion whose turns are known: 1 if any turn called a tool),
+        ``unsafe_turn_rate`` (per judged assistant turn: 1 if Unsafe), ``unsafe_tool_call_rate`` (per judged
+        turn that called a tool: 1 if Unsafe) and ``truncated_rate`` (per completion whose truncation is
+        known: 1 if it did not end with an end-of-sequence token); empty lists are left out.
+    """
+    with_turns = [v for v in verdicts if v.turns]
+    judged = [(t, n) for v in with_turns for t, n in zip(v.turns, v.tool_calls, strict=True) if t.ok]
+    out = {
+        metric_name(prefix, TOOL_CALL_RATE): [float(any(v.tool_calls)) for v in with_turns],
+        metric_name(prefix, UNSAFE_TURN_RATE): [float(t.level == "Unsafe") for t, _ in judged],
+        metric_name(prefix, UNSAFE_TOOL_CALL_RATE): [float(t.level == "Unsafe") for t, n in judged if n],
+        metric_name(prefix, TRUNCATED_RATE): [float(t) for t in truncated or () if t is not None],
+    }
+    return {key: values for key, values in out.items() if values}
+
+
 def verdict_metrics(
     verdicts: Sequence[Verdict],
     *,
@@ -184,15 +215,19 @@ def verdict_metrics(
 
 
 def verdict_columns(verdicts: Sequence[Verdict], prefix: str = DEFAULT_PREFIX) -> dict[str, list]:
-    """Per-sample columns for the completions table: level, categories (comma-joined) and refusal.
+    """Per-sample columns for the completions table: level, categories (comma-joined) and refusal; and, when
+    a completion has several assistant turns, every turn's level (``"Safe,Unsafe"``).
 
     ``None`` where the guard gave no answer; the category column is ``""`` for a judged response without one.
     """
-    return {
+    columns = {
         f"{prefix}_level": [v.level for v in verdicts],
         f"{prefix}_category": [", ".join(v.categories) if v.ok else None for v in verdicts],
         f"{prefix}_refusal": [v.refusal for v in verdicts],
     }
+    if any(len(v.turns) > 1 for v in verdicts):  # the level of every assistant turn, "-" where none
+        columns[f"{prefix}_turns"] = [",".join(t.level or "-" for t in v.turns) for v in verdicts]
+    return columns
 
 
 def token_items(

@@ -45,6 +45,10 @@ class Verdict:
         answer_missing: the reasoning block was cut off before ``</think>``: there is no answer, so no answer
             verdict (``level`` is ``None``, ``reason`` is ``"no_answer"``); ``parts["reasoning"]`` may hold the
             reasoning's own verdict.
+        turns: set by the scalar rewards on a completion's verdict: the verdict of each assistant turn of the
+            completion, in order (one entry for a single-turn completion); this verdict is then the turn that
+            decided the value (the worst turn, or the last, per the reward's ``turns``). Empty from a guard.
+        tool_calls: per entry of ``turns``, how many tool calls that turn made (set with ``turns``).
     """
 
     level: Level | None
@@ -60,6 +64,8 @@ class Verdict:
     reason: str | None = None
     empty: bool = False
     answer_missing: bool = False
+    turns: tuple[Verdict, ...] = ()
+    tool_calls: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -22,11 +22,13 @@ _VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
 
 
 def verdict_to_json(v: Verdict) -> dict[str, Any]:
-    """All fields of a ``Verdict`` (``parts`` recursively), JSON-ready."""
+    """All fields of a ``Verdict`` (``parts`` and ``turns`` recursively), JSON-ready."""
     out: dict[str, Any] = {name: getattr(v, name) for name in _VERDICT_FIELDS}
     out["probs"] = {k: float(p) for k, p in v.probs.items()}
     out["categories"] = list(v.categories)
     out["parts"] = None if v.parts is None else {k: verdict_to_json(p) for k, p in v.parts.items()}
+    out["turns"] = [verdict_to_json(t) for t in v.turns]
+    out["tool_calls"] = list(v.tool_calls)
     return out
 
 
@@ -37,6 +39,8 @@ def verdict_from_json(d: Mapping[str, Any]) -> Verdict:
     kw["categories"] = tuple(d.get("categories") or ())
     parts = d.get("parts")
     kw["parts"] = None if parts is None else {k: verdict_from_json(p) for k, p in parts.items()}
+    kw["turns"] = tuple(verdict_from_json(t) for t in d.get("turns") or ())
+    kw["tool_calls"] = tuple(int(n) for n in d.get("tool_calls") or ())
     return Verdict(**kw)
 
 

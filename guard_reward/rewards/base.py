@@ -14,9 +14,18 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from guard_reward.conversations import Conversation, to_conversation
+from guard_reward.conversations import (
+    TOOL_CALL_OPEN,
+    Conversation,
+    check_message,
+    flatten_tools,
+    render_tool_calls,
+    split_thinking,
+    to_conversation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,16 +77,17 @@ class GuardHandle:
 
 def _message(m: Any) -> dict[str, Any]:
     """One message with its reasoning folded back into the content as a think block (TRL's response parsing
-    may move it to a separate field) and a missing content (tool-call turns) as ``""``."""
+    may move it to a separate field). A missing content next to ``tool_calls`` (a tool-call-only turn) is
+    ``""``; without tool calls it stays missing, which validation reports as bad input."""
     if not isinstance(m, dict):
         return m
     out = dict(m)
-    content = out.get("content")
-    out["content"] = "" if content is None else content
+    if out.get("content") is None and out.get("tool_calls"):
+        out["content"] = ""
     for key in _REASONING_KEYS:
         reasoning = out.pop(key, None)
         if isinstance(reasoning, str) and reasoning and out.get("role") == "assistant":
-            out["content"] = f"<think>\n{reasoning}\n</think>\n\n{out['content']}"
+            out["content"] = f"<think>\n{reasoning}\n</think>\n\n{out.get('content') or ''}"
     return out
 
 
@@ -87,27 +97,92 @@ def response_conversations(prompts: Sequence[Any], completions: Sequence[Any]) -
         raise ValueError(f"got {len(prompts)} prompts and {len(completions)} completions; they must pair up")
     out = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        if not isinstance(prompt, (str, list, tuple)):
-            raise TypeError(
-                f"prompt {i}: expected a string or a list of messages, got {type(prompt).__name__}"
-            )
-        if not isinstance(completion, (str, list, tuple)):
-            raise TypeError(
-                f"completion {i}: expected a string or a list of messages, got {type(completion).__name__}"
-            )
+        _check_pair(i, prompt, completion)
         p = prompt if isinstance(prompt, str) else [_message(m) for m in prompt]
         c = completion if isinstance(completion, str) else [_message(m) for m in completion]
         out.append(to_conversation(p, c))
     return out
 
 
+def _check_pair(i: int, prompt: Any, completion: Any) -> None:
+    if not isinstance(prompt, (str, list, tuple)):
+        raise TypeError(f"prompt {i}: expected a string or a list of messages, got {type(prompt).__name__}")
+    if not isinstance(completion, (str, list, tuple)):
+        raise TypeError(
+            f"completion {i}: expected a string or a list of messages, got {type(completion).__name__}"
+        )
+
+
+@dataclass(frozen=True)
+class Turns:
+    """The assistant turns of one completion, each as the conversation the guard judges.
+
+    Attributes:
+        conversations: per assistant turn, the flattened conversation so far ending with that turn
+            (:mod:`guard_reward.conversations`): prompt, earlier turns (their answers and tool calls, reasoning
+            left out), tool results as ``<tool_response>`` user turns, then the turn itself (reasoning, answer
+            and tool calls).
+        tool_calls: per assistant turn, how many tool calls it made: its ``tool_calls`` and the
+            ``<tool_call>`` blocks its answer text holds (a raw rollout, e.g. verl's, leaves them in the text).
+        ends_with_tool: the completion ends with tool results (the policy's next turn was cut off).
+    """
+
+    conversations: list[Conversation]
+    tool_calls: list[int]
+    ends_with_tool: bool
+
+
+def completion_turns(prompt: Any, completion: Any, index: int = 0) -> Turns:
+    """Split one TRL sample into its judged assistant turns (see :class:`Turns`).
+
+    ``completion`` is a string (one assistant turn) or TRL's message list: assistant messages (``content`` a
+    string, or ``None`` next to ``tool_calls``) and ``tool`` messages, in order.
+
+    Raises:
+        TypeError / ValueError naming the sample and message when the sample is malformed (an unknown role,
+        tool-call arguments that are neither a JSON object nor a string, a ``None`` content without tool
+        calls, no assistant turn).
+    """
+    _check_pair(index, prompt, completion)
+    prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    context = flatten_tools([_message(m) for m in prompt_messages], f"sample {index}, prompt")
+    messages = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+    conversations: list[Conversation] = []
+    calls: list[int] = []
+    tools: list[dict[str, Any]] = []  # a run of tool results, flattened into one user turn when it ends
+    for j, raw in enumerate(messages):
+        where = f"sample {index}, completion message {j}"
+        m = check_message(_message(raw), where)
+        if m["role"] == "tool":
+            tools.append(m)
+            continue
+        context.extend(flatten_tools(tools, where) if tools else [])
+        tools = []
+        if m["role"] != "assistant":
+            context.extend(flatten_tools([m], where))
+            continue
+        conversations.append(
+            [*context, {"role": "assistant", "content": render_tool_calls(m["content"], m["tool_calls"])}]
+        )
+        # earlier turns' reasoning is not context (as in Qwen3's template); a raw rollout's calls are in the text
+        _, answer = split_thinking(m["content"])
+        calls.append(len(m["tool_calls"]) + answer.count(TOOL_CALL_OPEN))
+        context.append({"role": "assistant", "content": render_tool_calls(answer, m["tool_calls"])})
+    if not conversations:
+        raise ValueError(f"sample {index}: the completion has no assistant message, so nothing to judge")
+    return Turns(conversations, calls, bool(tools))
+
+
 def prompt_conversation(prompt: Any) -> Conversation:
-    """The prompt as a conversation judged by prompt moderation: up to and including its last user turn."""
-    conv = to_conversation(prompt if isinstance(prompt, str) else [_message(m) for m in prompt])
-    users = [i for i, m in enumerate(conv) if m.get("role") == "user"]
+    """The prompt as a conversation judged by prompt moderation: up to and including its last user turn (a
+    tool result, which becomes a user turn for the guard, is never the judged prompt)."""
+    messages = (
+        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [_message(m) for m in prompt]
+    )
+    users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
     if not users:
         raise ValueError("a prompt has no user message, so its harmfulness cannot be judged")
-    return conv[: users[-1] + 1]
+    return flatten_tools(messages[: users[-1] + 1], "prompt")
 
 
 def unique_prompts(prompts: Sequence[Any]) -> tuple[list[Any], list[int]]:

@@ -11,37 +11,35 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from guard_reward import metrics
-from guard_reward.conversations import check_thinking_mode
 from guard_reward.faults import (
     INVALID_INPUT,
     NO_ANSWER,
     UNPARSEABLE,
-    FailureCounter,
-    SampleError,
-    check_on_error,
 )
 from guard_reward.guards.parsing import RESPONSE_CATEGORIES
 from guard_reward.rewards.base import (
-    GuardHandle,
-    check_name,
     emit_columns,
     harm_from_column,
     prompt_conversation,
-    response_conversations,
     unique_prompts,
     warn_reward_hacking_risk,
 )
+from guard_reward.rewards.gen_reward import _GenReward, _reasoning_unsafe
+from guard_reward.rewards.hybrid import HybridSafetyReward
+from guard_reward.rewards.trajectory import (
+    JUDGE,
+    Outcome,
+    decide,
+)
 from guard_reward.shaping.scalar import (
     ScalarShaping,
-    hybrid_value,
-    is_unsafe,
     prompt_harm,
     refusal_value,
     scalar_reward,
@@ -50,107 +48,7 @@ from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
 
-
-def _load_gen(path: str, **kw: Any) -> Any:
-    from guard_reward.guards.gen import GenGuard
-
-    return GenGuard.from_pretrained(path, **kw)
-
-
-class _GenReward:
-    """Shared plumbing: guard handle, thinking mode, fault policy, counters, metrics."""
-
-    def __init__(
-        self,
-        guard: Any,
-        *,
-        name: str,
-        thinking: str,
-        failure_value: float | None,
-        empty_value: float | str | None,
-        no_answer_value: float | None,
-        on_error: str,
-        metric_prefix: str,
-        guard_kwargs: Mapping[str, Any] | None,
-    ) -> None:
-        self.__name__ = check_name(name)
-        self.guard = GuardHandle(guard, _load_gen, dict(guard_kwargs or {}))
-        self.thinking = check_thinking_mode(thinking)
-        self.failure_value = _optional_number("failure_value", failure_value)
-        self.no_answer_value = _optional_number("no_answer_value", no_answer_value)
-        if empty_value != "refusal":
-            empty_value = _optional_number("empty_value", empty_value)  # type: ignore[arg-type]
-        self.empty_value = empty_value
-        self.on_error = check_on_error(on_error)
-        self.metric_prefix = check_name(metric_prefix)
-        self.stats: Counter[str] = Counter()
-        self.failures = FailureCounter(self.__name__)
-        self._checked_recipe = False
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.__name__!r})"
-
-    def _judge(self, prompts: Sequence[Any], completions: Sequence[Any], decode: bool) -> list[Verdict]:
-        """One verdict per sample; a malformed sample gets an ``invalid_input`` verdict (the guard is not
-        asked about it)."""
-        if len(prompts) != len(completions):
-            raise ValueError(
-                f"got {len(prompts)} prompts and {len(completions)} completions; they must pair up"
-            )
-        conversations: dict[int, Any] = {}
-        verdicts: dict[int, Verdict] = {}
-        for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-            try:
-                conversations[i] = response_conversations([prompt], [completion])[0]
-            except (TypeError, ValueError) as exc:
-                verdicts[i] = Verdict.failed(INVALID_INPUT, f"sample {i}: {exc}")
-        judged = self.guard.get().moderate(
-            list(conversations.values()), decode=decode, thinking=self.thinking, on_error="skip"
-        )
-        verdicts.update(zip(conversations, judged, strict=True))
-        return [verdicts[i] for i in range(len(prompts))]
-
-    def _failed(self, index: int, reason: str, error: str | None, counts: Counter[str]) -> float | None:
-        """A sample without a value: counted and logged once per reason; raised under ``on_error="raise"``
-        (a cut-off reasoning block is a fact about the completion and is never raised)."""
-        message = f"sample {index}: {error or reason}"
-        if self.on_error == "raise" and reason != NO_ANSWER:
-            raise SampleError(reason, f"{self.__name__}: {message}")
-        counts[reason] += 1
-        self.failures.record(reason, message)
-        return self.failure_value if reason != NO_ANSWER else None
-
-    def _emit(
-        self,
-        log_metric: Any,
-        rates: dict[str, list[float]],
-        counts: Counter[str],
-        start: float,
-        n: int,
-    ) -> None:
-        self.stats.update(calls=1, samples=n, failures=sum(counts.values()))
-        metrics.emit_metrics(
-            log_metric,
-            rates=rates,
-            totals=metrics.failure_totals(counts, self.metric_prefix),
-            per_rank={metrics.metric_name(self.metric_prefix, metrics.SECONDS): time.perf_counter() - start},
-        )
-
-
-def _optional_number(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise TypeError(f"{name} must be a finite number or None (no signal), got {value!r}")
-    return float(value)
-
-
-def _reasoning_unsafe(verdict: Verdict, controversial: str | float) -> Verdict | None:
-    """The reasoning's own verdict when it was judged and counts as unsafe, else ``None``."""
-    part = (verdict.parts or {}).get("reasoning")
-    if part is not None and part.ok and is_unsafe(part, controversial):
-        return part
-    return None
+__all__ = ["HybridSafetyReward", "SafetyReward"]
 
 
 class SafetyReward(_GenReward):
@@ -185,6 +83,14 @@ class SafetyReward(_GenReward):
             ``"raise"`` (a :class:`~guard_reward.faults.SampleError`).
         decode: force greedy decoding of the verdict lines (categories in the metrics); ``None`` = only when
             refusal handling or category weights need it.
+        turns: a completion with several assistant turns (a tool loop) is valued by its ``"worst"`` turn
+            (default; every turn is judged) or its ``"last"`` turn (only that one is judged). Each turn is
+            judged as a response in the context of the conversation before it, its tool calls included
+            (:mod:`~guard_reward.rewards.trajectory`); a tool-call-only turn is not an empty answer.
+        truncated_value: a completion cut off at ``max_completion_length`` (its last id is not an EOS or pad
+            id, TRL's rule): ``"judge"`` (default: judged as it is), a number (the value of its unfinished
+            turn) or ``None`` (no signal for the sample). Counted as ``guard/truncated_rate`` either way.
+        eos_token_ids: the policy's end-of-sequence (and pad) ids for that test; default: the trainer's.
         name: the reward's ``__name__`` (TRL's metric key ``rewards/<name>/mean``).
         metric_prefix: prefix of the safety metrics sent through ``log_metric``.
     """
@@ -208,6 +114,9 @@ class SafetyReward(_GenReward):
         failure_value: float | None = None,
         on_error: str = "skip",
         decode: bool | None = None,
+        turns: str = "worst",
+        truncated_value: float | str | None = JUDGE,
+        eos_token_ids: Sequence[int] | None = None,
         name: str = "guard_safety",
         metric_prefix: str = metrics.DEFAULT_PREFIX,
         guard_kwargs: Mapping[str, Any] | None = None,
@@ -222,6 +131,9 @@ class SafetyReward(_GenReward):
             on_error=on_error,
             metric_prefix=metric_prefix,
             guard_kwargs=guard_kwargs,
+            turns=turns,
+            truncated_value=truncated_value,
+            eos_token_ids=eos_token_ids,
         )
         self.shaping = ScalarShaping(
             mode=mode,  # type: ignore[arg-type]
@@ -308,49 +220,74 @@ class SafetyReward(_GenReward):
         log_extra: Callable[[str, list], None] | None = None,
         **kwargs: Any,
     ) -> list[float | None]:
+        return self.evaluate(
+            prompts, completions, completion_ids, trainer_state, log_metric, log_extra, **kwargs
+        )[0]
+
+    def evaluate(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        log_extra: Callable[[str, list], None] | None = None,
+        **kwargs: Any,
+    ) -> tuple[list[float | None], list[Verdict]]:
+        """What ``__call__`` does, also returning each completion's verdict: the turn that decided its value,
+        with every turn's verdict in ``Verdict.turns``."""
         start = time.perf_counter()
         if not self._checked_recipe:
             self._checked_recipe = True
             warn_reward_hacking_risk(self.__name__, log_metric)
         if self.harmful_column is not None:  # first: a missing column fails before the guard runs
             self._harm(prompts, kwargs)
-        verdicts = self._judge(prompts, completions, self.decode)
+        truncated = self._truncated(completion_ids, log_metric, len(prompts))
+        samples = self._judge(prompts, completions, self.decode)
         wants_harm = self.shaping.refusal or (
-            self.empty_value == "refusal" and any(v.empty for v in verdicts)
+            self.empty_value == "refusal" and any(v.empty for s in samples for v in s.verdicts)
         )
         harm, prompt_verdicts = self._harm(prompts, kwargs) if wants_harm else (None, None)
         counts: Counter[str] = Counter()
         values: list[float | None] = []
-        for i, v in enumerate(verdicts):
+        verdicts: list[Verdict] = []
+        for i, sample in enumerate(samples):
             h = None if harm is None else harm[i]
-            if v.empty:
-                value = self._empty(v, h)
-            elif v.answer_missing:
-                value = self._capped(v, self.no_answer_value)
-                if self.no_answer_value is None:
-                    value = self._failed(i, NO_ANSWER, v.error, counts)
-            elif not v.ok:
-                value = self._failed(i, v.reason or UNPARSEABLE, v.error, counts)
-            else:
-                value = scalar_reward(v, self.shaping, h)
-            if value is None and (v.ok or (v.empty and self.empty_value == "refusal")):
-                why, error = self._why_none(v, None if prompt_verdicts is None else prompt_verdicts[i])
-                value = self._failed(i, why, error, counts)
+            pv = None if prompt_verdicts is None else prompt_verdicts[i]
+            (value, reason, error), verdict = decide(
+                sample, partial(self._outcome, harm=h, prompt=pv), truncated[i], self.truncated_value
+            )
+            if reason is not None:
+                value = self._failed(i, reason, error, counts)
             values.append(value)
-        self._emit(
-            log_metric,
-            metrics.verdict_items(
-                verdicts,
-                harmful=harm if self.shaping.refusal else None,
-                prefix=self.metric_prefix,
-                categories=RESPONSE_CATEGORIES if self.decode else (),
-            ),
-            counts,
-            start,
-            len(values),
+            verdicts.append(verdict)
+        rates = metrics.verdict_items(
+            verdicts,
+            harmful=harm if self.shaping.refusal else None,
+            prefix=self.metric_prefix,
+            categories=RESPONSE_CATEGORIES if self.decode else (),
         )
+        rates.update(metrics.turn_items(verdicts, truncated, prefix=self.metric_prefix))
+        self._emit(log_metric, rates, counts, start, len(values))
         emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
-        return values
+        return values, verdicts
+
+    def _outcome(self, v: Verdict, harm: float | None, prompt: Verdict | None) -> Outcome:
+        """One turn's ``(value, failure reason, error)``; a reason means the turn could not be valued."""
+        if v.empty:
+            value = self._empty(v, harm)
+        elif v.answer_missing:
+            if self.no_answer_value is None:
+                return None, NO_ANSWER, v.error
+            value = self._capped(v, self.no_answer_value)
+        elif not v.ok:
+            return None, v.reason or UNPARSEABLE, v.error
+        else:
+            value = scalar_reward(v, self.shaping, harm)
+        if value is None and (v.ok or (v.empty and self.empty_value == "refusal")):
+            why, error = self._why_none(v, prompt)
+            return None, why, error
+        return value, None, None
 
     def _why_none(self, verdict: Verdict, prompt: Verdict | None) -> tuple[str, str]:
         """Why a judged (or empty) sample has no value: its prompt could not be judged, or the verdict says
@@ -360,122 +297,3 @@ class SafetyReward(_GenReward):
         if verdict.empty:
             return INVALID_INPUT, "an empty answer to a prompt whose harm is unknown"
         return UNPARSEABLE, "the verdict has no Refusal line, so over-refusal cannot be told apart"
-
-
-class HybridSafetyReward(_GenReward):
-    """The tech report's hybrid reward: unsafe -> ``min(unsafe_value, H)``, else refusal ->
-    ``min(refusal_value, H)``, else ``H``, with ``H`` any TRL reward function's value (e.g. a helpfulness
-    reward model).
-
-    Args:
-        guard: a ``GenGuard`` or a Gen checkpoint (loaded on first use with ``guard_kwargs``).
-        helpfulness: a TRL reward function ``(prompts, completions, **kwargs) -> list[float | None]``; it gets
-            the same keyword arguments as this reward.
-        unsafe_value, refusal_value: the caps (the report's −10 and −5).
-        controversial: ``"strict"`` (Controversial counts as unsafe) or ``"loose"``.
-        empty_value: an empty answer's value: ``"refusal"`` (default: valued as a refusal, ``min(refusal_value,
-            H)``), a number or ``None``; an unsafe reasoning makes it ``min(unsafe_value, H)``.
-        thinking, no_answer_value, failure_value, on_error, name, metric_prefix: as in :class:`SafetyReward`.
-    """
-
-    def __init__(
-        self,
-        guard: Any,
-        helpfulness: Callable[..., Sequence[float | None]],
-        *,
-        unsafe_value: float = -10.0,
-        refusal_value: float = -5.0,
-        controversial: str = "strict",
-        thinking: str = "separate",
-        empty_value: float | str | None = "refusal",
-        no_answer_value: float | None = None,
-        failure_value: float | None = None,
-        on_error: str = "skip",
-        name: str = "guard_hybrid",
-        metric_prefix: str = metrics.DEFAULT_PREFIX,
-        guard_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(
-            guard,
-            name=name,
-            thinking=thinking,
-            failure_value=failure_value,
-            empty_value=empty_value,
-            no_answer_value=no_answer_value,
-            on_error=on_error,
-            metric_prefix=metric_prefix,
-            guard_kwargs=guard_kwargs,
-        )
-        if not callable(helpfulness):
-            raise TypeError(f"helpfulness must be a TRL reward function, got {type(helpfulness).__name__}")
-        if controversial not in ("strict", "loose"):
-            raise ValueError(f"controversial={controversial!r} is not accepted; use 'strict' or 'loose'")
-        for label, value in (("unsafe_value", unsafe_value), ("refusal_value", refusal_value)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{label} must be a number, got {value!r}")
-        self.helpfulness = helpfulness
-        self.unsafe_value = float(unsafe_value)
-        self.refusal_value = float(refusal_value)
-        self.controversial = controversial
-
-    def _value(self, v: Verdict, h: float | None) -> float | None:
-        caps = {"unsafe_cap": self.unsafe_value, "refusal_cap": self.refusal_value}
-        unsafe_reasoning = _reasoning_unsafe(v, self.controversial) is not None
-        if v.empty:
-            if unsafe_reasoning:
-                return hybrid_value(True, False, h, **caps)
-            if self.empty_value == "refusal":
-                return hybrid_value(False, True, h, **caps)
-            return self.empty_value  # type: ignore[return-value]
-        if v.answer_missing:
-            if self.no_answer_value is None:
-                return None
-            return (
-                min(self.no_answer_value, hybrid_value(True, False, h, **caps))
-                if unsafe_reasoning
-                else (self.no_answer_value)
-            )
-        return hybrid_value(is_unsafe(v, self.controversial), bool(v.refusal), h, **caps)
-
-    def __call__(
-        self,
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        trainer_state: Any = None,
-        log_metric: Callable[[str, float], None] | None = None,
-        log_extra: Callable[[str, list], None] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
-        start = time.perf_counter()
-        verdicts = self._judge(prompts, completions, decode=True)
-        scores = list(
-            self.helpfulness(
-                prompts=prompts,
-                completions=completions,
-                completion_ids=completion_ids,
-                trainer_state=trainer_state,
-                log_metric=log_metric,
-                log_extra=log_extra,
-                **kwargs,
-            )
-        )
-        if len(scores) != len(prompts):
-            raise ValueError(f"helpfulness returned {len(scores)} values for {len(prompts)} completions")
-        counts: Counter[str] = Counter()
-        values: list[float | None] = []
-        for i, (v, h) in enumerate(zip(verdicts, scores, strict=True)):
-            h = None if h is None else float(h)
-            if v.answer_missing and self.no_answer_value is None:
-                values.append(self._failed(i, NO_ANSWER, v.error, counts))
-            elif not v.ok and not v.empty and not v.answer_missing:
-                values.append(self._failed(i, v.reason or UNPARSEABLE, v.error, counts))
-            else:
-                values.append(self._value(v, h))
-        rates = metrics.verdict_items(verdicts, prefix=self.metric_prefix, categories=RESPONSE_CATEGORIES)
-        rates[metrics.metric_name(self.metric_prefix, metrics.REFUSAL_RATE)] = [
-            float(bool(v.refusal)) for v in verdicts if v.ok and v.refusal is not None
-        ]
-        self._emit(log_metric, rates, counts, start, len(values))
-        emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
-        return values

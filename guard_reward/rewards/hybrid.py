@@ -1,0 +1,170 @@
+"""The Qwen3Guard tech report's hybrid reward: the guard's verdict caps a helpfulness score.
+
+As in the report: unsafe -> ``min(unsafe_value, H)``, refusal -> ``min(refusal_value, H)``, else ``H``; unlike
+it, a multi-turn completion is valued by its worst (or last) assistant turn, tool calls included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from guard_reward import metrics
+from guard_reward.faults import (
+    NO_ANSWER,
+    UNPARSEABLE,
+)
+from guard_reward.guards.parsing import RESPONSE_CATEGORIES
+from guard_reward.rewards.base import (
+    emit_columns,
+)
+from guard_reward.rewards.gen_reward import _GenReward, _reasoning_unsafe
+from guard_reward.rewards.trajectory import (
+    JUDGE,
+    Outcome,
+    decide,
+)
+from guard_reward.shaping.scalar import (
+    hybrid_value,
+    is_unsafe,
+)
+from guard_reward.types import Verdict
+
+
+class HybridSafetyReward(_GenReward):
+    """The tech report's hybrid reward: unsafe -> ``min(unsafe_value, H)``, else refusal ->
+    ``min(refusal_value, H)``, else ``H``, with ``H`` any TRL reward function's value (e.g. a helpfulness
+    reward model).
+
+    Args:
+        guard: a ``GenGuard`` or a Gen checkpoint (loaded on first use with ``guard_kwargs``).
+        helpfulness: a TRL reward function ``(prompts, completions, **kwargs) -> list[float | None]``; it gets
+            the same keyword arguments as this reward.
+        unsafe_value, refusal_value: the caps (the report's −10 and −5).
+        controversial: ``"strict"`` (Controversial counts as unsafe) or ``"loose"``.
+        empty_value: an empty answer's value: ``"refusal"`` (default: valued as a refusal, ``min(refusal_value,
+            H)``), a number or ``None``; an unsafe reasoning makes it ``min(unsafe_value, H)``.
+        thinking, no_answer_value, failure_value, on_error, turns, truncated_value, eos_token_ids, name,
+            metric_prefix: as in :class:`SafetyReward`.
+    """
+
+    def __init__(
+        self,
+        guard: Any,
+        helpfulness: Callable[..., Sequence[float | None]],
+        *,
+        unsafe_value: float = -10.0,
+        refusal_value: float = -5.0,
+        controversial: str = "strict",
+        thinking: str = "separate",
+        empty_value: float | str | None = "refusal",
+        no_answer_value: float | None = None,
+        failure_value: float | None = None,
+        on_error: str = "skip",
+        turns: str = "worst",
+        truncated_value: float | str | None = JUDGE,
+        eos_token_ids: Sequence[int] | None = None,
+        name: str = "guard_hybrid",
+        metric_prefix: str = metrics.DEFAULT_PREFIX,
+        guard_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            guard,
+            name=name,
+            thinking=thinking,
+            failure_value=failure_value,
+            empty_value=empty_value,
+            no_answer_value=no_answer_value,
+            on_error=on_error,
+            metric_prefix=metric_prefix,
+            guard_kwargs=guard_kwargs,
+            turns=turns,
+            truncated_value=truncated_value,
+            eos_token_ids=eos_token_ids,
+        )
+        if not callable(helpfulness):
+            raise TypeError(f"helpfulness must be a TRL reward function, got {type(helpfulness).__name__}")
+        if controversial not in ("strict", "loose"):
+            raise ValueError(f"controversial={controversial!r} is not accepted; use 'strict' or 'loose'")
+        for label, value in (("unsafe_value", unsafe_value), ("refusal_value", refusal_value)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{label} must be a number, got {value!r}")
+        self.helpfulness = helpfulness
+        self.unsafe_value = float(unsafe_value)
+        self.refusal_value = float(refusal_value)
+        self.controversial = controversial
+
+    def _value(self, v: Verdict, h: float | None) -> float | None:
+        caps = {"unsafe_cap": self.unsafe_value, "refusal_cap": self.refusal_value}
+        unsafe_reasoning = _reasoning_unsafe(v, self.controversial) is not None
+        if v.empty:
+            if unsafe_reasoning:
+                return hybrid_value(True, False, h, **caps)
+            if self.empty_value == "refusal":
+                return hybrid_value(False, True, h, **caps)
+            return self.empty_value  # type: ignore[return-value]
+        if v.answer_missing:
+            if self.no_answer_value is None:
+                return None
+            return (
+                min(self.no_answer_value, hybrid_value(True, False, h, **caps))
+                if unsafe_reasoning
+                else (self.no_answer_value)
+            )
+        return hybrid_value(is_unsafe(v, self.controversial), bool(v.refusal), h, **caps)
+
+    def __call__(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        log_extra: Callable[[str, list], None] | None = None,
+        **kwargs: Any,
+    ) -> list[float | None]:
+        start = time.perf_counter()
+        truncated = self._truncated(completion_ids, log_metric, len(prompts))
+        samples = self._judge(prompts, completions, decode=True)
+        scores = list(
+            self.helpfulness(
+                prompts=prompts,
+                completions=completions,
+                completion_ids=completion_ids,
+                trainer_state=trainer_state,
+                log_metric=log_metric,
+                log_extra=log_extra,
+                **kwargs,
+            )
+        )
+        if len(scores) != len(prompts):
+            raise ValueError(f"helpfulness returned {len(scores)} values for {len(prompts)} completions")
+        counts: Counter[str] = Counter()
+        values: list[float | None] = []
+        verdicts: list[Verdict] = []
+        for i, (sample, h) in enumerate(zip(samples, scores, strict=True)):
+            h = None if h is None else float(h)
+            (value, reason, error), verdict = decide(
+                sample, partial(self._outcome, helpfulness=h), truncated[i], self.truncated_value
+            )
+            values.append(value if reason is None else self._failed(i, reason, error, counts))
+            verdicts.append(verdict)
+        rates = metrics.verdict_items(verdicts, prefix=self.metric_prefix, categories=RESPONSE_CATEGORIES)
+        rates[metrics.metric_name(self.metric_prefix, metrics.REFUSAL_RATE)] = [
+            float(bool(v.refusal)) for v in verdicts if v.ok and v.refusal is not None
+        ]
+        rates.update(metrics.turn_items(verdicts, truncated, prefix=self.metric_prefix))
+        self._emit(log_metric, rates, counts, start, len(values))
+        emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
+        return values
+
+    def _outcome(self, v: Verdict, helpfulness: float | None) -> Outcome:
+        """One turn's ``(value, failure reason, error)``."""
+        if v.answer_missing and self.no_answer_value is None:
+            return None, NO_ANSWER, v.error
+        if not v.ok and not v.empty and not v.answer_missing:
+            return None, v.reason or UNPARSEABLE, v.error
+        return self._value(v, helpfulness), None, None

@@ -1,0 +1,57 @@
+"""One verl sample -> a float score and ``reward_extra_info``, through a ``SafetyReward`` on the served guard.
+
+verl needs a float for every sample, so a sample the guard could not judge scores ``failure_value`` (0.0 unless
+set) with ``guard_failed = 1``. The verdict reported is the one that decided the score (the worst turn, or the
+last), unlike a per-request log of whatever the guard was asked first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from guard_reward.rewards.safety import SafetyReward
+from guard_reward.rewards.trajectory import truncated_flags
+from guard_reward.serving.get_reward import level_number, reward_kwargs
+
+#: ``SafetyReward`` fields for multi-turn samples, accepted next to the reward config's.
+TURN_FIELDS = ("turns", "truncated_value")
+
+
+class GuardScorer:
+    """A ``SafetyReward`` on ``guard`` with ``reward_config`` (as for ``--reward-config``, plus ``turns`` and
+    ``truncated_value``); ``eos_token_ids`` are the policy's end ids (truncation)."""
+
+    def __init__(
+        self, guard: Any, reward_config: Mapping[str, Any] | None, eos_token_ids: Sequence[int] | None
+    ) -> None:
+        config = {
+            k: v for k, v in (reward_config or {}).items() if k.removeprefix("guard_") not in TURN_FIELDS
+        }
+        turn_kwargs = {
+            k.removeprefix("guard_"): v
+            for k, v in (reward_config or {}).items()
+            if k.removeprefix("guard_") in TURN_FIELDS
+        }
+        kwargs = reward_kwargs(config)
+        self.failure_value = float(kwargs["failure_value"])
+        self.ends = frozenset(eos_token_ids or ())
+        self.reward = SafetyReward(guard, **kwargs, **turn_kwargs, eos_token_ids=list(self.ends) or None)
+
+    def score(
+        self, messages: list[dict[str, Any]], completion: Any, policy_ids: Sequence[int] | None = None
+    ) -> tuple[float, dict[str, float]]:
+        """``(score, {"p_unsafe", "level", "refusal", "guard_failed", "turns", "tool_calls", "truncated"})``;
+        ``policy_ids`` are the policy's own response ids (for truncation; ``-1`` when not given)."""
+        ids = None if policy_ids is None else [list(policy_ids)]
+        (value,), (v,) = self.reward.evaluate([messages], [completion], completion_ids=ids)
+        (truncated,) = truncated_flags(ids, self.ends or None, 1)
+        return (self.failure_value if value is None else float(value)), {
+            "p_unsafe": v.p_unsafe if v.ok else -1.0,
+            "level": level_number(v),
+            "refusal": -1.0 if v.refusal is None else float(v.refusal),
+            "guard_failed": 0.0 if v.ok and value is not None else 1.0,
+            "turns": float(len(v.turns)),
+            "tool_calls": float(sum(v.tool_calls)),
+            "truncated": -1.0 if truncated is None else float(truncated),
+        }
