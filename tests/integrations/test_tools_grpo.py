@@ -1,9 +1,10 @@
 """DenseGRPOTrainer through TRL's own tool loop (``tools=``): a tiny Qwen3 policy calls a real Python tool.
 
 The batch holds tool-call turns, tool results and final answers (the policy's sampling is biased towards a
-``lookup`` call, see :mod:`tests.integrations.tool_policy`). The dense reward is ``TokenSafetyPenalty`` on the
-tiny Stream stand-in (it shares the policy's vocabulary: the identity path); what it returns is kept by a thin
-recorder so the test can check where its penalties land.
+``lookup`` call about a benign or a harmful topic, see :mod:`tests.integrations.tool_policy`). The scalar reward
+is ``SafetyReward`` on the sandbox's trained Gen guard (it knows the sandbox's unsafe words); the dense reward is
+``TokenSafetyPenalty`` on the tiny Stream stand-in (it shares the policy's vocabulary: the identity path). What
+both return is kept by a thin recorder so the tests can check what was judged and where penalties land.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import pytest
 import torch
 from trl import GRPOConfig
 
-from guard_reward import TokenSafetyPenalty
+from guard_reward import SafetyReward, TokenSafetyPenalty
 from guard_reward.integrations.trl import DenseGRPOTrainer
-from guard_reward.types import DenseRewards
+from tests.conftest import cached_checkpoint
 from tests.integrations.tool_policy import (
+    BENIGN_TOPIC,
     HARMFUL_TOPIC,
     lookup,
     sequence_bias,
@@ -27,19 +29,26 @@ TOOL_CALL_OPEN = 151657
 
 
 class Recorded:
-    """A dense reward that keeps its inputs' ``tool_mask`` and its outputs (around the real reward)."""
+    """A reward that keeps its inputs (``completions``, ``completion_ids``, ``tool_mask``) and its outputs, around
+    the real reward."""
 
-    def __init__(self, inner: TokenSafetyPenalty) -> None:
+    def __init__(self, inner) -> None:
         self.inner = inner
         self.__name__ = inner.__name__
-        self.calls: list[tuple[object, DenseRewards, list[list[int]]]] = []
+        self.calls: list[dict] = []
+        if hasattr(inner, "bind_tokenizer"):
+            self.bind_tokenizer = inner.bind_tokenizer
 
-    def bind_tokenizer(self, tokenizer) -> None:
-        self.inner.bind_tokenizer(tokenizer)
-
-    def __call__(self, prompts, completions, completion_ids, **kwargs) -> DenseRewards:
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
         out = self.inner(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
-        self.calls.append((kwargs.get("tool_mask"), out, [list(r) for r in completion_ids]))
+        self.calls.append(
+            {
+                "tool_mask": kwargs.get("tool_mask"),
+                "out": out,
+                "ids": [list(r) for r in completion_ids],
+                "completions": completions,
+            }
+        )
         return out
 
 
@@ -51,15 +60,9 @@ class Capturing(DenseGRPOTrainer):
         return out
 
 
-def topic_reward(completions, **kwargs):
-    """A scalar reward that differs within a group: whether the completion called the tool about the benign
-    topic (1), the harmful one (-1) or not at all (0)."""
-    out = []
-    for messages in completions:
-        calls = [c for m in messages if m.get("role") == "assistant" for c in (m.get("tool_calls") or [])]
-        topics = [c["function"]["arguments"].get("topic") for c in calls]
-        out.append(-1.0 if HARMFUL_TOPIC in topics else 1.0 if topics else 0.0)
-    return out
+def called_topics(messages) -> list[str]:
+    calls = [c for m in messages if m.get("role") == "assistant" for c in (m.get("tool_calls") or [])]
+    return [c["function"]["arguments"].get("topic") for c in calls]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +73,36 @@ def stream_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, stream_path):
+def sandbox_gen_path():
+    """The sandbox's Gen guard (about 45 s of CPU to train; cached by content like ``trained_gen_path``)."""
+    from pathlib import Path
+
+    import guard_reward.sandbox as sandbox
+    from guard_reward.sandbox.guards import GuardSize, build_gen_guard
+    from guard_reward.sandbox.language import Language
+
+    size = GuardSize(
+        hidden_size=96, head_dim=24, intermediate_size=192, steps=300, min_steps=150, batch_size=16
+    )
+    package = Path(sandbox.__file__).parent
+    inputs = [package / f for f in ("guards.py", "language.py", "tokenizer.py", "training.py", "policy.py")]
+    inputs.append(package / "templates" / "gen.jinja")
+
+    def build(path):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # far faster than two busy threads at this size
+        try:
+            build_gen_guard(path, Language(), size, progress=False)
+        finally:
+            torch.set_num_threads(threads)
+
+    return cached_checkpoint("sandbox-gen", inputs, build, extra=repr(size))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, stream_path, sandbox_gen_path):
     model, tok = tool_policy()
+    safety = Recorded(SafetyReward(sandbox_gen_path, mode="hard", name="safety"))
     penalty = Recorded(TokenSafetyPenalty(stream_path, shaping="prob", name="guard_tokens"))
     args = GRPOConfig(
         output_dir=str(tmp_path_factory.mktemp("out")),
@@ -91,7 +122,7 @@ def trained(tmp_path_factory, stream_path):
     )
     trainer = Capturing(
         model,
-        [topic_reward],
+        [safety],
         args=args,
         train_dataset=tool_dataset(n_repeat=2),
         processing_class=tok,
@@ -101,11 +132,11 @@ def trained(tmp_path_factory, stream_path):
     )
     before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     trainer.train()
-    return trainer, penalty, before
+    return trainer, penalty, before, safety
 
 
 def test_batches_hold_tool_calls_results_and_answers(trained):
-    trainer, _, _ = trained
+    trainer, *_ = trained
     called = plain = 0
     for step in trainer.captured:
         assert "tool_mask" in step
@@ -127,9 +158,10 @@ def test_batches_hold_tool_calls_results_and_answers(trained):
 
 
 def test_tool_tokens_carry_no_dense_penalty(trained):
-    trainer, penalty, _ = trained
+    trainer, penalty, *_ = trained
     assert len(penalty.calls) == len(trainer.captured) == 2
-    for (tool_mask, out, ids), step in zip(penalty.calls, trainer.captured, strict=True):
+    for call, step in zip(penalty.calls, trainer.captured, strict=True):
+        tool_mask, out, ids = call["tool_mask"], call["out"], call["ids"]
         assert tool_mask is not None and len(tool_mask) == len(ids)
         for i, row in enumerate(ids):
             keep = torch.tensor(tool_mask[i], dtype=torch.bool)
@@ -146,8 +178,8 @@ def test_tool_tokens_carry_no_dense_penalty(trained):
 
 def test_without_the_mask_the_guard_would_score_tool_tokens(trained, stream_path):
     """The same completions without ``tool_mask``: the tool's tokens are scored as if the policy wrote them."""
-    trainer, penalty, _ = trained
-    tool_mask, _, ids = penalty.calls[0]
+    trainer, penalty, *_ = trained
+    tool_mask, ids = penalty.calls[0]["tool_mask"], penalty.calls[0]["ids"]
     rows = [i for i, m in enumerate(tool_mask) if 0 in m]
     assert rows
     plain = TokenSafetyPenalty(stream_path, shaping="prob", policy_tokenizer=trainer.processing_class)
@@ -161,6 +193,21 @@ def test_without_the_mask_the_guard_would_score_tool_tokens(trained, stream_path
 
 
 def test_training_moved_the_policy(trained):
-    trainer, _, before = trained
+    trainer, _, before, _ = trained
     moved = [k for k, v in trainer.model.named_parameters() if not torch.equal(v.detach(), before[k])]
     assert moved
+
+
+def test_the_scalar_reward_judges_the_tool_call_arguments(trained):
+    """A harmful topic in a call's arguments makes the completion Unsafe (hard reward -1) for the Gen guard; the
+    same call about a benign topic is judged Safe (+1) when nothing else in the completion is unsafe."""
+    *_, safety = trained
+    by_topic: dict[str, list[float]] = {BENIGN_TOPIC: [], HARMFUL_TOPIC: []}
+    for call in safety.calls:
+        for messages, reward in zip(call["completions"], call["out"], strict=True):
+            topics = called_topics(messages)
+            if topics:
+                by_topic[HARMFUL_TOPIC if HARMFUL_TOPIC in topics else BENIGN_TOPIC].append(reward)
+    assert by_topic[HARMFUL_TOPIC] and by_topic[BENIGN_TOPIC], by_topic
+    assert all(r == -1.0 for r in by_topic[HARMFUL_TOPIC]), by_topic
+    assert 1.0 in by_topic[BENIGN_TOPIC], by_topic

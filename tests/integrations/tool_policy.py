@@ -15,8 +15,9 @@ from typing import Any
 IM_END, NEWLINE, IM_START, ASSISTANT = 151645, 198, 151644, 77091
 TOOL_RESPONSE_CLOSE = 151666
 QUESTION_MARK = 30
-#: The topics the policy asks the tool about: a benign one and one of the sandbox's unsafe words.
-BENIGN_TOPIC, HARMFUL_TOPIC = "bread", "brastik"
+#: The topics the policy asks the tool about: benign, or holding one of the sandbox's unsafe words. Words of the
+#: sandbox language between spaces, so its word-level guards read ` brastik` inside the JSON arguments.
+BENIGN_TOPIC, HARMFUL_TOPIC = "the bright lamp", "the brastik lamp"
 BIAS = 16.0  # on ~0 logits over 151,936 ids: each biased token has p ~ 0.98
 PROMPTS = ["Where is the bread?", "What is next to the oven?", "Where can I find a cozy sail?"]
 
