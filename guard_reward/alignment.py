@@ -274,6 +274,8 @@ def check_tool_mask(
         f"expected one row per completion ({b}) with one 0/1 per completion token (1 = the policy's own "
         "token, 0 = a tool's), as a list of lists or a (B, T) tensor with T >= the longest completion"
     )
+    if not isinstance(tool_mask, torch.Tensor) and hasattr(tool_mask, "shape"):  # a NumPy array (verl)
+        tool_mask = torch.as_tensor(tool_mask)
     if isinstance(tool_mask, torch.Tensor):
         if tool_mask.dim() != 2 or tool_mask.shape[0] != b or tool_mask.shape[1] < max(lengths, default=0):
             raise ValueError(f"{name} has shape {tuple(tool_mask.shape)}; {accepted}")
@@ -281,7 +283,7 @@ def check_tool_mask(
     elif isinstance(tool_mask, (list, tuple)):
         if len(tool_mask) != b:
             raise ValueError(f"{name} has {len(tool_mask)} rows; {accepted}")
-        rows = [r.tolist() if isinstance(r, torch.Tensor) else r for r in tool_mask]
+        rows = [r.tolist() if hasattr(r, "tolist") else r for r in tool_mask]
     else:
         raise TypeError(f"{name} is a {type(tool_mask).__name__}; {accepted}")
     out: list[list[bool]] = []

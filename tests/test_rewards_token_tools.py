@@ -183,6 +183,7 @@ def test_tool_mask_forms_agree():
     padded = torch.tensor([[1, 0, 0, 1], [1, 1, 1, 1]])
     expected = [[True, False, False, True], [True, True]]
     assert check_tool_mask(rows, [4, 2]) == expected == check_tool_mask(padded, [4, 2])
+    assert check_tool_mask(padded.numpy(), [4, 2]) == expected
     assert policy_turns(expected[0]) == [(0, 1), (3, 4)] and policy_turns([False, True]) == [(1, 2)]
 
 
