@@ -25,6 +25,9 @@ from tests.integrations.tool_policy import (
     tool_policy,
 )
 
+#: Two GRPO steps through the tool loop: about 110 s of CPU (generation and log-probs over Qwen's 151k vocabulary).
+pytestmark = pytest.mark.slow
+
 TOOL_CALL_OPEN = 151657
 
 
