@@ -310,3 +310,12 @@ def test_real_guard_values_each_turn_and_keeps_the_worst(tiny_gen_path):
     (direct,) = gen.moderate([[*prompt, completion[0]]])
     (by_hand,) = gen.moderate([turns[0]])
     assert direct.probs == pytest.approx(by_hand.probs, abs=1e-6)
+
+
+def test_per_turn_verdicts_survive_the_wire_format():
+    from guard_reward.wire import verdict_from_json, verdict_to_json
+
+    reward = SafetyReward(WordGuard(), refusal=False)
+    _, (verdict,) = reward.evaluate(*[[x] for x in TRAJECTORIES["harmful tool call, safe answer"]])
+    assert len(verdict.turns) == 2
+    assert verdict_from_json(json.loads(json.dumps(verdict_to_json(verdict)))) == verdict

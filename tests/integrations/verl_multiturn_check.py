@@ -1,7 +1,7 @@
 """Run under verl 0.9.1's own environment (``.venv-verl091`` first on ``sys.path``): multi-turn samples laid out
 as verl's tool agent loop lays them out (tool results inside ``responses``, ``response_mask`` 0 on them) through
-verl's ``RewardLoopWorker.compute_score_batch`` with (1) ``GuardRewardManager`` and (2) the naive manager with
-our ``compute_score``; the guard is the tiny Gen checkpoint, local, in place of the service's client (the
+verl's ``RewardLoopWorker.compute_score_batch`` with (1) ``GuardRewardManager``, with and without
+``response_mask``, and (2) the naive manager with our ``compute_score``; the guard is the tiny Gen checkpoint, local, in place of the service's client (the
 transport is tested with the service elsewhere). Prints what each sample became and the scores as JSON.
 
 ``python -m tests.integrations.verl_multiturn_check TOKENIZER_DIR GEN_DIR``
@@ -29,15 +29,11 @@ RUNS = [
 ]  # fmt: skip
 
 
-def build_data(tok):
+def build_data(tok, with_mask: bool = True):
     from verl import DataProto
 
     p_ids = [
-        list(
-            tok.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
-            )
-        )
+        tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
         for p in PROMPTS
     ]
     p_ids = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in p_ids]
@@ -67,7 +63,7 @@ def build_data(tok):
         tensors={
             "prompts": prompts_t,
             "responses": responses_t,
-            "response_mask": response_mask,
+            **({"response_mask": response_mask} if with_mask else {}),
             "attention_mask": mask,
             "input_ids": torch.cat([prompts_t, responses_t], dim=1),
         },
@@ -140,7 +136,12 @@ def main(tok_dir: str, gen_dir: str) -> None:
         "path": "pkg://guard_reward.integrations.verl.compute_score", "name": "compute_score",
         "reward_kwargs": settings,
     }}})  # fmt: skip
-    out = {"manager": run(manager, data, gen), "compute_score": run(function, data, gen)}
+    out = {
+        "manager": run(manager, data, gen),
+        # the reward loop inside the agent loop builds its samples without response_mask
+        "manager_no_mask": run(manager, build_data(tok, with_mask=False), gen),
+        "compute_score": run(function, data, gen),
+    }
     print("RESULT " + json.dumps(out))
 
 
