@@ -248,3 +248,175 @@ def align_values(
         aligned = aligned.clone()
         aligned[~valid] = fill
     return aligned, valid
+
+
+# -- agent trajectories: the policy's own tokens among tool results
+# ----------------------------------------------------------------------------------------------------------
+
+
+def check_tool_mask(
+    tool_mask: Any, lengths: Sequence[int], *, name: str = "tool_mask"
+) -> list[list[bool]] | None:
+    """Validate a tool mask against the completions it describes; ``None`` when there is none.
+
+    Accepted: one row per completion, either a list of 0/1 (or bool) sequences with exactly one entry per
+    completion token (TRL's ``tool_mask`` before padding), or a 2-D tensor ``(B, T)`` with ``T`` at least the
+    longest completion (TRL's padded ``tool_mask``, verl's ``response_mask``); entries past a completion's end
+    are ignored. 1 = a token the policy wrote, 0 = a token it did not (a tool result, the environment).
+
+    Returns:
+        ``list[list[bool]]``, row ``i`` of length ``lengths[i]``.
+    """
+    if tool_mask is None:
+        return None
+    b = len(lengths)
+    accepted = (
+        f"expected one row per completion ({b}) with one 0/1 per completion token (1 = the policy's own "
+        "token, 0 = a tool's), as a list of lists or a (B, T) tensor with T >= the longest completion"
+    )
+    if not isinstance(tool_mask, torch.Tensor) and hasattr(tool_mask, "shape"):  # a NumPy array (verl)
+        tool_mask = torch.as_tensor(tool_mask)
+    if isinstance(tool_mask, torch.Tensor):
+        if tool_mask.dim() != 2 or tool_mask.shape[0] != b or tool_mask.shape[1] < max(lengths, default=0):
+            raise ValueError(f"{name} has shape {tuple(tool_mask.shape)}; {accepted}")
+        rows: list[Any] = [tool_mask[i, :n].tolist() for i, n in enumerate(lengths)]
+    elif isinstance(tool_mask, (list, tuple)):
+        if len(tool_mask) != b:
+            raise ValueError(f"{name} has {len(tool_mask)} rows; {accepted}")
+        rows = [r.tolist() if hasattr(r, "tolist") else r for r in tool_mask]
+    else:
+        raise TypeError(f"{name} is a {type(tool_mask).__name__}; {accepted}")
+    out: list[list[bool]] = []
+    for i, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        if not isinstance(row, (list, tuple)) or (not isinstance(tool_mask, torch.Tensor) and len(row) != n):
+            size = len(row) if isinstance(row, (list, tuple)) else type(row).__name__
+            raise ValueError(f"{name}[{i}] has {size} entries but completion {i} has {n} tokens; {accepted}")
+        bad = [v for v in row if isinstance(v, bool) is False and v not in (0, 1)]
+        if bad:
+            raise ValueError(f"{name}[{i}] holds {bad[0]!r}; {accepted}")
+        out.append([bool(v) for v in row])
+    return out
+
+
+def policy_turns(keep: Sequence[bool]) -> list[tuple[int, int]]:
+    """The maximal runs of the policy's own tokens: ``[(start, end), ...]`` with ``keep[start:end]`` all True."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for t, k in enumerate([*keep, False]):
+        if k and start is None:
+            start = t
+        elif not k and start is not None:
+            runs.append((start, t))
+            start = None
+    return runs
+
+
+#: What a guard reads in place of a tool result it is not shown.
+EMPTY_TOOL_RESPONSE = "<tool_response>\n\n</tool_response>"
+
+
+def tool_results(completion: Any) -> list[str] | None:
+    """Per block of consecutive ``tool`` messages in a TRL completion (a message list), their contents joined the
+    way Qwen3 templates render them (``<tool_response>\\n...\\n</tool_response>`` each); ``None`` when the
+    completion is not a message list."""
+    if not isinstance(completion, (list, tuple)):
+        return None
+    blocks: list[list[str]] = []
+    previous = None
+    for message in completion:
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            if previous != "tool":
+                blocks.append([])
+            content = message.get("content")
+            blocks[-1].append(
+                f"<tool_response>\n{content if isinstance(content, str) else str(content)}\n</tool_response>"
+            )
+        previous = role
+    return ["\n".join(b) for b in blocks]
+
+
+def turn_contexts(
+    tokenizer: Any,
+    prompt: Any,
+    completion: Any,
+    ids: Sequence[int],
+    keep: Sequence[bool],
+    *,
+    tool_text: bool = True,
+) -> list[tuple[int, int, list[dict[str, str]]]]:
+    """Split an agent trajectory into the policy's turns, each with the conversation before it.
+
+    ``ids`` ``(T,)`` is one completion (the policy's tokens and the tools' interleaved, as TRL's tool loop and
+    verl's multi-turn rollouts build it) and ``keep`` ``(T,)`` its tool mask. Each run of policy tokens is one
+    turn; the conversation before turn ``k`` is the prompt, then every earlier turn as an assistant message
+    (its decoded text, tool-call markup included: what the policy wrote) and every tool result as a user
+    message holding ``<tool_response>`` blocks. A tool result is rendered that way by Qwen3's own template, and a
+    guard's prompt must end with a user turn. The tool text comes from the completion's ``tool`` messages when
+    they match the tool runs one to one, else from the decoded tool tokens. With ``tool_text=False`` each tool
+    result is an empty ``<tool_response>`` block: the guard knows a tool answered, not what it said.
+
+    Returns:
+        ``[(start, end, context), ...]``: the turn is ``ids[start:end]``; ``context`` ends with a user message.
+    """
+    if isinstance(prompt, str):
+        conv: list[dict[str, str]] = [{"role": "user", "content": prompt}]
+    else:
+        conv = [{"role": str(m["role"]), "content": m["content"]} for m in prompt]
+    turns = policy_turns(keep)
+    gaps = policy_turns([not k for k in keep])  # the tool runs
+    results = tool_results(completion)
+    if not tool_text:
+        results = [EMPTY_TOOL_RESPONSE] * len(gaps)
+    elif results is None or len(results) != len(gaps):
+        results = [tokenizer.decode(list(ids[s:e]), skip_special_tokens=True).strip() for s, e in gaps]
+    # Walk the runs in order: a policy turn is scored in the context built so far, then joins it.
+    events = sorted([(s, e, True) for s, e in turns] + [(s, e, False) for s, e in gaps])
+    out: list[tuple[int, int, list[dict[str, str]]]] = []
+    k = 0
+    for start, end, own in events:
+        if own:
+            out.append((start, end, list(conv)))
+            text = tokenizer.decode(list(ids[start:end]), skip_special_tokens=True)
+            conv = [*conv, {"role": "assistant", "content": text}]
+        else:
+            conv = [*conv, {"role": "user", "content": results[k]}]
+            k += 1
+    return out
+
+
+def scoring_units(
+    tokenizer: Any,
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    ids: Sequence[Sequence[int]],
+    keep: Sequence[Sequence[bool]] | None,
+    *,
+    tool_text: bool = True,
+) -> tuple[list[tuple[int, int]], list[Any], list[Any], list[list[int]]]:
+    """What a per-token guard scores for a batch: each completion whole, or, where ``keep`` (a checked tool
+    mask) has zeros, each policy turn in its context (:func:`turn_contexts`).
+
+    Returns:
+        ``(where, prompts, completions, ids)`` per unit: ``where = (sample, offset of the unit in its
+        completion)``; a turn's completion is ``[]`` (message format: judged as an assistant message).
+    """
+    where: list[tuple[int, int]] = []
+    u_prompts: list[Any] = []
+    u_completions: list[Any] = []
+    u_ids: list[list[int]] = []
+    for i, row in enumerate(ids):
+        if keep is None or all(keep[i]):
+            where.append((i, 0))
+            u_prompts.append(prompts[i])
+            u_completions.append(completions[i])
+            u_ids.append(list(row))
+            continue
+        for start, end, context in turn_contexts(
+            tokenizer, prompts[i], completions[i], row, keep[i], tool_text=tool_text
+        ):
+            where.append((i, start))
+            u_prompts.append(context)
+            u_completions.append([])
+            u_ids.append(list(row[start:end]))
+    return where, u_prompts, u_completions, u_ids

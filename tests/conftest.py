@@ -38,20 +38,41 @@ def tiny_gen_path(tmp_path_factory: pytest.TempPathFactory):
     return build_tiny_gen(tmp_path_factory.mktemp("tiny_gen"), seed=0)
 
 
-@pytest.fixture(scope="session")
-def trained_gen_path():
-    """A tiny Gen stand-in fine-tuned to emit the bundled examples' verdict lines.
-
-    Training takes a minute or two on a 2-core CPU, so the result is kept in a content-addressed cache folder:
-    the key hashes everything that determines the weights (the builder and training code, the template, the
-    examples, and the torch/transformers versions), so any change to them trains a fresh one.
-    """
+def cached_checkpoint(name: str, inputs: list, build, extra: str = ""):
+    """A checkpoint folder built once per content: ``build(folder)`` runs only when no folder exists under a key
+    hashing the ``inputs`` files, ``extra`` (e.g. sizes) and the torch/transformers versions, so any change to
+    what determines the weights builds a fresh one. The folder appears atomically (never half-built)."""
     import hashlib
     import shutil
     import tempfile
     from pathlib import Path
 
     import transformers
+
+    key = f"{torch.__version__} {transformers.__version__}" + (f" {extra}" if extra else "")
+    digest = hashlib.sha256(key.encode())
+    for file in inputs:
+        digest.update(Path(file).read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "guard_reward-tests"
+    target = cache / f"{name}-{digest.hexdigest()[:16]}"
+    if not (target / "model.safetensors").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cache))
+        build(staging / "model")
+        shutil.rmtree(target, ignore_errors=True)
+        (staging / "model").rename(target)  # atomic: a half-built folder is never used
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def trained_gen_path():
+    """A tiny Gen stand-in fine-tuned to emit the bundled examples' verdict lines.
+
+    Training takes a minute or two on a 2-core CPU, so the result is kept in a content-addressed cache folder
+    (:func:`cached_checkpoint`: the builder and training code, the template, the examples, the versions).
+    """
+    from pathlib import Path
 
     import guard_reward.tiny as tiny
     from guard_reward.tiny.gen_training import build_trained_tiny_gen
@@ -62,16 +83,4 @@ def trained_gen_path():
         package / "templates" / "qwen3guard_gen.jinja",
         package.parent / "data" / "moderation_examples.jsonl",
     ]
-    digest = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
-    for file in inputs:
-        digest.update(file.read_bytes())
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "guard_reward-tests"
-    target = cache / f"trained-gen-{digest.hexdigest()[:16]}"
-    if not (target / "model.safetensors").exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=cache))
-        build_trained_tiny_gen(staging / "model")
-        shutil.rmtree(target, ignore_errors=True)
-        (staging / "model").rename(target)  # atomic: a half-built folder is never used
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return cached_checkpoint("trained-gen", inputs, build_trained_tiny_gen)

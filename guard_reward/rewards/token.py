@@ -18,6 +18,17 @@ It is counted per reason (``guard/failures/<reason>``) and logged once per reaso
 fact about the completion and is never raised). Ids past the guard's embedding table make that one row fall
 back to the text path (decode, score the text, align by offsets).
 
+Agent trajectories (a ``tool_mask``: TRL's ``tools=`` loop, verl's ``response_mask``): the completion
+interleaves the policy's turns with tool results. Only the policy's tokens are read: each of its turns is
+scored as the last assistant turn of the conversation before it (the prompt, its earlier turns, and a user
+turn of ``<tool_response>`` blocks per tool result), so the guard reads tool-call arguments as the policy's
+words and never reads a tool's text as such. By default the tool results are shown empty (``tool_context``):
+Stream's risk is causal and conditioned on its context, and a tiny trained Stream guard put p(Unsafe) = 1.0
+on every token of a benign answer after a tool result holding an unsafe word (0.0 with the result hidden), so
+the policy would be penalised for what the tool said. Harm that needs the tool's text to be seen is the
+scalar Gen reward's to judge. Tool tokens get reward 0 and are outside the mask; a first violation is
+searched turn by turn (a debounced pair never straddles a tool result) and reported in policy tokens.
+
 ``SummedTokenReward`` folds it into one scalar per completion (the sum of its per-token rewards) for trainers
 that are sequence-level only, such as RLOO. With ``first_violation`` shaping the sum is ``−coef · max_t
 risk_t``: the worst risk the response reached.
@@ -35,7 +46,13 @@ from typing import Any
 import torch
 
 from guard_reward import metrics
-from guard_reward.alignment import align_values, guard_index_for_policy, token_char_offsets
+from guard_reward.alignment import (
+    align_values,
+    check_tool_mask,
+    guard_index_for_policy,
+    scoring_units,
+    token_char_offsets,
+)
 from guard_reward.faults import (
     IDS_OUTSIDE_VOCABULARY,
     NO_ANSWER,
@@ -81,6 +98,10 @@ class TokenSafetyPenalty:
         policy_tokenizer: the policy's tokenizer; ``DenseGRPOTrainer`` binds it (:meth:`bind_tokenizer`).
         mixed_pairs: debounce an ``Unsafe, Controversial`` pair too (the report's wording).
         on_error: ``"skip"`` (a completion that cannot be scored gets no signal, counted) or ``"raise"``.
+        tool_context: with a ``tool_mask``, show the guard the tool results' text before the turns that follow
+            them (default False: each result is an empty ``<tool_response>`` block). Stream's risk is causal
+            and conditioned on the context, so an unsafe tool result would raise the risk of every later
+            policy token, penalising the policy for what the tool said.
         name: the reward's ``__name__``; metric_prefix: prefix of the logged metrics.
     """
 
@@ -99,6 +120,7 @@ class TokenSafetyPenalty:
         mixed_pairs: bool = False,
         hard_position: str = "first",
         on_error: str = "skip",
+        tool_context: bool = False,
         name: str = "guard_tokens",
         metric_prefix: str = metrics.DEFAULT_PREFIX,
         guard_kwargs: Mapping[str, Any] | None = None,
@@ -123,6 +145,9 @@ class TokenSafetyPenalty:
                 f"hard_position={hard_position!r} is not accepted; use one of {', '.join(HARD_POSITIONS)}"
             )
         self.on_error = check_on_error(on_error)
+        if not isinstance(tool_context, bool):
+            raise ValueError(f"tool_context must be True or False, got {tool_context!r}")
+        self.tool_context = tool_context
         self.hard_position = hard_position
         self.stream = GuardHandle(stream, _load_stream, dict(guard_kwargs or {}))
         self.shaping, self.hard, self.coef, self.clip = shaping, bool(hard), float(coef), clip
@@ -168,15 +193,17 @@ class TokenSafetyPenalty:
             return None
         return index - 1 if self.hard_position == "first" else index
 
-    def _rows(self, prompts: Sequence[Any], completions: Sequence[Any], ids: list[list[int]]) -> list[Any]:
-        """Per completion: ``(risk (T_i,), scored (T_i,) bool, flag index or None)`` in policy positions, or
-        the :class:`TokenRisk` of a sample that could not be scored."""
-        guard = self.stream.get()
+    def _check_tokenizer(self) -> None:
         if self.policy_tokenizer is None:
             raise ValueError(
                 f"{self.__name__}: no policy tokenizer; pass policy_tokenizer=... or bind_tokenizer() "
                 "(DenseGRPOTrainer does this for you)"
             )
+
+    def _rows(self, prompts: Sequence[Any], completions: Sequence[Any], ids: list[list[int]]) -> list[Any]:
+        """Per completion: ``(risk (T_i,), scored (T_i,) bool, flag index or None)`` in policy positions, or
+        the :class:`TokenRisk` of a sample that could not be scored."""
+        guard = self.stream.get()
         if self._shared is None:
             self._shared = bool(guard.shares_tokenizer(self.policy_tokenizer))
         rows: list[Any] = [None] * len(ids)
@@ -274,8 +301,16 @@ class TokenSafetyPenalty:
         trainer_state: Any = None,
         log_metric: Callable[[str, float], None] | None = None,
         log_extra: Callable[[str, list], None] | None = None,
+        tool_mask: Any = None,
         **kwargs: Any,
     ) -> DenseRewards:
+        """``(B, T)`` rewards and mask aligned to ``completion_ids``.
+
+        ``tool_mask`` (TRL's, or verl's ``response_mask``; a list of 0/1 rows or a ``(B, T)`` tensor): 1 on the
+        policy's own tokens, 0 on tool results. Each policy turn is then scored as an assistant turn in the
+        context of the conversation before it (tool results as context, never as the policy's words); tool
+        tokens get no reward and are outside the mask; ``first_violation_pos`` counts policy tokens only.
+        """
         if completion_ids is None:
             raise ValueError(
                 f"{self.__name__} needs completion_ids (TRL passes them to every reward function)"
@@ -289,31 +324,50 @@ class TokenSafetyPenalty:
             [int(i) for i in (row.tolist() if isinstance(row, torch.Tensor) else row)]
             for row in completion_ids
         ]
-        key = json.dumps([prompts, ids], default=str)
+        keep = check_tool_mask(tool_mask, [len(r) for r in ids], name=f"{self.__name__}: tool_mask")
+        key = json.dumps([prompts, ids, keep], default=str)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]  # the same batch again (e.g. as dense and as folded scalar): already logged
         start = time.perf_counter()
-        rows = self._rows(prompts, completions, ids)
+        self._check_tokenizer()
+        where, u_prompts, u_completions, u_ids = scoring_units(
+            self.policy_tokenizer, prompts, completions, ids, keep, tool_text=self.tool_context
+        )
+        unit_rows = self._rows(u_prompts, u_completions, u_ids)
         b, t = len(ids), max((len(r) for r in ids), default=0)
         risk = torch.zeros(b, t)
         scored = torch.zeros(b, t, dtype=torch.bool)
         mask = torch.zeros(b, t, dtype=torch.bool)
         flags = torch.full((b,), -1, dtype=torch.long)
+        policy_flags = torch.full((b,), -1, dtype=torch.long)  # the same, counted in policy tokens
+        failed: dict[int, TokenRisk] = {}
+        for (i, offset), row in zip(where, unit_rows, strict=True):
+            if isinstance(row, TokenRisk):  # no signal: the whole sample stays out of the mask
+                failed.setdefault(i, row)
+                continue
+            r, s, f = row
+            risk[i, offset : offset + len(r)] = r
+            scored[i, offset : offset + len(s)] = s
+            if f is not None and flags[i] < 0:
+                flags[i] = offset + f
         judged = torch.zeros(b, dtype=torch.bool)
         empty: list[float] = []
         counts: Counter[str] = Counter()
-        for i, row in enumerate(rows):
-            if isinstance(row, TokenRisk):  # no signal: the whole row stays out of the mask
-                self._record_failure(i, row, counts)
+        for i in range(b):
+            if i in failed:
+                self._record_failure(i, failed[i], counts)
+                risk[i], scored[i], flags[i] = 0.0, False, -1
                 continue
-            r, s, f = row
-            risk[i, : len(r)] = r
-            scored[i, : len(s)] = s
-            mask[i, : len(ids[i])] = True
+            own = (
+                torch.tensor(keep[i], dtype=torch.bool)
+                if keep is not None
+                else torch.ones(len(ids[i]), dtype=torch.bool)
+            )
+            mask[i, : len(ids[i])] = own
             judged[i] = True
-            empty.append(float(not bool(s.any())))
-            if f is not None:
-                flags[i] = f
+            empty.append(float(not bool(scored[i].any())))
+            if flags[i] >= 0:
+                policy_flags[i] = int(own[: int(flags[i])].sum())
         hard_flags = flags if self.hard else None
         d = shape_dense(
             risk,
@@ -331,7 +385,7 @@ class TokenSafetyPenalty:
         self.stats["failures"] += sum(counts.values())
         self.stats["empty"] += int(sum(empty))
         self.stats["seconds"] += seconds
-        rates = metrics.token_items(risk, scored, flags, prefix=self.metric_prefix, rows=judged)
+        rates = metrics.token_items(risk, scored, policy_flags, prefix=self.metric_prefix, rows=judged)
         rates[metrics.metric_name(self.metric_prefix, metrics.TOKEN_EMPTY_RATE)] = empty
         metrics.emit_metrics(
             log_metric,
@@ -340,7 +394,8 @@ class TokenSafetyPenalty:
             per_rank={metrics.metric_name(self.metric_prefix, "stream_seconds"): seconds},
         )
         emit_columns(
-            log_extra, {f"{self.metric_prefix}_stream_flag": [None if f < 0 else int(f) for f in flags]}
+            log_extra,
+            {f"{self.metric_prefix}_stream_flag": [None if f < 0 else int(f) for f in policy_flags]},
         )
         self._cache = (key, out)
         return out

@@ -229,6 +229,8 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
         cost_adv = cost_adv[rows].to(device)
         if dense is not None:
             mask = out["completion_mask"].bool()
+            if "tool_mask" in out:  # tool results are not the policy's: they carry no cost
+                mask = mask & out["tool_mask"].bool()
             per_token = self._dense_on_tokens(dense, b, mask.shape[1], device)
             cost_adv = (cost_adv.unsqueeze(1) + self.constraint.dense_coef * per_token) * mask
         combined = combine_advantages(out["advantages"], cost_adv, lam)

@@ -16,6 +16,12 @@ does, without copying TRL code:
    shows each completion's mean of them over its policy tokens (:func:`show_loss_advantages`), not TRL's
    sequence advantage the loss no longer uses.
 
+With ``tools=`` (or a ``rollout_func`` returning ``env_mask``) a completion interleaves the policy's turns with
+tool results, and TRL passes the reward functions the whole of it as ``completion_ids`` but not its
+``tool_mask``. This class keeps the mask ``_generate`` returns and hands it to every reward function, dense
+reward and cost of the batch as a ``tool_mask`` column (one 0/1 list per completion, 0 = tool token), so
+``TokenSafetyPenalty`` scores the policy's own tokens only.
+
 The dense term is added after group normalisation, so ``dense_coef`` is relative to unit-std sequence
 advantages. Losses that turn the advantage into a sequence-level quantity cannot use per-token credit and are
 refused: ``importance_sampling_level="sequence"`` (GSPO: one ratio per sequence), ``luspo`` (sequence-level by
@@ -217,6 +223,7 @@ class DenseGRPOTrainer(GRPOTrainer):
         self._dense_names = [_name(d) for d in dense]
         self._pending_dense: DenseRewards | None = None
         self._pending_scalar: torch.Tensor | None = None
+        self._pending_tool_mask: list[list[int]] | None = None
         self._warned_no_signal = False
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         for d in [*dense, *self.reward_funcs]:
@@ -226,7 +233,19 @@ class DenseGRPOTrainer(GRPOTrainer):
 
     # -- step 2: dense rewards next to the scalar ones
     # --------------------------------------------------------
+    def _generate(self, prompts):
+        result = super()._generate(prompts)
+        # TRL 1.16 returns (prompt_ids, completion_ids, tool_mask, ...): tool_mask is None without tools
+        self._pending_tool_mask = result[2]
+        return result
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        tool_mask, self._pending_tool_mask = self._pending_tool_mask, None
+        if tool_mask is not None:
+            if len(tool_mask) != len(inputs):
+                raise RuntimeError(f"tool_mask has {len(tool_mask)} rows for {len(inputs)} completions")
+            for example, row in zip(inputs, tool_mask, strict=True):
+                example["tool_mask"] = list(row)  # a column like the dataset's: every reward function gets it
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._pending_scalar = rewards_per_func  # (N, F) over all processes; NaN = the reward returned None
         if self.dense_rewards:

@@ -24,6 +24,8 @@ import torch
 #: The scenarios of the tier: the three dense GRPO modes and PPO.
 DENSE_MODES = ("token", "return_to_go", "process_supervision")
 SCENARIOS = (*(f"grpo_{m}" for m in DENSE_MODES), "ppo")
+#: GRPO through TRL's tool loop (``tools=``), run in the same launch; it has its own checks (no replay).
+TOOL_SCENARIO = "grpo_tools"
 
 THINK, END_THINK, IM_END, ASSISTANT, NEWLINE = 151667, 151668, 151645, 77091, 198
 PADDED_ROW_ID = 151800  # in Qwen's padded embedding rows: past the tokenizer's 151,669 tokens
@@ -128,6 +130,7 @@ class Recording:
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._recorded_rewards = rewards.detach().cpu().clone()
+        self._recorded_dense = getattr(self, "_pending_dense", None)  # the summed dense rewards and mask
         return rewards
 
     def _generate_and_score_completions(self, inputs):
@@ -152,6 +155,8 @@ class Recording:
                 "rewards_per_func": self._recorded_rewards,
                 "columns": columns,
                 "failures": failures,
+                "tool_mask": out["tool_mask"].cpu().clone() if "tool_mask" in out else None,
+                "dense": self._recorded_dense,
             },
         ]
         return out
@@ -188,12 +193,15 @@ def build_trainer(
 
     from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOConfig, GuardPPOTrainer
 
-    if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
-    args = common_args(output_dir, per_device, seed=SCENARIOS.index(scenario))  # each its own samples
+    known = (*SCENARIOS, TOOL_SCENARIO)
+    if scenario not in known:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(known)}")
+    args = common_args(output_dir, per_device, seed=known.index(scenario))  # each its own samples
     safety, penalty = rewards
     tok = policy_tokenizer()
     mixin = Recording if replay is None else Replaying
+    if scenario == TOOL_SCENARIO:
+        return _tool_trainer(paths, args, output_dir, mixin)
     if scenario.startswith("grpo_"):
         cls = type("RecordedDenseGRPO", (mixin, DenseGRPOTrainer), {})
         trainer = cls(
@@ -224,6 +232,34 @@ def build_trainer(
     if replay is not None:
         trainer.replay = replay
     return trainer
+
+
+def _tool_trainer(paths: dict[str, str], args: dict[str, Any], output_dir: Path, mixin: type) -> Any:
+    """GRPO with a real tool (:mod:`tests.integrations.tool_policy`): tool calls, results and final answers in
+    the batch; the dense reward is a Stream penalty on every policy token (``prob``) with a window wide enough
+    for whole turns."""
+    from trl import GRPOConfig
+
+    from guard_reward import TokenSafetyPenalty
+    from guard_reward.integrations.trl import DenseGRPOTrainer
+    from tests.integrations.tool_policy import lookup, sequence_bias, tool_dataset, tool_policy_tokenizer
+
+    tok = tool_policy_tokenizer()
+    args = {**args, "max_completion_length": 64, "generation_kwargs": {"sequence_bias": sequence_bias(tok)}}
+    penalty = TokenSafetyPenalty(
+        paths["stream"], shaping="prob", guard_kwargs={"device": "cpu", "dtype": "float32"}
+    )
+    cls = type("RecordedToolGRPO", (mixin, DenseGRPOTrainer), {})
+    return cls(
+        paths["policy"],
+        [length_reward],
+        args=GRPOConfig(**args, beta=0.0),
+        train_dataset=tool_dataset(n_repeat=3),
+        processing_class=tok,
+        tools=[lookup],
+        dense_rewards=[penalty],
+        dense_coef=0.5,
+    )
 
 
 def state_digest(module: torch.nn.Module) -> str:

@@ -49,7 +49,7 @@ def checkpoints(tmp_path_factory, trained_gen_path) -> dict[str, str]:
 def two_processes(checkpoints) -> dict[str, list[dict]]:
     """Launch the worker on 2 processes once; ``{scenario: [rank 0 result, rank 1 result]}``."""
     out = Path(checkpoints["root"]) / "two_processes"
-    spec = {**checkpoints, "out": str(out), "scenarios": list(sc.SCENARIOS)}
+    spec = {**checkpoints, "out": str(out), "scenarios": [*sc.SCENARIOS, sc.TOOL_SCENARIO]}
     spec_path = Path(checkpoints["root"]) / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {
@@ -229,3 +229,29 @@ def test_logged_rates_are_global_batch_rates_and_failures_are_totals(two_process
     # guard's window
     assert exercised["safety"]["no_answer"] and exercised["guard_tokens"]["no_answer"]
     assert exercised["guard_tokens"]["context_too_long"]
+
+
+def test_tool_calling_run_completes_and_tool_tokens_carry_no_dense_penalty(two_processes, checkpoints):
+    """GRPO through TRL's tool loop on 2 processes: every step trains; the dense reward's mask leaves out the
+    tool results and puts no penalty on them; the policy's own tokens are penalised."""
+    out = Path(checkpoints["root"]) / "two_processes" / sc.TOOL_SCENARIO
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    called = 0
+    for rank in ranks:
+        assert len(rank["records"]) == sc.STEPS
+        for step in rank["records"]:
+            keep = step["tool_mask"].bool()
+            rewards, mask = step["dense"]
+            width = rewards.shape[1]
+            keep = keep[:, :width]
+            called += int((~keep).any(dim=1).sum())
+            assert not bool((mask & ~keep).any()), "a tool token is inside the dense mask"
+            assert torch.count_nonzero(rewards[~keep]) == 0
+            assert bool((rewards[mask] < 0).any())
+    assert len(_steps(ranks)) == sc.STEPS
+    assert called, "no completion called the tool"
+    seconds = [round(r["wall_seconds"], 1) for r in ranks]
+    cpu = round(sum(r["cpu_seconds"] for r in ranks), 1)
+    print(
+        f"\n{sc.TOOL_SCENARIO}: {called} completions called the tool; {seconds}s wall per process, {cpu}s CPU"
+    )

@@ -38,7 +38,7 @@ def main(spec_path: str) -> None:
     torch.set_num_threads(1)
     rewards = scenarios.make_rewards(spec["gen"], spec["stream"])
     for name in spec["scenarios"]:
-        start = time.process_time()
+        start, wall = time.process_time(), time.perf_counter()
         out = Path(spec["out"]) / name
         trainer = scenarios.build_trainer(name, spec, rewards, out / "run", scenarios.PER_DEVICE)
         result: dict = {}
@@ -63,6 +63,7 @@ def main(spec_path: str) -> None:
             result["critic_passed_in"] = scenarios.state_digest(passed_in.value_model)
             del passed_in
         result["cpu_seconds"] = time.process_time() - start
+        result["wall_seconds"] = time.perf_counter() - wall
         torch.save(result, out / f"rank{rank}.pt")
         trainer.accelerator.wait_for_everyone()
         del trainer
