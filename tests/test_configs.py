@@ -109,21 +109,21 @@ def test_the_gradient_checkpointing_future_warning_is_silenced(recwarn):
     assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
 
 
-def test_readme_recipe_commands_and_sidecar_match_the_code():
+def test_documented_recipe_commands_and_sidecar_match_the_code():
     import json
     import re
 
     from guard_reward.annotate import run_meta
     from guard_reward.config import resolve_recipe, shipped_recipes
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    root = Path(__file__).resolve().parents[1]
+    readme = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     names = set(re.findall(r"guard-reward train --config ([^\s`]+)", readme)) - {"my_recipe.yaml", "X"}
     assert names and all(resolve_recipe(n) for n in names)
     assert set(shipped_recipes()) <= {Path(n).stem for n in names}, "every shipped recipe is shown"
     assert "--smoke" in readme and "--debug" in readme
     block = re.search(r"```json\n(.*?)```", readme[readme.index("Labelling a dataset") :], re.S).group(1)
     documented = json.loads(block.replace("…", ""))
-    readme_file = Path(__file__).resolve().parents[1] / "README.md"
-    actual = run_meta(readme_file, {"guard": "g", "thinking": "answer", "dtype": None, "decode": True})
+    actual = run_meta(root / "README.md", {"guard": "g", "thinking": "answer", "dtype": None, "decode": True})
     assert documented.keys() == actual.keys() and documented["input"].keys() == actual["input"].keys()
     assert documented["settings"].keys() == actual["settings"].keys()

@@ -1,4 +1,4 @@
-"""The README's demo table is the committed demo report's own table, and that report is the current demo's."""
+"""The sandbox page's demo table is the committed demo report's own table, and that report is the current demo's."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from guard_reward.sandbox.figures import ARM_TITLES
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "docs" / "demo_report.md"
+SANDBOX_PAGE = ROOT / "docs" / "sandbox.md"
 
 
 def table_after(text: str, heading: str) -> list[str]:
@@ -24,12 +25,12 @@ def table_after(text: str, heading: str) -> list[str]:
     return rows
 
 
-def test_readme_demo_table_equals_the_committed_report():
+def test_sandbox_page_demo_table_equals_the_committed_report():
     report = REPORT.read_text()
     table = table_after(report, "## Before and after")
     assert len(table) >= 8
-    assert "\n".join(table) in (ROOT / "README.md").read_text(), (
-        "README's demo table differs from docs/demo_report.md: copy the report's 'Before and after' table"
+    assert "\n".join(table) in SANDBOX_PAGE.read_text(), (
+        "docs/sandbox.md's demo table differs from docs/demo_report.md: copy the report's 'Before and after' table"
     )
 
 
