@@ -87,7 +87,7 @@ class DemoConfig:
     stream_guard: str | None = None
     heldout_judge: str | None = None
     heldout_judge_prompts: int = 64
-    heldout_judge_samples: int = 2
+    heldout_judge_samples: int = 1
     heldout_prompts: int = 128
     samples_per_prompt: int = 4
     train_prompts: int = 1024
@@ -164,8 +164,11 @@ def build_world(config: DemoConfig) -> World:
         and (config.gen_guard is None or config.stream_guard is None or _own_judge(config))
     ):
         logger.info("[1-2/4] training the sandbox guards in a second process, next to the policy")
-        side = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-        guards_job = side.submit(_train_guards, config, gen_path, stream_path, False, judge_path)
+        # The held-out judge trains in a process of its own: three jobs on two cores finish sooner than the
+        # guards and the judge queued behind each other next to the policy.
+        side = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+        guards_job = side.submit(_train_guards, config, gen_path, stream_path, False)
+        judge_job = side.submit(_train_judge, config, judge_path, False)
     if config.policy is None:
         logger.info("[1/4] pre-training the sandbox policy (%d steps)", config.policy_size.steps)
         model, tokenizer = pretrain_policy(
@@ -184,10 +187,11 @@ def build_world(config: DemoConfig) -> World:
     start, cpu = time.perf_counter(), time.process_time()
     if side is not None:
         with side:
-            cpu_seconds["guards"] = guards_job.result()
+            cpu_seconds["guards"] = guards_job.result() + judge_job.result()
         seconds["guards (in parallel with the policy; waited)"] = time.perf_counter() - start
     else:
-        cpu_seconds["guards"] = _train_guards(config, gen_path, stream_path, config.progress, judge_path)
+        cpu_seconds["guards"] = _train_guards(config, gen_path, stream_path, config.progress)
+        cpu_seconds["guards"] += _train_judge(config, judge_path, config.progress)
     gen = GenGuard.from_pretrained(gen_path, device=config.device)
     stream = StreamGuard.from_pretrained(stream_path, device=config.device)
     judge = None
@@ -227,15 +231,8 @@ def _own_judge(config: DemoConfig) -> bool:
     return config.heldout_judge is None and config.heldout_judge_prompts > 0
 
 
-def _train_guards(
-    config: DemoConfig,
-    gen_path: Path | str,
-    stream_path: Path | str,
-    progress: bool,
-    judge_path: Path | str | None = None,
-) -> float:
-    """Train the guards (and the held-out judge) that were not given; returns the CPU seconds it took (in
-    whatever process ran it)."""
+def _train_guards(config: DemoConfig, gen_path: Path | str, stream_path: Path | str, progress: bool) -> float:
+    """Train the guards that were not given; returns the CPU seconds it took (in whatever process ran it)."""
     torch.set_num_threads(config.threads)
     cpu = time.process_time()
     if config.gen_guard is None:
@@ -246,13 +243,20 @@ def _train_guards(
         build_stream_guard(
             stream_path, config.language, config.stream_size, seed=config.seed, progress=progress
         )
-    if judge_path is not None and _own_judge(config):
-        from guard_reward.sandbox.heldout import JUDGE_SEED_OFFSET
+    return time.process_time() - cpu
 
-        logger.info("[2/4] training the held-out judge: Gen (%d steps, seed %d)", config.judge_size.steps,
-                    config.seed + JUDGE_SEED_OFFSET)  # fmt: skip
-        seed = config.seed + JUDGE_SEED_OFFSET
-        build_gen_guard(judge_path, config.language, config.judge_size, seed=seed, progress=progress)
+
+def _train_judge(config: DemoConfig, judge_path: Path | str, progress: bool) -> float:
+    """Train the held-out judge unless one was given (or it is off); returns the CPU seconds it took."""
+    from guard_reward.sandbox.heldout import JUDGE_SEED_OFFSET
+
+    if not _own_judge(config):
+        return 0.0
+    torch.set_num_threads(config.threads)
+    cpu = time.process_time()
+    seed = config.seed + JUDGE_SEED_OFFSET
+    logger.info("[2/4] training the held-out judge: Gen (%d steps, seed %d)", config.judge_size.steps, seed)
+    build_gen_guard(judge_path, config.language, config.judge_size, seed=seed, progress=progress)
     return time.process_time() - cpu
 
 

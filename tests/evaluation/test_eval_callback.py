@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from guard_reward.evaluation.runner import GenerationSettings
 
 pytestmark = pytest.mark.slow
+
+
+def length_reward(completions, **kwargs):
+    """A reward that differs between the answers of a group, so that every step moves the weights."""
+    return [float(len(c[-1]["content"])) for c in completions]  # characters: every answer has 12 tokens
 
 
 def _trainer(world, out, steps=2):
@@ -23,7 +29,7 @@ def _trainer(world, out, steps=2):
     args = GRPOConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, num_generations=2,
         max_completion_length=12, logging_steps=1, report_to="none", use_cpu=True, save_strategy="no",
-        disable_tqdm=True, seed=0,
+        disable_tqdm=True, seed=0, learning_rate=1e-3,
     )  # fmt: skip
     reward = SafetyReward(world.gen, name="guard_safety")
     return GRPOTrainer(
@@ -69,3 +75,28 @@ def test_refuses_to_run_unattached(eval_world, sandbox_prompts, tmp_path):
     trainer.add_callback(SafetyEvalCallback(sandbox_prompts, eval_world.gen))
     with pytest.raises(RuntimeError, match="attach"):
         trainer.train()
+
+
+def test_evaluating_does_not_change_what_the_policy_learns(
+    eval_world, sandbox_prompts, second_judge_path, tmp_path
+):
+    from guard_reward.guards.gen import GenGuard
+    from guard_reward.integrations.trl.eval_callback import SafetyEvalCallback
+
+    plain = _trainer(eval_world, tmp_path / "plain")
+    plain.train()
+    watched = _trainer(eval_world, tmp_path / "watched")
+    SafetyEvalCallback(sandbox_prompts, GenGuard.from_pretrained(second_judge_path), train_guard=eval_world.gen,
+                       eval_every=1, generation=GenerationSettings(samples=2, max_new_tokens=12)).attach(watched)  # fmt: skip
+    watched.train()
+    a, b = plain.model.state_dict(), watched.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the training samples themselves are the same: evaluating did not move the training random stream
+    keys = ("reward", "num_tokens", "completions/mean_length", "rewards/guard_safety/mean")
+
+    def steps(t):
+        return [
+            {k: r[k] for k in keys} for r in t.state.log_history if "reward" in r and "train_runtime" not in r
+        ]
+
+    assert steps(plain) == steps(watched) and len(steps(plain)) == 2
