@@ -127,6 +127,9 @@ def run_eval(args: argparse.Namespace) -> int:
     common |= {"samples": args.samples, "max_new_tokens": args.max_new_tokens, "do_sample": not args.greedy}
     common |= {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "dtype": args.dtype}
     common |= {"reference": _source(reference) if reference else None}
+    # batching changes which answers share a padded batch, hence low-precision logits and samples: recorded,
+    # so that a resumed file is one configuration's answers (as moderate records its batching)
+    common |= {"batch_size": args.batch_size, "chunk_size": args.chunk_size}
     dirs = {k: (args.output / k if args.baseline else args.output) for k in policies}
     metas = {k: {**common, "policy": _source(v)} for k, v in policies.items()}
     for k in policies:  # refuse a foreign or mismatched output before anything loads
