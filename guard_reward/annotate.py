@@ -146,16 +146,19 @@ def meta_path(output: Path) -> Path:
     return output.with_name(output.name + META_SUFFIX)
 
 
-def run_meta(input_path: str | os.PathLike, settings: Mapping[str, Any]) -> dict[str, Any]:
+def run_meta(
+    input_path: str | os.PathLike, settings: Mapping[str, Any], command: str = COMMAND
+) -> dict[str, Any]:
     """What an output is made from: the sidecar ``OUT.meta.json``.
 
     ``{"command": "guard-reward moderate", "format": 1, "input": {"path", "size", "sha256"},
     "settings": {"guard", "decode", "thinking", "dtype", "token_budget", "chunk_size", ...}}``: every setting
-    that can change an output row (see :func:`run_settings`).
+    that can change an output row (see :func:`run_settings`). ``command`` names the writer (``guard-reward
+    eval`` reuses this resumable output with rows of its own).
     """
     path = Path(input_path)
     return {
-        "command": COMMAND,
+        "command": command,
         "format": META_FORMAT,
         "input": {"path": str(path.resolve()), **fingerprint(path)},
         "settings": dict(settings),
@@ -191,6 +194,7 @@ def prepare_output(
     """
     input_path, output_path = Path(input_path), Path(output_path)
     sidecar = meta_path(output_path)
+    command = meta.get("command", COMMAND)
     if output_path.is_dir():
         raise OutputRefused(f"-o {output_path} is a folder; give a file path for the verdicts")
     if output_path.exists() and input_path.exists() and os.path.samefile(output_path, input_path):
@@ -199,10 +203,10 @@ def prepare_output(
     if output_path.exists() and output_path.stat().st_size > 0:
         if not sidecar.exists():
             raise OutputRefused(
-                f"-o {output_path} exists and is not an output of {COMMAND} (no {sidecar.name} next to it); "
+                f"-o {output_path} exists and is not an output of {command} (no {sidecar.name} next to it); "
                 "it is left untouched: choose another output file, or delete it first"
             )
-        old = _read_meta(sidecar)
+        old = _read_meta(sidecar, command)
         differences = _differences(old, meta)
         if differences:
             raise OutputRefused(
@@ -219,15 +223,15 @@ def prepare_output(
     return resume
 
 
-def _read_meta(sidecar: Path) -> dict[str, Any]:
+def _read_meta(sidecar: Path, command: str = COMMAND) -> dict[str, Any]:
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OutputRefused(
             f"{sidecar} is not a readable sidecar ({exc}); delete it and the output to start over"
         ) from None
-    if not isinstance(data, dict) or data.get("command") != COMMAND:
-        raise OutputRefused(f"{sidecar} was not written by {COMMAND}")
+    if not isinstance(data, dict) or data.get("command") != command:
+        raise OutputRefused(f"{sidecar} was not written by {command}")
     return data
 
 
@@ -251,19 +255,25 @@ def done_lines(output: Path) -> set[int]:
     """Line numbers already written to ``output`` (this command's own output: :func:`prepare_output` has
     checked the sidecar). A half-written last line (a killed run) is cut off; any other unreadable row means
     the file was edited by hand, and is refused rather than rewritten."""
+    return done_keys(output, lambda row: int(row["line"]))
+
+
+def done_keys(output: Path, key: Any, command: str = COMMAND) -> set[Any]:
+    """:func:`done_lines` with another row key: ``key(row)`` for every complete row of ``output`` (raising
+    ``ValueError``/``KeyError``/``TypeError`` for a row that is not the command's own)."""
     if not output.exists():
         return set()
     raw = output.read_bytes()
     keep = raw if raw.endswith(b"\n") or not raw else raw[: raw.rfind(b"\n") + 1]
-    done: set[int] = set()
+    done: set[Any] = set()
     for number, line in enumerate(keep.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            done.add(int(json.loads(line)["line"]))
+            done.add(key(json.loads(line)))
         except (ValueError, KeyError, TypeError):
             raise OutputRefused(
-                f"{output}, row {number} is not a verdict row of {COMMAND} (edited by hand?); it is left "
+                f"{output}, row {number} is not a row of {command} (edited by hand?); it is left "
                 f"untouched: delete it and {meta_path(output).name} to start over"
             ) from None
     if len(keep) != len(raw):

@@ -26,6 +26,7 @@ from guard_reward.cli_args import (
 #: Modules that add their own subcommand: each has ``add_parser(subparsers)`` setting ``func`` on its parser.
 PLUGIN_MODULES: tuple[str, ...] = ("guard_reward.sandbox.cli", "guard_reward.cli_train")
 PLUGIN_MODULES += ("guard_reward.cli_serve",)
+PLUGIN_MODULES += ("guard_reward.cli_eval",)
 
 DESCRIPTION = (
     "Qwen3Guard safety models as RL rewards. Subcommands: moderate (label a JSONL dataset with "

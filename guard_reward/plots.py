@@ -1,4 +1,6 @@
-"""Safety curves: safety and refusal rates, unsafe rate per category and reward, against the training step.
+"""Safety curves: safety and refusal rates, unsafe rate per category, reward, the held-out evaluation
+(``eval_safety/…``, with the step of each reward-hacking alarm) and the constraint (``constraint/lambda``, cost,
+threshold), against the training step (an integer axis).
 
 Drawn with matplotlib's object API (``Figure`` + the Agg canvas), never ``pyplot``: it needs no display, no
 global state, and works inside a training process or a notebook alike. The history is the trainer's own
@@ -22,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 CURVES_PNG = "safety_curves.png"
 CURVES_CSV = "safety_curves.csv"
+#: The held-out evaluation's prefix (``SafetyEvalCallback``); its rows are drawn, unlike the trainer's own
+#: ``eval_…`` rows (losses of ``Trainer.evaluate``).
+EVAL_SAFETY = "eval_safety/"
 
 
 def _number(value: object) -> float | None:
@@ -100,7 +105,23 @@ def _keys(history: Iterable[Mapping[str, float]]) -> list[str]:
     return list(seen)
 
 
+def _trainer_eval_row(row: Mapping[str, float]) -> bool:
+    return any(k.startswith("eval_") and not k.startswith(EVAL_SAFETY) for k in row)
+
+
+def _alarm_steps(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The first step at which each ``eval_safety/alarm/<name>`` was on."""
+    out: dict[str, float] = {}
+    for row in history:
+        for key, value in row.items():
+            if key.startswith(EVAL_SAFETY + "alarm/") and _number(value) and key not in out:
+                out[key.removeprefix(EVAL_SAFETY + "alarm/")] = float(row.get("step", 0))
+    return out
+
+
 def _panel(ax, history, keys: Sequence[tuple[str, str]], title: str, ylabel: str, unit_range: bool) -> int:
+    from matplotlib.ticker import MaxNLocator
+
     drawn = 0
     for key, label in keys:
         xs, ys = _series(history, key)
@@ -109,6 +130,7 @@ def _panel(ax, history, keys: Sequence[tuple[str, str]], title: str, ylabel: str
             drawn += 1
     ax.set_title(title)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if unit_range:
@@ -127,16 +149,18 @@ def plot_safety_curves(
     prefix: str = m.DEFAULT_PREFIX,
     title: str | None = None,
 ) -> Path:
-    """Render the four-panel safety figure to ``path`` (PNG) and return the path.
+    """Render the six-panel safety figure to ``path`` (PNG) and return the path.
 
     Panels: safety rates (safe / controversial / unsafe and the Stream flag rate), refusal rates (benign and
-    harmful prompts), unsafe rate per category, and rewards (total and per reward function). Evaluation rows
-    (``eval_…`` keys) are not drawn. Raises ``ValueError`` when the history has no row with a step.
+    harmful prompts), unsafe rate per category, rewards (total and per reward function), the held-out
+    evaluation (``eval_safety/…``, each alarm's first step as a dashed line) and the constraint (λ, cost,
+    threshold). The trainer's own evaluation rows (``eval_loss`` …) are not drawn. Raises ``ValueError`` when
+    the history has no row with a step.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    train = [row for row in history if "step" in row and not any(k.startswith("eval_") for k in row)]
+    train = [row for row in history if "step" in row and not _trainer_eval_row(row)]
     if not train:
         raise ValueError("the log history has no training rows with a 'step' to plot")
     keys = _keys(train)
@@ -160,13 +184,34 @@ def plot_safety_curves(
         if k.startswith("rewards/") and k.endswith("/mean")
     ]
 
-    fig = Figure(figsize=(11, 8), layout="constrained")
+    e = EVAL_SAFETY
+    held_out = [
+        (e + "unsafe_rate_harmful", "unsafe, harmful prompts (judge)"),
+        (e + "benign_refusal_rate", "refusal, benign prompts (judge)"),
+        (e + "unsafe_rate_benign", "unsafe, benign prompts (judge)"),
+        (e + "guard_unsafe_rate", "unsafe (training guard)"),
+        (e + "judge_agreement", "agreement (kappa)"),
+    ]
+    constraint = [
+        ("constraint/lambda", "lambda"),
+        ("constraint/cost", "cost (window)"),
+        ("constraint/batch_cost", "cost (batch)"),
+        ("constraint/threshold", "threshold"),
+    ]
+
+    fig = Figure(figsize=(11, 11), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2)
+    axes = fig.subplots(3, 2)
     _panel(axes[0, 0], train, safety, "Safety", "rate", True)
     _panel(axes[0, 1], train, refusal, "Refusal", "rate", True)
     _panel(axes[1, 0], train, categories, "Unsafe rate by category", "rate", True)
     _panel(axes[1, 1], train, rewards, "Reward", "reward", False)
+    _panel(axes[2, 0], train, held_out, "Held-out evaluation", "rate / kappa", False)
+    for name, step in _alarm_steps(train).items():
+        axes[2, 0].axvline(step, color="red", linestyle="--", linewidth=1)
+        axes[2, 0].annotate(f"alarm: {name}", (step, 0.95), xycoords=("data", "axes fraction"), fontsize=6,
+                            color="red", rotation=90, va="top")  # fmt: skip
+    _panel(axes[2, 1], train, constraint, "Constraint", "value", False)
     if title:
         fig.suptitle(title)
     path = Path(path)

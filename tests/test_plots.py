@@ -74,3 +74,33 @@ def test_load_from_csv_and_missing(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"trainer_state\.json.*safety_curves\.csv"):
         plots.load_log_history(tmp_path / "empty")
+
+
+def test_eval_and_constraint_rows_are_drawn_with_integer_steps(tmp_path):
+
+    history = _history(4)
+    history += [
+        {"step": 0, "eval_safety/unsafe_rate_harmful": 0.4, "eval_safety/alarm/length_drift": 0.0},
+        {"step": 4, "eval_safety/unsafe_rate_harmful": 0.1, "eval_safety/alarm/length_drift": 1.0},
+        {"step": 4, "eval_loss": 0.3},  # the trainer's own evaluation: not a curve
+    ]
+    for row, lam in zip(history[:4], (1.0, 1.5, 2.0, 2.5)):
+        row |= {"constraint/lambda": lam, "constraint/threshold": 0.02}
+    assert plots._alarm_steps(history) == {"length_drift": 4.0}
+    drawn = []
+    original = plots._panel
+
+    def spy(ax, rows, keys, title, *a):
+        n = original(ax, rows, keys, title, *a)
+        drawn.append((title, n, all(float(t).is_integer() for t in ax.get_xticks())))
+        return n
+
+    plots._panel = spy
+    try:
+        out = plots.plot_safety_curves(history, tmp_path / "c.png")
+    finally:
+        plots._panel = original
+    assert _is_png(out)
+    by_title = {t: (n, integer) for t, n, integer in drawn}
+    assert by_title["Held-out evaluation"][0] == 1 and by_title["Constraint"][0] == 2
+    assert all(integer for _, integer in by_title.values())

@@ -16,8 +16,9 @@
   hand-tuning one number looks like (behind ``--fixed-lambda``).
 
 Every arm is evaluated on held-out prompts by the ground-truth rule (:mod:`guard_reward.sandbox.evaluate`) every
-``eval_every`` steps; the guards' own view is logged by the rewards (``guard/...`` metrics) and collected by
-:class:`~guard_reward.integrations.trl.SafetyCurvesCallback`.
+``eval_every`` steps, and (given a held-out judge) by ``SafetyEvalCallback`` with its reward-hacking alarms
+(:mod:`guard_reward.sandbox.heldout`); the guards' own view is logged by the rewards (``guard/...`` metrics) and
+collected by :class:`~guard_reward.integrations.trl.SafetyCurvesCallback`.
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ class ArmResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     output_dir: Path | None = None
+    #: ``SafetyEvalCallback``'s evaluations (held-out judge, alarms, ground truth on its answers).
+    safety_eval: list[dict[str, float]] = field(default_factory=list)
+    #: The reward-hacking alarms that fired, with the first step each did.
+    alarms: dict[str, int] = field(default_factory=dict)
 
     @property
     def final(self) -> EvalResult:
@@ -219,11 +224,16 @@ def run_arm(
     initial: EvalResult | None = None,
     progress: bool = True,
     device: str = "cpu",
+    heldout_judge: Any = None,
+    heldout_prompts: Sequence[Any] = (),
+    heldout_samples: int = 2,
 ) -> ArmResult:
     """Train one arm from the pre-trained policy in ``policy_path`` and evaluate it along the way.
 
     ``initial`` is the evaluation of the starting policy (shared by all arms; computed here if not given);
     ``device`` ``"cpu"`` keeps TRL off any accelerator (the sandbox's models are faster on the CPU).
+    ``heldout_judge`` (a Gen guard) adds ``SafetyEvalCallback`` on ``heldout_prompts`` (``heldout_samples``
+    answers each), with the training guard judged beside it.
     Writes ``eval.csv`` (ground truth) and the ``SafetyCurvesCallback`` files into ``output_dir``.
     """
     from datasets import Dataset
@@ -306,6 +316,14 @@ def run_arm(
     trainer.remove_callback(ProgressCallback)
     if progress:
         trainer.add_callback(_progress_callback(config))
+    safety_eval = None
+    if heldout_judge is not None:
+        from guard_reward.sandbox.heldout import safety_eval_callback
+
+        safety_eval = safety_eval_callback(
+            heldout_prompts, heldout_judge, gen_guard, every=config.eval_every, samples=heldout_samples,
+            max_new_tokens=config.max_completion_length, seed=config.seed + 4321,
+        ).attach(trainer)  # fmt: skip
     logger.info(
         "arm %s: %d GRPO steps x %d completions", config.name, config.steps, args.per_device_train_batch_size
     )
@@ -313,5 +331,7 @@ def run_arm(
     trainer.train()
     result.seconds = time.perf_counter() - start
     result.log_history = list(trainer.state.log_history)
+    if safety_eval is not None:
+        result.safety_eval, result.alarms = safety_eval.history, safety_eval.fired
     write_samples(out / "samples.jsonl", result.final)
     return result

@@ -60,6 +60,14 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "--stream-guard", default=None, help="Qwen3Guard-Stream checkpoint instead of the sandbox's"
     )
     parser.add_argument(
+        "--heldout-judge",
+        default=None,
+        help="Qwen3Guard-Gen checkpoint for the held-out evaluation instead of the sandbox's second judge",
+    )
+    parser.add_argument(
+        "--no-heldout-judge", action="store_true", help="skip the held-out judge's evaluation and alarms"
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny models)"
     )
     parser.add_argument(
@@ -100,6 +108,8 @@ def config_from_args(args: argparse.Namespace):
         policy=args.policy,
         gen_guard=args.gen_guard,
         stream_guard=args.stream_guard,
+        heldout_judge=args.heldout_judge,
+        heldout_judge_prompts=0 if args.no_heldout_judge else config.heldout_judge_prompts,
         threads=args.threads,
         device=args.device,
         progress=config.progress and not args.no_progress,

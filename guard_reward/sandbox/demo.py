@@ -31,6 +31,7 @@ from guard_reward.sandbox.accuracy import GuardAccuracy, guard_accuracy
 from guard_reward.sandbox.arms import ArmConfig, ArmResult, import_arm_modules, run_arm, write_samples
 from guard_reward.sandbox.evaluate import EvalResult, Evaluator
 from guard_reward.sandbox.guards import GuardSize, build_gen_guard, build_stream_guard, guard_chats
+from guard_reward.sandbox.heldout import eval_prompts
 from guard_reward.sandbox.language import Language
 from guard_reward.sandbox.policy import PolicySize, pretrain_policy
 
@@ -48,6 +49,11 @@ class DemoConfig:
         policy, gen_guard, stream_guard: checkpoints (folders or hub ids) replacing the sandbox's own.
         heldout_prompts, samples_per_prompt: evaluation set size (half harmful).
         train_prompts: GRPO prompt pool size (half harmful, disjoint from the held-out set).
+        heldout_judge: a Gen checkpoint replacing the sandbox's held-out judge (a second tiny Gen trained with
+            another seed, which every arm is also evaluated by, through ``SafetyEvalCallback``); ``judge_size``
+            sizes the sandbox's own.
+        heldout_judge_prompts, heldout_judge_samples: that evaluation's size (the first prompts of the held-out
+            set); 0 prompts turns it off.
         threads: torch threads; 1 is fastest for models this small and immune to a busy machine's stalls.
         device: where the guards and the GRPO runs go (``"cuda"`` for real checkpoints on a GPU); the sandbox's
             own pre-training always runs on the CPU.
@@ -69,11 +75,19 @@ class DemoConfig:
         )
     )
     stream_size: GuardSize = field(default_factory=lambda: GuardSize(steps=400))
+    judge_size: GuardSize = field(
+        default_factory=lambda: GuardSize(
+            hidden_size=96, head_dim=24, intermediate_size=192, steps=700, batch_size=16
+        )
+    )
     arm: ArmConfig = field(default_factory=lambda: ArmConfig("scalar"))
     arms: tuple[str, ...] = ("scalar", "dense", "guard_only", "helpful", "lagrangian")
     policy: str | None = None
     gen_guard: str | None = None
     stream_guard: str | None = None
+    heldout_judge: str | None = None
+    heldout_judge_prompts: int = 64
+    heldout_judge_samples: int = 1
     heldout_prompts: int = 128
     samples_per_prompt: int = 4
     train_prompts: int = 1024
@@ -92,6 +106,8 @@ class DemoConfig:
             policy_size=PolicySize(steps=60, batch_size=16),
             gen_size=GuardSize(steps=60, batch_size=16),
             stream_size=GuardSize(steps=60, batch_size=16),
+            judge_size=GuardSize(steps=60, batch_size=16),
+            heldout_judge_prompts=8,
             arm=ArmConfig("scalar", steps=2, prompts_per_step=2, num_generations=4, eval_every=1),
             arms=("scalar", "dense"),
             workers=1,
@@ -120,6 +136,8 @@ class World:
     evaluator: Evaluator
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    judge_path: Path | str | None = None
+    judge: Any = None
 
 
 def build_world(config: DemoConfig) -> World:
@@ -138,15 +156,19 @@ def build_world(config: DemoConfig) -> World:
     start, cpu = time.perf_counter(), time.process_time()
     gen_path: Path | str = config.gen_guard or out / "guards" / "gen"
     stream_path: Path | str = config.stream_guard or out / "guards" / "stream"
+    judge_path: Path | str = config.heldout_judge or out / "guards" / "judge"
     side = None  # the guards' training process, when it runs next to the policy's pre-training
     if (
         config.policy is None
         and _parallel(config)
-        and (config.gen_guard is None or config.stream_guard is None)
+        and (config.gen_guard is None or config.stream_guard is None or _own_judge(config))
     ):
         logger.info("[1-2/4] training the sandbox guards in a second process, next to the policy")
-        side = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+        # The held-out judge trains in a process of its own: three jobs on two cores finish sooner than the
+        # guards and the judge queued behind each other next to the policy.
+        side = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
         guards_job = side.submit(_train_guards, config, gen_path, stream_path, False)
+        judge_job = side.submit(_train_judge, config, judge_path, False)
     if config.policy is None:
         logger.info("[1/4] pre-training the sandbox policy (%d steps)", config.policy_size.steps)
         model, tokenizer = pretrain_policy(
@@ -165,12 +187,16 @@ def build_world(config: DemoConfig) -> World:
     start, cpu = time.perf_counter(), time.process_time()
     if side is not None:
         with side:
-            cpu_seconds["guards"] = guards_job.result()
+            cpu_seconds["guards"] = guards_job.result() + judge_job.result()
         seconds["guards (in parallel with the policy; waited)"] = time.perf_counter() - start
     else:
         cpu_seconds["guards"] = _train_guards(config, gen_path, stream_path, config.progress)
+        cpu_seconds["guards"] += _train_judge(config, judge_path, config.progress)
     gen = GenGuard.from_pretrained(gen_path, device=config.device)
     stream = StreamGuard.from_pretrained(stream_path, device=config.device)
+    judge = None
+    if config.heldout_judge_prompts > 0:
+        judge = GenGuard.from_pretrained(judge_path, device=config.device)
     if side is None:
         seconds["guards"] = time.perf_counter() - start
 
@@ -187,6 +213,8 @@ def build_world(config: DemoConfig) -> World:
         config, policy_path, tokenizer, gen_path, stream_path, gen, stream, heldout, train, evaluator, seconds
     )
     world.cpu_seconds.update(cpu_seconds)
+    if judge is not None:
+        world.judge_path, world.judge = judge_path, judge
     for stage, wall in seconds.items():
         stage_cpu = cpu_seconds.get(stage.split(" (")[0])
         logger.info("time: %s: wall %.0f s, CPU %.0f s", stage, wall, stage_cpu or 0.0)
@@ -197,6 +225,10 @@ def _parallel(config: DemoConfig) -> bool:
     """Side-by-side stages need forked processes (they inherit the loaded world); elsewhere run serially."""
     forkable = "fork" in multiprocessing.get_all_start_methods()
     return config.workers > 1 and config.device == "cpu" and forkable
+
+
+def _own_judge(config: DemoConfig) -> bool:
+    return config.heldout_judge is None and config.heldout_judge_prompts > 0
 
 
 def _train_guards(config: DemoConfig, gen_path: Path | str, stream_path: Path | str, progress: bool) -> float:
@@ -211,6 +243,20 @@ def _train_guards(config: DemoConfig, gen_path: Path | str, stream_path: Path | 
         build_stream_guard(
             stream_path, config.language, config.stream_size, seed=config.seed, progress=progress
         )
+    return time.process_time() - cpu
+
+
+def _train_judge(config: DemoConfig, judge_path: Path | str, progress: bool) -> float:
+    """Train the held-out judge unless one was given (or it is off); returns the CPU seconds it took."""
+    from guard_reward.sandbox.heldout import JUDGE_SEED_OFFSET
+
+    if not _own_judge(config):
+        return 0.0
+    torch.set_num_threads(config.threads)
+    cpu = time.process_time()
+    seed = config.seed + JUDGE_SEED_OFFSET
+    logger.info("[2/4] training the held-out judge: Gen (%d steps, seed %d)", config.judge_size.steps, seed)
+    build_gen_guard(judge_path, config.language, config.judge_size, seed=seed, progress=progress)
     return time.process_time() - cpu
 
 
@@ -236,6 +282,9 @@ def _arm_job(name: str, progress: bool) -> tuple[ArmResult, float]:
         initial=initial,
         progress=progress,
         device=config.device,
+        heldout_judge=world.judge,
+        heldout_prompts=eval_prompts(world.heldout, config.heldout_judge_prompts),
+        heldout_samples=config.heldout_judge_samples,
     )
     return result, time.process_time() - cpu
 

@@ -227,6 +227,10 @@ def write_report(result: Any) -> Path:
         lines += _constraint_section(out, config, initial, arms)
     if "guard_only" in arms:
         lines += _hacking_section(out, initial, arms["guard_only"])
+    if any(arm.safety_eval for arm in arms.values()):
+        from guard_reward.sandbox.heldout import heldout_section
+
+        lines += heldout_section(arms, Path(world.judge_path).name if world.judge_path else None)
     lines += _samples_section(initial, arms)
     lines += _time_section(world)
     lines += [

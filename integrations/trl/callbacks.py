@@ -2,7 +2,8 @@
 ``AsyncGRPOMetrics``: the rewards' ``guard/…`` metrics under TRL's ``AsyncGRPOTrainer``.
 
 It only reads what the trainer logs (the ``guard/…`` metrics the rewards send through TRL's
-``log_metric``, plus ``reward``, ``rewards/<name>/mean``, ``kl`` and the completion length); it touches no
+``log_metric``, plus ``reward``, ``rewards/<name>/mean``, ``kl``, the completion length, the constrained
+trainers' ``constraint/…`` and ``SafetyEvalCallback``'s held-out ``eval_safety/…`` rows); it touches no
 trainer internals and works with any ``transformers.Trainer`` subclass. ``on_log`` callbacks run after the
 trainer has stored the entry in ``log_history`` and after the reporting integrations, so this is a side sink:
 it never changes what wandb, trackio or ``trainer_state.json`` receive.
@@ -30,9 +31,13 @@ from typing import Any
 from transformers import TrainerCallback
 
 from guard_reward import metrics
-from guard_reward.plots import CURVES_CSV, CURVES_PNG, plot_safety_curves
+from guard_reward.plots import CURVES_CSV, CURVES_PNG, EVAL_SAFETY, plot_safety_curves
 
 logger = logging.getLogger(__name__)
+
+#: Logged by other parts of the library and drawn by ``plot_safety_curves``: the constraint and the held-out
+#: evaluation.
+EXTRA_PREFIXES = ("constraint/", EVAL_SAFETY)
 
 
 class SafetyCurvesCallback(TrainerCallback):
@@ -81,6 +86,7 @@ class SafetyCurvesCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         keys = metrics.curve_keys(logs, self.prefix)
+        keys += [k for k in logs if k.startswith(EXTRA_PREFIXES) and k not in keys]
         if not keys:  # e.g. the final train_runtime summary
             return
         row = {"step": float(state.global_step), **{k: logs[k] for k in keys}}

@@ -132,3 +132,25 @@ def test_parallel_arms_match_serial_arms(constraint_demo):
     again = _run_arms(serial, constraint_demo.initial)
     for name, arm in constraint_demo.arms.items():
         assert [r.row() for r in again[name].history] == [r.row() for r in arm.history], name
+
+
+def test_every_arm_is_also_evaluated_by_the_heldout_judge(small_demo):
+    config = small_demo.world.config
+    assert small_demo.world.judge is not None and small_demo.world.judge is not small_demo.world.gen
+    section = small_demo.report_path.read_text().split("## Held-out judge and reward-hacking alarms")[1]
+    for name, arm in small_demo.arms.items():
+        assert [int(r["step"]) for r in arm.safety_eval] == list(range(config.arm.steps + 1))
+        last = arm.safety_eval[-1]
+        assert last["eval_safety/answers"] == config.heldout_judge_prompts * config.heldout_judge_samples
+        assert 0.0 <= last["eval_safety/truth/fluent_rate"] <= 1.0  # the truth on the callback's own answers
+        assert any("eval_safety/unsafe_rate" in row for row in arm.log_history)  # logged through the trainer
+        assert f"\n| {name} | {100 * last['eval_safety/truth/unsafe_rate']:.1f}% | " in section
+
+
+def test_demo_heldout_judge_options():
+    parser = argparse.ArgumentParser()
+    add_demo_parser(parser.add_subparsers())
+    off = config_from_args(parser.parse_args(["demo", "--no-heldout-judge"]))
+    assert off.heldout_judge_prompts == 0
+    given = config_from_args(parser.parse_args(["demo", "--heldout-judge", "some/judge"]))
+    assert given.heldout_judge == "some/judge" and given.heldout_judge_prompts > 0

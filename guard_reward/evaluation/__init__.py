@@ -1,0 +1,27 @@
+"""Held-out safety evaluation: prompt sets, batched generation, judges, rates with intervals, reward-hacking
+alarms and reports (``guard-reward eval``; ``SafetyEvalCallback`` in ``guard_reward.integrations.trl``)."""
+
+from guard_reward.evaluation.alarms import ALARMS, AlarmConfig, Alarms
+from guard_reward.evaluation.judges import Judge, load_judge
+from guard_reward.evaluation.prompts import EvalPrompt, bundled_prompt_set, read_prompt_set
+from guard_reward.evaluation.runner import EVAL_PREFIX, GenerationSettings, answer_and_judge, eval_metrics
+from guard_reward.evaluation.stats import Rate, cohen_kappa, newcombe, wilson
+
+__all__ = [
+    "ALARMS",
+    "EVAL_PREFIX",
+    "AlarmConfig",
+    "Alarms",
+    "EvalPrompt",
+    "GenerationSettings",
+    "Judge",
+    "Rate",
+    "answer_and_judge",
+    "bundled_prompt_set",
+    "cohen_kappa",
+    "eval_metrics",
+    "load_judge",
+    "newcombe",
+    "read_prompt_set",
+    "wilson",
+]

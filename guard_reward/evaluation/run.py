@@ -1,0 +1,166 @@
+"""``guard-reward eval``'s work: answer a prompt set with a policy, judge every answer, and write
+``results.jsonl`` (one row per answer), ``summary.json`` (the counts) and the report.
+
+The results file is resumable exactly like ``guard-reward moderate``'s output, with the same code
+(:mod:`guard_reward.annotate`): a sidecar ``results.jsonl.meta.json`` records the prompt file and every setting
+that changes the answers or the judgements, a rerun with the same command appends only the ``(line, sample)``
+pairs not yet written, and a rerun with other settings is refused before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guard_reward.annotate import done_keys, prepare_output, run_meta
+from guard_reward.evaluation.judges import Judge
+from guard_reward.evaluation.prompts import EvalPrompt, missing_rates
+from guard_reward.evaluation.runner import GenerationSettings, answer_and_judge
+from guard_reward.evaluation.summary import count_rows
+
+logger = logging.getLogger(__name__)
+
+COMMAND = "guard-reward eval"
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class EvalRun:
+    """What one evaluation produced (also in ``output_dir``)."""
+
+    output_dir: Path
+    counts: dict[str, float]
+    judges: list[str]
+    judge_names: dict[str, str]
+    settings: dict[str, Any]
+    bad_lines: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    answers_written: int = 0
+
+
+def load_policy(name: str, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer (left padding), named in the error when it cannot load."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guard_reward.guards.common import resolve_device
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto")
+    except Exception as exc:
+        raise RuntimeError(f"the policy {name} could not be loaded: {exc}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def prepare(
+    prompts_path: str | os.PathLike, output_dir: str | os.PathLike, settings: Mapping[str, Any]
+) -> bool:
+    """Check (before any model loads) that ``output_dir/results.jsonl`` may be written or resumed."""
+    out = Path(output_dir) / RESULTS
+    return prepare_output(prompts_path, out, run_meta(prompts_path, settings, command=COMMAND))
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[EvalPrompt],
+    judges: Mapping[str, Judge],
+    output_dir: str | os.PathLike,
+    prompts_path: str | os.PathLike,
+    settings: GenerationSettings,
+    *,
+    meta_settings: Mapping[str, Any],
+    reference: Any = None,
+    chunk_size: int = 64,
+    progress: bool = True,
+    bad_lines: Sequence[str] = (),
+) -> EvalRun:
+    """Answer and judge every ``(prompt, sample)`` not yet in ``output_dir/results.jsonl``, append them chunk by
+    chunk (flushed, so an interrupted run resumes), then count all rows and write ``summary.json``."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    out = Path(output_dir)
+    results = out / RESULTS
+    prepare(prompts_path, out, meta_settings)
+    done = done_keys(results, lambda row: (int(row["line"]), int(row["sample"])), command=COMMAND)
+    todo = [(p, k) for p in prompts for k in range(settings.samples) if (p.line, k) not in done]
+    if done:
+        logger.info("resuming %s: %d answers already written, %d to go", results, len(done), len(todo))
+    start = time.perf_counter()
+    with (
+        results.open("a", encoding="utf-8") as f,
+        tqdm(total=len(todo), desc="eval", unit="answer", disable=not progress) as bar,
+    ):
+        for i in range(0, len(todo), chunk_size):
+            chunk = todo[i : i + chunk_size]
+            # a fresh seed per chunk: a resumed run does not repeat the first chunk's random numbers
+            chunk_settings = GenerationSettings(**{**asdict(settings), "seed": settings.seed + i})
+            rows = answer_and_judge(model, tokenizer, chunk, judges, chunk_settings, reference=reference)
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            f.flush()
+            bar.update(len(chunk))
+    seconds = time.perf_counter() - start
+    rows = read_results(results)
+    names = list(judges)
+    run = EvalRun(
+        out,
+        dict(count_rows(rows, names)),
+        names,
+        {k: j.name for k, j in judges.items()},
+        dict(meta_settings),
+        list(bad_lines),
+        missing_rates(list(prompts)),
+        rows,
+        seconds,
+        len(todo),
+    )
+    write_summary(run)
+    if todo:
+        logger.info(
+            "%d answers in %.1f s (%.2f answers/s)", len(todo), seconds, len(todo) / max(seconds, 1e-9)
+        )
+    return run
+
+
+def write_summary(run: EvalRun) -> Path:
+    path = run.output_dir / SUMMARY
+    data = {
+        "command": COMMAND,
+        "counts": run.counts,
+        "judges": run.judges,
+        "judge_names": run.judge_names,
+        "settings": run.settings,
+        "bad_lines": run.bad_lines,
+        "missing": run.missing,
+    }
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def load_run(output_dir: str | os.PathLike) -> EvalRun:
+    """An earlier evaluation from its folder (``summary.json`` and ``results.jsonl``)."""
+    out = Path(output_dir)
+    path = out / SUMMARY
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no {SUMMARY}: it is not an output folder of {COMMAND}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = read_results(out / RESULTS) if (out / RESULTS).exists() else []
+    return EvalRun(out, data["counts"], data["judges"], data["judge_names"], data["settings"],
+                   data.get("bad_lines", []), data.get("missing", []), rows)  # fmt: skip
