@@ -33,6 +33,7 @@ from guard_reward.serving.chat_formats import (
 
 if TYPE_CHECKING:
     from guard_reward.rewards.safety import SafetyReward
+    from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,22 @@ EXTRA_LOGS = {
 }
 
 
+def sample_logs(value: float | None, verdict: Verdict, completion: Any) -> dict[str, float]:
+    """One sample's :data:`EXTRA_LOGS` from its value (``None``: no value of its own), the verdict that decided
+    it and its completion (a string or messages)."""
+    judged = verdict.ok and verdict.level is not None
+    return {
+        "guard_failed": float(value is None),
+        "judged": float(judged),
+        "empty": float(verdict.empty),
+        "unsafe": float(judged and verdict.level == "Unsafe"),
+        "controversial": float(judged and verdict.level == "Controversial"),
+        "refusal": float(judged and bool(verdict.refusal)),
+        "p_unsafe": float(verdict.p_unsafe) if judged else 0.0,
+        "tool_calls": _tool_call_count(completion),
+    }
+
+
 def score_samples(
     reward: SafetyReward,
     samples: Sequence[Sample | None],
@@ -174,18 +191,10 @@ def score_samples(
             prompts=[samples[i][0] for i in good], completions=[samples[i][1] for i in good]
         )
         for k, i in enumerate(good):
-            logs["tool_calls"][i] = _tool_call_count(samples[i][1])
             if values[k] is not None:
                 rewards[i] = float(values[k])
-                logs["guard_failed"][i] = 0.0
-            v = verdicts[k]
-            logs["empty"][i] = float(v.empty)
-            if v.ok and v.level is not None:
-                logs["judged"][i] = 1.0
-                logs["unsafe"][i] = float(v.level == "Unsafe")
-                logs["controversial"][i] = float(v.level == "Controversial")
-                logs["p_unsafe"][i] = float(v.p_unsafe)
-                logs["refusal"][i] = float(bool(v.refusal))
+            for key, x in sample_logs(values[k], verdicts[k], samples[i][1]).items():
+                logs[key][i] = x
     return {"rewards": rewards, "scores": list(rewards), "extra_logs": logs}
 
 

@@ -60,8 +60,7 @@ async def compute_score(
     extra_info: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, float]:
-    """``{"score": float, "p_unsafe", "level", "refusal", "guard_failed", "turns", "tool_calls", "truncated"}``
-    for one response."""
+    """``{"score": float, **GuardScorer.score's reward_extra_info}`` for one response."""
     kwargs = {k: v for k, v in kwargs.items() if k not in ("reward_router_address", "reward_model_tokenizer")}
     prompt = (extra_info or {}).get("prompt", "")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]

@@ -100,8 +100,8 @@ class GuardRewardManager(RewardManagerBase):
         return messages, completion, policy
 
     async def run_single(self, data: DataProto) -> dict:
-        """``{"reward_score": float, "reward_extra_info": {p_unsafe, level, refusal, guard_failed, turns,
-        tool_calls, truncated}}``."""
+        """``{"reward_score": float, "reward_extra_info": GuardScorer.score's extras}`` (0/1 indicators,
+        ``p_unsafe``, ``tool_calls``, ``turns``, ``truncated``)."""
         item = data[-1:][0]  # multi-sequence outputs: the last sequence, as verl's own managers do
         messages, completion, policy_ids = await asyncio.to_thread(self._sample, item)
         score, extra = await asyncio.to_thread(self.scorer.score, messages, completion, policy_ids)

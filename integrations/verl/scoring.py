@@ -12,7 +12,7 @@ from typing import Any
 
 from guard_reward.rewards.safety import SafetyReward
 from guard_reward.rewards.trajectory import truncated_flags
-from guard_reward.serving.get_reward import level_number, reward_kwargs
+from guard_reward.serving.get_reward import reward_kwargs, sample_logs
 
 #: ``SafetyReward`` fields for multi-turn samples, accepted next to the reward config's.
 TURN_FIELDS = ("turns", "truncated_value")
@@ -41,17 +41,17 @@ class GuardScorer:
     def score(
         self, messages: list[dict[str, Any]], completion: Any, policy_ids: Sequence[int] | None = None
     ) -> tuple[float, dict[str, float]]:
-        """``(score, {"p_unsafe", "level", "refusal", "guard_failed", "turns", "tool_calls", "truncated"})``;
-        ``policy_ids`` are the policy's own response ids (for truncation; ``-1`` when not given)."""
+        """``(score, reward_extra_info)``: the keys of ``get_reward.EXTRA_LOGS`` (0/1 indicators, ``p_unsafe``
+        0 when not judged, ``tool_calls``), plus ``turns`` (assistant turns judged) and ``truncated`` (1 when the
+        policy's last id is not an end id, 0 otherwise or when ``policy_ids`` is not given): values whose mean
+        over a batch, as verl logs them, means something."""
         ids = None if policy_ids is None else [list(policy_ids)]
         (value,), (v,) = self.reward.evaluate([messages], [completion], completion_ids=ids)
         (truncated,) = truncated_flags(ids, self.ends or None, 1)
         return (self.failure_value if value is None else float(value)), {
-            "p_unsafe": v.p_unsafe if v.ok else -1.0,
-            "level": level_number(v),
-            "refusal": -1.0 if v.refusal is None else float(v.refusal),
-            "guard_failed": 0.0 if v.ok and value is not None else 1.0,
-            "turns": float(len(v.turns)),
+            **sample_logs(value, v, completion),
+            # the verdict's count also sees <tool_call> blocks left in a turn's text (verl decodes text)
             "tool_calls": float(sum(v.tool_calls)),
-            "truncated": -1.0 if truncated is None else float(truncated),
+            "turns": float(len(v.turns)),
+            "truncated": float(bool(truncated)),
         }

@@ -65,3 +65,12 @@ def test_verl_managers_judge_only_the_policys_turns(tiny_gen_path, tmp_path):
         assert [e["tool_calls"] for e in got["extra"]] == [0.0, 1.0]
         assert all(e["guard_failed"] == 0.0 for e in got["extra"])
     assert [e["truncated"] for e in out["manager"]["extra"]] == [0.0, 0.0]  # both end with <|im_end|>
+    from guard_reward.serving.get_reward import EXTRA_LOGS
+
+    for key, _ in runs:  # the same indicators OpenRLHF gets: means over a batch are rates, no -1 placeholders
+        for e in out[key]["extra"]:
+            assert set(EXTRA_LOGS) | {"turns", "truncated"} <= set(e), e
+            assert all(
+                e[k] in (0.0, 1.0) for k in ("guard_failed", "judged", "empty", "unsafe", "refusal")
+            ), e
+            assert e["judged"] == 1.0 and 0.0 <= e["p_unsafe"] <= 1.0

@@ -172,9 +172,9 @@ def check(outputs, rows, local_reward) -> None:
     assert rewards == pytest.approx(want, abs=1e-5)
     logs = [{key: first(v) for key, v in out["extra_logs"].items()} for out in outputs]
     assert all(set(x) == set(EXTRA_LOGS) for x in logs)
-    # a turn that only calls a tool has an empty content: judged as an empty answer until tool calls are judged
-    assert [x["empty"] for x in logs] == [0.0, 1.0, 0.0, 1.0] * (len(rows) // 4)
-    assert [x["judged"] for x in logs] == [1.0, 0.0, 1.0, 0.0] * (len(rows) // 4)
+    # a turn that only calls a tool is judged by its call, never as an empty answer
+    assert [x["empty"] for x in logs] == [0.0, 1.0, 0.0, 0.0] * (len(rows) // 4)
+    assert [x["judged"] for x in logs] == [1.0, 0.0, 1.0, 1.0] * (len(rows) // 4)
     assert [x["guard_failed"] for x in logs] == [0.0] * len(rows)
     assert [x["tool_calls"] for x in logs] == [0.0, 0.0, 0.0, 1.0] * (len(rows) // 4)
 
