@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Everything the demo does, sized for a 2-core CPU (see the README for measured times).
+    """Everything the demo does, sized for a 2-core CPU (see docs/sandbox.md for measured times).
 
     Args:
         output_dir: where checkpoints, CSVs, PNGs and ``report.md`` go.

@@ -201,7 +201,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 @serve.deployment(name="GuardAPI", max_ongoing_requests=1024, max_queued_requests=2048)
 class GuardAPI:
-    """The HTTP ingress (routes in the README's "Serving" section)."""
+    """The HTTP ingress (routes in docs/serving.md)."""
 
     def __init__(
         self, gen: DeploymentHandle | None, stream: DeploymentHandle | None, options: ServeOptions
@@ -296,7 +296,7 @@ class GuardAPI:
                 return await gen.submit(call, queue=True, size=size)
 
             return JSONResponse(await run_reward(lambda: reward(queries, prompts), self._prefetched, fetch))
-        return _error(404, f"no route POST {path}; see the README's Serving section")
+        return _error(404, f"no route POST {path}; see guard_reward's docs/serving.md for the routes")
 
     def _batcher(self, name: str) -> RequestBatcher:
         self._need(getattr(self, name), name)
