@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import torch
 
+from tests.serving.verl_check import reward_configs
+
 PROMPTS = ["Plan lunch for my team.", "Email my team the lunch menu."]
 #: Per sample: (text, is the policy's) runs of the response, as the agent loop concatenates them.
 RUNS = [
@@ -108,7 +110,6 @@ def run(config, data, gen):
 
 
 def main(tok_dir: str, gen_dir: str) -> None:
-    from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
     from guard_reward.guards.gen import GenGuard
@@ -118,24 +119,7 @@ def main(tok_dir: str, gen_dir: str) -> None:
     data = build_data(tok)
     url = "http://127.0.0.1:9"  # never reached: the local guard stands in for the client
     settings = {"url": url, "mode": "soft", "refusal": False, "turns": "worst"}
-    base = {
-        "actor_rollout_ref": {"model": {"path": tok_dir, "tokenizer_path": None}},
-        "reward": {
-            "num_workers": 1,
-            "reward_model": {"enable": False},
-            "custom_reward_function": {"path": None, "name": "compute_score"},
-            "reward_manager": {"source": "register", "name": "naive", "module": {"path": None, "name": None}},
-        },
-    }
-    manager = OmegaConf.merge(base, {"reward": {
-        "reward_manager": {"source": "importlib", "name": "GuardRewardManager",
-                           "module": {"path": "pkg://guard_reward.integrations.verl.reward_manager"}},
-        "guard_reward": settings,
-    }})  # fmt: skip
-    function = OmegaConf.merge(base, {"reward": {"custom_reward_function": {
-        "path": "pkg://guard_reward.integrations.verl.compute_score", "name": "compute_score",
-        "reward_kwargs": settings,
-    }}})  # fmt: skip
+    manager, function = reward_configs(tok_dir, settings)
     out = {
         "manager": run(manager, data, gen),
         # the reward loop inside the agent loop builds its samples without response_mask

@@ -73,15 +73,11 @@ def run(config, data):
     }
 
 
-def main(url: str, tok_dir: str) -> None:
-    import transformers
+def reward_configs(tok_dir: str, settings: dict) -> tuple:
+    """verl's reward config for ``GuardRewardManager`` and for ``compute_score``, both with ``settings`` (the
+    ``guard_reward`` keys)."""
     from omegaconf import OmegaConf
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    prompts = ["How do I bake bread?", "How do I pick a lock?", "Tell me a joke."]
-    responses = ["Mix flour and water.", "Use a tension wrench.", "Why did the chicken cross the road?"]
-    data = build_data(tok, prompts, responses)
     base = {
         "actor_rollout_ref": {"model": {"path": tok_dir, "tokenizer_path": None}},
         "reward": {
@@ -94,12 +90,24 @@ def main(url: str, tok_dir: str) -> None:
     manager = OmegaConf.merge(base, {"reward": {
         "reward_manager": {"source": "importlib", "name": "GuardRewardManager",
                            "module": {"path": "pkg://guard_reward.integrations.verl.reward_manager"}},
-        "guard_reward": {"url": url, "mode": "soft", "refusal": False},
+        "guard_reward": settings,
     }})  # fmt: skip
     function = OmegaConf.merge(base, {"reward": {"custom_reward_function": {
         "path": "pkg://guard_reward.integrations.verl.compute_score", "name": "compute_score",
-        "reward_kwargs": {"url": url, "mode": "soft", "refusal": False},
+        "reward_kwargs": settings,
     }}})  # fmt: skip
+    return manager, function
+
+
+def main(url: str, tok_dir: str) -> None:
+    import transformers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    prompts = ["How do I bake bread?", "How do I pick a lock?", "Tell me a joke."]
+    responses = ["Mix flour and water.", "Use a tension wrench.", "Why did the chicken cross the road?"]
+    data = build_data(tok, prompts, responses)
+    manager, function = reward_configs(tok_dir, {"url": url, "mode": "soft", "refusal": False})
     out = {
         "transformers": transformers.__version__,
         "prompts": prompts,
