@@ -193,10 +193,14 @@ def test_async_grpo_with_remote_guard_logs_guard_metrics(tmp_path, tiny_gen_path
         "the child generated through vLLM and judged through the guard"
     )
     rows = [r for r in trainer.state.log_history if "guard/unsafe_rate" in r]
-    assert rows, f"no guard metric reached the logs: {trainer.state.log_history}"
-    for row in rows:  # the reward's metrics, next to TRL's own reward column for it
+    for row in rows:
         assert 0.0 <= row["guard/unsafe_rate"] <= 1.0 and 0.0 < row["guard/p_unsafe_mean"] < 1.0
-        assert row["guard/failures"] == 0.0 and f"rewards/{safety.__name__}" in row
+        assert row["guard/failures"] == 0.0
+    # The worker keeps scoring while the last step trains, so the end-of-training summary row (which also drains
+    # the queue) may carry guard metrics too; the training steps' rows must have them beside TRL's reward column.
+    step_rows = [r for r in rows if "loss" in r]
+    assert step_rows, f"no guard metric reached a training step's log: {trainer.state.log_history}"
+    assert all(f"rewards/{safety.__name__}" in row for row in step_rows)
 
 
 def test_async_metrics_wrapper_pickles_without_its_queue_and_forwards_metrics():
