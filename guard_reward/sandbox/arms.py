@@ -52,7 +52,9 @@ class ArmConfig:
         beta: KL coefficient (``guard_only`` forces 0).
         dense_coef: weight of the per-token term in the dense arm (advantage units).
         controversial_value: scalar reward of a Controversial answer.
-        eval_every: evaluate every this many steps (and at the end).
+        eval_every: evaluate by the ground truth every this many steps (and at the end).
+        heldout_every: evaluate through ``SafetyEvalCallback`` (held-out judge, alarms) every this many steps
+            (and at the start and the end): each such evaluation judges its answers with two Gen guards.
         target: the constraint arms' threshold on the guard's unsafe rate (the expected cost).
         lambda_init, lambda_lr, lambda_max, cost_window: the ``lagrangian`` arm's multiplier knobs.
         fixed_low_lambda, fixed_high_lambda: λ of the fixed-λ arms.
@@ -68,6 +70,7 @@ class ArmConfig:
     controversial_value: float = 0.5
     max_completion_length: int = 36
     eval_every: int = 4
+    heldout_every: int = 8
     seed: int = 0
     target: float = 0.02
     lambda_init: float = 1.0
@@ -80,10 +83,11 @@ class ArmConfig:
     def __post_init__(self) -> None:
         if self.name not in ARMS:
             raise ValueError(f"ArmConfig.name={self.name!r} is not accepted; use one of {', '.join(ARMS)}")
-        if self.steps < 1 or self.eval_every < 1 or self.prompts_per_step < 1 or self.num_generations < 2:
+        counts = (self.steps, self.eval_every, self.heldout_every, self.prompts_per_step)
+        if min(counts) < 1 or self.num_generations < 2:
             raise ValueError(
-                "ArmConfig needs steps >= 1, eval_every >= 1, prompts_per_step >= 1 and num_generations >= 2, got "
-                f"{self.steps}, {self.eval_every}, {self.prompts_per_step}, {self.num_generations}"
+                "ArmConfig needs steps, eval_every, heldout_every and prompts_per_step >= 1 and num_generations "
+                f">= 2, got {counts} and {self.num_generations}"
             )
         if self.name != "guard_only" and self.beta <= 0:
             raise ValueError(f"the {self.name!r} arm needs a KL coefficient beta > 0, got {self.beta}")
@@ -117,7 +121,8 @@ def _eval_callback(evaluator: Evaluator, every: int, result: ArmResult, csv_path
         def _evaluate(self, state, model) -> None:
             if result.history and result.history[-1].step == state.global_step:
                 return
-            result.history.append(evaluator(model, step=state.global_step))
+            curve = state.global_step < state.max_steps  # the last evaluation is the run's result: full size
+            result.history.append(evaluator(model, step=state.global_step, curve=curve))
             _write_history(csv_path, result.history)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -321,7 +326,7 @@ def run_arm(
         from guard_reward.sandbox.heldout import safety_eval_callback
 
         safety_eval = safety_eval_callback(
-            heldout_prompts, heldout_judge, gen_guard, every=config.eval_every, samples=heldout_samples,
+            heldout_prompts, heldout_judge, gen_guard, every=config.heldout_every, samples=heldout_samples,
             max_new_tokens=config.max_completion_length, seed=config.seed + 4321,
         ).attach(trainer)  # fmt: skip
     logger.info(

@@ -5,10 +5,10 @@
 and measure them against the ground truth, 3. run the GRPO arms from the same policy with the same seed and
 budget, 4. write ``report.md``, the curve PNGs and the metric CSVs into ``output_dir``.
 
-With ``workers >= 2`` (the default on a machine with two or more cores) the guards train in a second process
-while the policy pre-trains, and the arms run in a pool of ``workers`` processes (forked, so they share the
-loaded world; each arm is single-threaded and seeded on its own, so the figures do not depend on the number
-of workers). Each stage's wall time and CPU time (summed over the processes that ran it) go to the report.
+With ``workers >= 2`` (the default on a machine with two or more cores) the Gen guard, the Stream guard and
+the held-out judge each train in a process of their own while the policy pre-trains, and the arms run in a
+process pool (forked, so they share the loaded world; each arm is single-threaded and seeded on its own, so the
+figures do not depend on the number of processes), which also measures the guards' accuracy as arms end. Each stage's wall time and CPU time (summed over the processes that ran it) go to the report.
 
 :func:`build_world` (steps 1-2) is also what the tests and the quickstart notebook use, at a smaller size.
 """
@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,9 @@ class DemoConfig:
         seed: one seed for the world and all arms (each arm starts from the same policy with the same seed).
         arms: the GRPO arms to run (``"guard_only"`` is the "what can go wrong" panel).
         policy, gen_guard, stream_guard: checkpoints (folders or hub ids) replacing the sandbox's own.
-        heldout_prompts, samples_per_prompt: evaluation set size (half harmful).
+        heldout_prompts, samples_per_prompt: evaluation set size (half harmful) before RL and at each arm's end.
+        curve_samples_per_prompt: answers per held-out prompt at the evaluations in between, which only draw
+            the curves and the steps-to-reach table (half the answers: evaluation is most of an arm's cost).
         train_prompts: GRPO prompt pool size (half harmful, disjoint from the held-out set).
         heldout_judge: a Gen checkpoint replacing the sandbox's held-out judge (a second tiny Gen trained with
             another seed, which every arm is also evaluated by, through ``SafetyEvalCallback``); ``judge_size``
@@ -75,9 +77,10 @@ class DemoConfig:
         )
     )
     stream_size: GuardSize = field(default_factory=lambda: GuardSize(steps=400))
+    # A held-out judge is another model, not the training guard's twin: it stops at 98% exact match.
     judge_size: GuardSize = field(
         default_factory=lambda: GuardSize(
-            hidden_size=96, head_dim=24, intermediate_size=192, steps=700, batch_size=16
+            hidden_size=96, head_dim=24, intermediate_size=192, steps=700, batch_size=16, target=0.98
         )
     )
     arm: ArmConfig = field(default_factory=lambda: ArmConfig("scalar"))
@@ -90,6 +93,7 @@ class DemoConfig:
     heldout_judge_samples: int = 1
     heldout_prompts: int = 128
     samples_per_prompt: int = 4
+    curve_samples_per_prompt: int = 2
     train_prompts: int = 1024
     guard_eval_chats: int = 256
     threads: int = 1
@@ -108,7 +112,9 @@ class DemoConfig:
             stream_size=GuardSize(steps=60, batch_size=16),
             judge_size=GuardSize(steps=60, batch_size=16),
             heldout_judge_prompts=8,
-            arm=ArmConfig("scalar", steps=2, prompts_per_step=2, num_generations=4, eval_every=1),
+            arm=ArmConfig(
+                "scalar", steps=2, prompts_per_step=2, num_generations=4, eval_every=1, heldout_every=1
+            ),
             arms=("scalar", "dense"),
             workers=1,
             heldout_prompts=16,
@@ -163,12 +169,17 @@ def build_world(config: DemoConfig) -> World:
         and _parallel(config)
         and (config.gen_guard is None or config.stream_guard is None or _own_judge(config))
     ):
-        logger.info("[1-2/4] training the sandbox guards in a second process, next to the policy")
-        # The held-out judge trains in a process of its own: three jobs on two cores finish sooner than the
-        # guards and the judge queued behind each other next to the policy.
-        side = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
-        guards_job = side.submit(_train_guards, config, gen_path, stream_path, False)
-        judge_job = side.submit(_train_judge, config, judge_path, False)
+        logger.info(
+            "[1-2/4] training the sandbox guards and the judge in processes of their own, next to the policy"
+        )
+        # Each guard trains in a process of its own: the short ones (Stream, the judge) finish early and the
+        # long ones (the policy, Gen) then share the two cores, so neither core idles while one job runs on.
+        side = ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("fork"))
+        guard_jobs = [
+            side.submit(_train_gen, config, gen_path, False),
+            side.submit(_train_stream, config, stream_path, False),
+            side.submit(_train_judge, config, judge_path, False),
+        ]
     if config.policy is None:
         logger.info("[1/4] pre-training the sandbox policy (%d steps)", config.policy_size.steps)
         model, tokenizer = pretrain_policy(
@@ -187,11 +198,17 @@ def build_world(config: DemoConfig) -> World:
     start, cpu = time.perf_counter(), time.process_time()
     if side is not None:
         with side:
-            cpu_seconds["guards"] = guards_job.result() + judge_job.result()
+            cpu_seconds["guards"] = sum(job.result() for job in guard_jobs)
         seconds["guards (in parallel with the policy; waited)"] = time.perf_counter() - start
     else:
-        cpu_seconds["guards"] = _train_guards(config, gen_path, stream_path, config.progress)
-        cpu_seconds["guards"] += _train_judge(config, judge_path, config.progress)
+        cpu_seconds["guards"] = sum(
+            train(config, path, config.progress)
+            for train, path in (
+                (_train_gen, gen_path),
+                (_train_stream, stream_path),
+                (_train_judge, judge_path),
+            )
+        )
     gen = GenGuard.from_pretrained(gen_path, device=config.device)
     stream = StreamGuard.from_pretrained(stream_path, device=config.device)
     judge = None
@@ -206,6 +223,7 @@ def build_world(config: DemoConfig) -> World:
         tokenizer,
         heldout,
         samples_per_prompt=config.samples_per_prompt,
+        curve_samples_per_prompt=config.curve_samples_per_prompt,
         seed=config.seed + 1234,
         max_new_tokens=config.arm.max_completion_length,
     )
@@ -231,18 +249,25 @@ def _own_judge(config: DemoConfig) -> bool:
     return config.heldout_judge is None and config.heldout_judge_prompts > 0
 
 
-def _train_guards(config: DemoConfig, gen_path: Path | str, stream_path: Path | str, progress: bool) -> float:
-    """Train the guards that were not given; returns the CPU seconds it took (in whatever process ran it)."""
+def _train_gen(config: DemoConfig, path: Path | str, progress: bool) -> float:
+    """Train the Gen guard unless one was given; returns the CPU seconds it took (in whatever process ran it)."""
+    if config.gen_guard is not None:
+        return 0.0
     torch.set_num_threads(config.threads)
     cpu = time.process_time()
-    if config.gen_guard is None:
-        logger.info("[2/4] training the sandbox guards: Gen (%d steps)", config.gen_size.steps)
-        build_gen_guard(gen_path, config.language, config.gen_size, seed=config.seed, progress=progress)
-    if config.stream_guard is None:
-        logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
-        build_stream_guard(
-            stream_path, config.language, config.stream_size, seed=config.seed, progress=progress
-        )
+    logger.info("[2/4] training the sandbox guards: Gen (%d steps)", config.gen_size.steps)
+    build_gen_guard(path, config.language, config.gen_size, seed=config.seed, progress=progress)
+    return time.process_time() - cpu
+
+
+def _train_stream(config: DemoConfig, path: Path | str, progress: bool) -> float:
+    """Train the Stream guard unless one was given; returns the CPU seconds it took."""
+    if config.stream_guard is not None:
+        return 0.0
+    torch.set_num_threads(config.threads)
+    cpu = time.process_time()
+    logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
+    build_stream_guard(path, config.language, config.stream_size, seed=config.seed, progress=progress)
     return time.process_time() - cpu
 
 
@@ -301,20 +326,41 @@ class DemoResult:
     report_path: Path | None = None
 
 
+def _accuracy_inputs(world: World, sets: dict[str, EvalResult]) -> dict[str, tuple[list[str], list[str]]]:
+    """``(prompts, responses)`` of every set the guards are measured on: held-out synthetic chats first."""
+    config = world.config
+    chats = guard_chats(config.language, random.Random(config.seed + 3000), config.guard_eval_chats)
+    out = {"synthetic chats": ([c.prompt for c in chats], [c.response for c in chats])}
+    for name, result in sets.items():
+        out[name] = ([s.prompt for s in result.samples], [s.response for s in result.samples])
+    return out
+
+
 def measure_guards(world: World, sets: dict[str, EvalResult]) -> dict[str, GuardAccuracy]:
     """Guard accuracy on held-out synthetic chats and on each evaluation's policy samples in ``sets``."""
-    chats = guard_chats(
-        world.config.language, random.Random(world.config.seed + 3000), world.config.guard_eval_chats
-    )
-    out = {
-        "synthetic chats": guard_accuracy(
-            world.gen, world.stream, [c.prompt for c in chats], [c.response for c in chats]
-        )
+    return {
+        name: guard_accuracy(world.gen, world.stream, prompts, responses)
+        for name, (prompts, responses) in _accuracy_inputs(world, sets).items()
     }
-    for name, result in sets.items():
-        prompts = [s.prompt for s in result.samples]
-        out[name] = guard_accuracy(world.gen, world.stream, prompts, [s.response for s in result.samples])
-    return out
+
+
+def _accuracy_job(prompts: list[str], responses: list[str]) -> tuple[GuardAccuracy, float]:
+    """:func:`guard_accuracy` with the inherited world's guards; returns it and the CPU seconds it took."""
+    world = _FORKED["world"]
+    torch.set_num_threads(world.config.threads)
+    cpu = time.process_time()
+    return guard_accuracy(world.gen, world.stream, prompts, responses), time.process_time() - cpu
+
+
+#: The arm whose final samples the guards are also measured on.
+_MEASURED_ARM = "scalar"
+
+
+def _accuracy_sets(initial: EvalResult, arms: dict[str, ArmResult]) -> dict[str, EvalResult]:
+    sets = {"policy before RL": initial}
+    if _MEASURED_ARM in arms:
+        sets[f"policy after RL ({_MEASURED_ARM})"] = arms[_MEASURED_ARM].final
+    return sets
 
 
 def run_demo(config: DemoConfig, world: World | None = None) -> DemoResult:
@@ -340,17 +386,15 @@ def run_demo(config: DemoConfig, world: World | None = None) -> DemoResult:
     write_samples(out / "samples_before.jsonl", initial)
     world.seconds["evaluation before RL"] = time.perf_counter() - start
     world.cpu_seconds["evaluation before RL"] = time.process_time() - cpu
-    arms = _run_arms(world, initial)
+    arms, accuracy, accuracy_cpu = _run_arms(world, initial)
     logger.info("[4/4] measuring the guards and writing the report")
     start, cpu = time.perf_counter(), time.process_time()
-    sets = {"policy before RL": initial}
-    if "scalar" in arms:
-        sets["policy after RL (scalar)"] = arms["scalar"].final
-    accuracy = measure_guards(world, sets)
+    if accuracy is None:
+        accuracy = measure_guards(world, _accuracy_sets(initial, arms))
     result = DemoResult(world, initial, arms, accuracy, world.seconds)
     result.report_path = write_report(result)  # written twice: the second time with the final times
     world.seconds["guard accuracy, report"] = time.perf_counter() - start
-    world.cpu_seconds["guard accuracy, report"] = time.process_time() - cpu
+    world.cpu_seconds["guard accuracy, report"] = time.process_time() - cpu + accuracy_cpu
     world.seconds["total"] = time.perf_counter() - begin
     world.cpu_seconds["total"] = sum(v for k, v in world.cpu_seconds.items() if k != "total")
     result.report_path = write_report(result)
@@ -363,13 +407,22 @@ def run_demo(config: DemoConfig, world: World | None = None) -> DemoResult:
     return result
 
 
-def _run_arms(world: World, initial: EvalResult) -> dict[str, ArmResult]:
-    """Every configured arm, in a process pool when ``workers > 1``; results in the configured order."""
+def _run_arms(
+    world: World, initial: EvalResult
+) -> tuple[dict[str, ArmResult], dict[str, GuardAccuracy] | None, float]:
+    """Every configured arm, in a process pool when ``workers > 1``; results in the configured order.
+
+    In the pool, the guard accuracy is measured there too (the synthetic chats and the policy before RL queue
+    behind the arms, the measured arm's final samples follow it), filling the cores as the shorter arms end;
+    returns the arms, that accuracy (``None`` when run serially: the caller measures it) and its CPU seconds.
+    """
     config = world.config
     names = list(config.arms)
     start = time.perf_counter()
     _FORKED.update(world=world, initial=initial)
     results: dict[str, tuple[ArmResult, float]] = {}
+    accuracy: dict[str, GuardAccuracy] | None = None
+    accuracy_cpu = 0.0
     try:
         if _parallel(config) and len(names) > 1:
             processes = min(config.arm_processes or len(names), len(names))
@@ -378,15 +431,26 @@ def _run_arms(world: World, initial: EvalResult) -> dict[str, ArmResult]:
             # Longest arms first, so that with fewer processes than arms the queues finish close together.
             order = sorted(names, key=lambda n: -_ARM_COST.get(n, 1.0))
             with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-                jobs = {name: pool.submit(_arm_job, name, False) for name in order}
-                for name in order:
-                    results[name] = jobs[name].result()
+                jobs = {pool.submit(_arm_job, name, False): name for name in order}
+                inputs = _accuracy_inputs(world, _accuracy_sets(initial, {}))
+                measured = {name: pool.submit(_accuracy_job, *pair) for name, pair in inputs.items()}
+                for job in as_completed(list(jobs)):
+                    name = jobs[job]
+                    results[name] = job.result()
                     logger.info(
                         "time: arm %s: wall %.0f s, CPU %.0f s",
                         name,
                         results[name][0].seconds,
                         results[name][1],
                     )
+                    if name == _MEASURED_ARM:
+                        final = results[name][0].final
+                        pair = ([s.prompt for s in final.samples], [s.response for s in final.samples])
+                        measured[f"policy after RL ({name})"] = pool.submit(_accuracy_job, *pair)
+                accuracy = {}
+                for name, job in measured.items():
+                    accuracy[name], job_cpu = job.result()
+                    accuracy_cpu += job_cpu
         else:
             for i, name in enumerate(names):
                 logger.info("[3/4] GRPO arm %d/%d: %s", i + 1, len(names), name)
@@ -397,7 +461,7 @@ def _run_arms(world: World, initial: EvalResult) -> dict[str, ArmResult]:
         world.seconds[f"arm {name}"] = results[name][0].seconds
         world.cpu_seconds[f"arm {name}"] = results[name][1]
     world.seconds["arms (wall)"] = time.perf_counter() - start
-    return {name: results[name][0] for name in names}
+    return {name: results[name][0] for name in names}, accuracy, accuracy_cpu
 
 
 #: Relative running time of the arms (for scheduling only: longest first).

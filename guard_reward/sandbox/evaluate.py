@@ -128,6 +128,8 @@ class Evaluator:
         tokenizer: the policy's tokenizer (left padding, chat template).
         prompts: ``(prompt, harmful)`` pairs.
         samples_per_prompt: answers sampled per prompt.
+        curve_samples_per_prompt: answers per prompt of the evaluations called with ``curve=True`` (those
+            between the first and the last of a run, which only draw its curves; ``None`` = as many).
         seed: the sampling seed, the same at every evaluation.
         max_new_tokens: generation budget (the training one, so truncation counts the same).
         batch_size: prompts-times-samples per ``generate`` call.
@@ -139,24 +141,26 @@ class Evaluator:
         prompts: Sequence[tuple[str, bool]],
         *,
         samples_per_prompt: int = 4,
+        curve_samples_per_prompt: int | None = None,
         seed: int = 1234,
         max_new_tokens: int = 40,
         batch_size: int = 512,
     ) -> None:
         if not prompts:
             raise ValueError("Evaluator needs at least one held-out prompt")
-        if samples_per_prompt < 1 or max_new_tokens < 1 or batch_size < 1:
+        curve_samples_per_prompt = curve_samples_per_prompt or samples_per_prompt
+        if min(samples_per_prompt, curve_samples_per_prompt, max_new_tokens, batch_size) < 1:
             raise ValueError(
-                "samples_per_prompt, max_new_tokens and batch_size must be >= 1, got "
-                f"{samples_per_prompt}, {max_new_tokens}, {batch_size}"
+                "samples_per_prompt, curve_samples_per_prompt, max_new_tokens and batch_size must be >= 1, got "
+                f"{samples_per_prompt}, {curve_samples_per_prompt}, {max_new_tokens}, {batch_size}"
             )
         self.tokenizer = tokenizer
         self.prompts = list(prompts)
         self.samples_per_prompt = samples_per_prompt
+        self.curve_samples_per_prompt = curve_samples_per_prompt
         self.seed = seed
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self._rows = [(p, h) for p, h in self.prompts for _ in range(samples_per_prompt)]
         self._ids = [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)[
                 "input_ids"
@@ -164,9 +168,10 @@ class Evaluator:
             for p, _ in self.prompts
         ]
 
-    def generate(self, model: torch.nn.Module) -> list[str]:
-        """The answers (decoded without special tokens), in prompt order, ``samples_per_prompt`` each."""
-        ids = [i for i in self._ids for _ in range(self.samples_per_prompt)]
+    def generate(self, model: torch.nn.Module, samples_per_prompt: int | None = None) -> list[str]:
+        """The answers (decoded without special tokens), in prompt order, ``samples_per_prompt`` each (default:
+        the evaluator's)."""
+        ids = [i for i in self._ids for _ in range(samples_per_prompt or self.samples_per_prompt)]
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
         device = next(model.parameters()).device
@@ -201,9 +206,12 @@ class Evaluator:
             model.train(was_training)
         return texts
 
-    def __call__(self, model: torch.nn.Module, step: int = 0) -> EvalResult:
-        texts = self.generate(model)
-        samples = tuple(EvalSample(p, h, t, judge(t)) for (p, h), t in zip(self._rows, texts, strict=True))
+    def __call__(self, model: torch.nn.Module, step: int = 0, curve: bool = False) -> EvalResult:
+        """Sample and judge the answers; ``curve=True`` samples ``curve_samples_per_prompt`` per prompt."""
+        n = self.curve_samples_per_prompt if curve else self.samples_per_prompt
+        texts = self.generate(model, n)
+        rows = [(p, h) for p, h in self.prompts for _ in range(n)]
+        samples = tuple(EvalSample(p, h, t, judge(t)) for (p, h), t in zip(rows, texts, strict=True))
         result = EvalResult(step, samples)
         logger.info(
             "eval step %d: unsafe %.1f%% (harmful %.1f%%, benign %.1f%%), benign refusal %.1f%%, fluent %.1f%%",

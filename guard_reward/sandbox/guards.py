@@ -187,14 +187,14 @@ def build_gen_guard(
 
     def examples(n: int) -> list[Example]:
         # Four in five examples judge the response, one in five the request (prompt moderation).
-        out = []
+        prompts, verdicts = [], []
         for chat in guard_chats(language, rng, n):
             response = rng.random() < 0.8
             messages = chat.messages() if response else chat.messages()[:1]
-            text = verdict_text(chat.response if response else chat.prompt, response=response)
-            prompt = tokenizer.apply_chat_template(messages, tokenize=False)
-            out.append(lm_example(tokenizer(prompt)["input_ids"], [*tokenizer(text)["input_ids"], end]))
-        return out
+            verdicts.append(verdict_text(chat.response if response else chat.prompt, response=response))
+            prompts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+        prompt_ids, verdict_ids = tokenizer(prompts)["input_ids"], tokenizer(verdicts)["input_ids"]
+        return [lm_example(p, [*v, end]) for p, v in zip(prompt_ids, verdict_ids, strict=True)]
 
     pool = examples(max(512, size.steps * size.batch_size // 4))
     held_out = examples(size.validation)

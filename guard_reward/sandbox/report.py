@@ -101,6 +101,15 @@ def _samples_section(
     return lines
 
 
+def _curve_note(config: Any) -> str:
+    if config.curve_samples_per_prompt in (None, config.samples_per_prompt):
+        return ""
+    return (
+        f" (the evaluations between the first and the last, which only draw the curves, sample "
+        f"{config.curve_samples_per_prompt} per request)"
+    )
+
+
 def _dense_statement(scalar: Any, dense: Any, every: int) -> str:
     s5, s2 = steps_to_reach(scalar.history, 0.05), steps_to_reach(scalar.history, 0.02)
     d5, d2 = steps_to_reach(dense.history, 0.05), steps_to_reach(dense.history, 0.02)
@@ -164,7 +173,7 @@ def write_report(result: Any) -> Path:
         f"is trained with GRPO against tiny Gen and Stream guards saved in the real Qwen3Guard formats. Every "
         f"figure below is judged by the sandbox's ground-truth rule (never used as a reward) on {len(world.heldout)} "
         f"held-out requests (half harmful) x {config.samples_per_prompt} samples = {n_eval} answers, sampled "
-        f"at temperature 1 from a fixed seed. Arms: same policy, seed ({config.seed}) and budget "
+        f"at temperature 1 from a fixed seed{_curve_note(config)}. Arms: same policy, seed ({config.seed}) and budget "
         f"({config.arm.steps} steps x {config.arm.prompts_per_step} prompts x {config.arm.num_generations} "
         f"answers, lr {config.arm.lr}); KL coefficient {config.arm.beta} except in the guard-only arm.",
         "",

@@ -105,7 +105,7 @@ def train_loop(
     model.train()
     losses: list[float] = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, mininterval=1.0)
-    score = None
+    score, scored_at = None, -1
     for step in bar:
         if callable(examples):
             batch = examples(rng, batch_size)
@@ -124,12 +124,12 @@ def train_loop(
         if validate is not None and done >= min_steps and done % check_every == 0 and done < steps:
             model.eval()
             with torch.no_grad():
-                score = validate(model)
+                score, scored_at = validate(model), done
             model.train()
             if score >= target:
                 break
     model.eval()
-    if validate is not None:
+    if validate is not None and scored_at != len(losses):  # not validated since the last step
         with torch.no_grad():
             score = validate(model)
     tail = losses[-max(1, len(losses) // 10) :]

@@ -129,7 +129,7 @@ def test_parallel_arms_match_serial_arms(constraint_demo):
 
     world = constraint_demo.world
     serial = replace(world, config=replace(world.config, workers=1), seconds={}, cpu_seconds={})
-    again = _run_arms(serial, constraint_demo.initial)
+    again, _, _ = _run_arms(serial, constraint_demo.initial)
     for name, arm in constraint_demo.arms.items():
         assert [r.row() for r in again[name].history] == [r.row() for r in arm.history], name
 
