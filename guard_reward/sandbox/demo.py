@@ -6,7 +6,7 @@ and measure them against the ground truth, 3. run the GRPO arms from the same po
 budget, 4. write ``report.md``, the curve PNGs and the metric CSVs into ``output_dir``.
 
 With ``workers >= 2`` (the default on a machine with two or more cores) the Gen guard, the Stream guard and
-the held-out judge each train in a process of their own while the policy pre-trains, and the arms run in a
+the held-out judge train in two more processes while the policy pre-trains, and the arms run in a
 process pool (forked, so they share the loaded world; each arm is single-threaded and seeded on its own, so the
 figures do not depend on the number of processes), which also measures the guards' accuracy as arms end. Each stage's wall time and CPU time (summed over the processes that ran it) go to the report.
 
@@ -163,18 +163,17 @@ def build_world(config: DemoConfig) -> World:
     gen_path: Path | str = config.gen_guard or out / "guards" / "gen"
     stream_path: Path | str = config.stream_guard or out / "guards" / "stream"
     judge_path: Path | str = config.heldout_judge or out / "guards" / "judge"
-    side = None  # the guards' training process, when it runs next to the policy's pre-training
+    side = None  # the guards' training processes, when they run next to the policy's pre-training
     if (
         config.policy is None
         and _parallel(config)
         and (config.gen_guard is None or config.stream_guard is None or _own_judge(config))
     ):
-        logger.info(
-            "[1-2/4] training the sandbox guards and the judge in processes of their own, next to the policy"
-        )
-        # Each guard trains in a process of its own: the short ones (Stream, the judge) finish early and the
-        # long ones (the policy, Gen) then share the two cores, so neither core idles while one job runs on.
-        side = ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("fork"))
+        logger.info("[1-2/4] training the sandbox guards and the judge in two processes, next to the policy")
+        # Three processes on two cores: Gen (the longest guard) in one, Stream then the judge (the two short
+        # ones) in the other, so that the policy and Gen, the longest jobs, end close together. (The judge
+        # in a process of its own left the policy running alone on one core for its last 15 s.)
+        side = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
         guard_jobs = [
             side.submit(_train_gen, config, gen_path, False),
             side.submit(_train_stream, config, stream_path, False),
