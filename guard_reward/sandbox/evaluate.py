@@ -148,7 +148,8 @@ class Evaluator:
     ) -> None:
         if not prompts:
             raise ValueError("Evaluator needs at least one held-out prompt")
-        curve_samples_per_prompt = curve_samples_per_prompt or samples_per_prompt
+        if curve_samples_per_prompt is None:
+            curve_samples_per_prompt = samples_per_prompt
         if min(samples_per_prompt, curve_samples_per_prompt, max_new_tokens, batch_size) < 1:
             raise ValueError(
                 "samples_per_prompt, curve_samples_per_prompt, max_new_tokens and batch_size must be >= 1, got "

@@ -114,12 +114,39 @@ def verdict_text(text: str, *, response: bool) -> str:
     return "\n".join(lines)
 
 
+def verdict_hidden(model, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Last hidden states ``(N, H)`` of a Gen model at the ``keep`` positions (row-major, as ``h[keep]``).
+
+    Args:
+        ids, mask: ``(B, L)`` right-padded token ids and their attention mask.
+        keep: ``(B, L)`` bool, the positions wanted (the verdict tokens).
+
+    The instruction header every Gen input opens with (and any longer prefix some rows share) runs once, as
+    ``GenGuard`` does when judging (:mod:`guard_reward.guards.prefix_sharing`); gradients flow through the
+    shared rows into every row that uses them, so loss and gradients equal the plain pass's up to float
+    rounding, for about half the tokens.
+    """
+    from guard_reward.guards.prefix_sharing import encode_shared, plan_sharing, run_rows
+
+    lengths = mask.sum(dim=1).tolist()
+    rows = [ids[b, :n].tolist() for b, n in enumerate(lengths)]
+    plan = plan_sharing(rows)
+    if plan is None:
+        return model.model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]
+    pad_id = model.config.pad_token_id
+    past = encode_shared(model.model, rows, plan, pad_id, keep_hidden=True)
+    own_rows = [r[c:] for r, c in zip(rows, plan.cut, strict=True)]
+    own = run_rows(model.model, past.cache, own_rows, past.key_mask, past.length, pad_id)  # (B, W, H)
+    row_index, positions = keep.nonzero(as_tuple=True)
+    return past.gather(plan.cut, own, row_index, positions)
+
+
 def _verdict_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: list[torch.Tensor]) -> torch.Tensor:
     """Cross-entropy over the verdict tokens, the ``Safety:`` label (each row's first target) weighted
     ``LEVEL_WEIGHT`` times: it is the token the rewards read, and the one a small model learns last."""
     targets = labels[0]
     keep = targets != -100
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]  # (N, H)
+    hidden = verdict_hidden(model, ids, mask, keep)  # (N, H)
     losses = torch.nn.functional.cross_entropy(model.lm_head(hidden).float(), targets[keep], reduction="none")
     first = keep & (keep.cumsum(dim=1) == 1)  # (B, L): each row's first target position
     weights = torch.where(first[keep], LEVEL_WEIGHT, 1.0)
@@ -146,7 +173,7 @@ def _all_right(pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> 
 def _gen_correct(model, ids, mask, labels) -> torch.Tensor:
     """Every verdict token predicted right (teacher forcing)."""
     keep = labels[0] != -100
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]
+    hidden = verdict_hidden(model, ids, mask, keep)
     return _all_right(model.lm_head(hidden).argmax(-1), labels[0], keep)
 
 

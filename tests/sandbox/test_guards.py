@@ -121,3 +121,56 @@ def test_demo_sized_guards_agree_with_the_ground_truth(tmp_path):
         acc.gen_level > 0.95 and acc.gen_refusal > 0.95 and acc.gen_category > 0.9 and acc.gen_prompt > 0.95
     )
     assert acc.stream_response > 0.95 and acc.stream_token > 0.95 and acc.stream_first_violation > 0.9
+
+
+def test_gen_training_pass_with_shared_prefixes_equals_the_plain_pass(monkeypatch):
+    """The Gen guard's training runs the shared instruction header once per batch; its loss and every gradient
+    must equal the plain padded pass's (rows of both moderation kinds, and a duplicate row whose verdict tokens
+    fall inside a shared level)."""
+    from transformers import Qwen3ForCausalLM
+
+    from guard_reward.guards.prefix_sharing import plan_sharing
+    from guard_reward.sandbox import guards
+    from guard_reward.sandbox.guards import GuardSize, _verdict_loss
+    from guard_reward.sandbox.policy import qwen3_sandbox_config
+    from guard_reward.sandbox.tokenizer import IM_END, sandbox_tokenizer, template_text
+    from guard_reward.sandbox.training import batch_tensors, lm_example
+
+    tok = sandbox_tokenizer(template_text("gen"))
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(qwen3_sandbox_config(tok, **GuardSize().sizes())).train()
+    rng, end = random.Random(0), tok.convert_tokens_to_ids(IM_END)
+    examples = []
+    for i, chat in enumerate(guard_chats(Language(), rng, 12)):
+        response = i % 4 != 0
+        messages = chat.messages() if response else chat.messages()[:1]
+        prompt = tok(tok.apply_chat_template(messages, tokenize=False))["input_ids"]
+        verdict = tok(verdict_text(chat.response if response else chat.prompt, response=response))[
+            "input_ids"
+        ]
+        examples.append(lm_example(prompt, [*verdict, end]))
+    examples.append(examples[1])
+    ids, mask, labels = batch_tensors(examples, tok.pad_token_id)
+    keep = labels[0] != -100
+    lengths = mask.sum(dim=1).tolist()
+    plan = plan_sharing([ids[b, :n].tolist() for b, n in enumerate(lengths)])
+    assert plan is not None and plan.shared > 0 and plan.groups, "the batch must take the shared path"
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = _verdict_loss(model, ids, mask, labels)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    shared_loss, shared_grads = loss_and_grads()
+    plain = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[keep]
+    assert torch.allclose(guards.verdict_hidden(model, ids, mask, keep), plain, atol=1e-5)
+    monkeypatch.setattr(
+        guards,
+        "verdict_hidden",
+        lambda m, i, m_i, k: m.model(input_ids=i, attention_mask=m_i).last_hidden_state[k],
+    )
+    plain_loss, plain_grads = loss_and_grads()
+    assert torch.allclose(shared_loss, plain_loss, atol=1e-5)
+    for a, b in zip(shared_grads, plain_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
