@@ -164,6 +164,8 @@ def build_world(config: DemoConfig) -> World:
     gen_path: Path | str = config.gen_guard or out / "guards" / "gen"
     stream_path: Path | str = config.stream_guard or out / "guards" / "stream"
     judge_path: Path | str = config.heldout_judge or out / "guards" / "judge"
+    # Submitted in this order to two processes: Gen in one, Stream then the judge in the other.
+    paths = {"gen": gen_path, "stream": stream_path, "judge": judge_path}
     side = None  # the guards' training processes, when they run next to the policy's pre-training
     if (
         config.policy is None
@@ -177,11 +179,7 @@ def build_world(config: DemoConfig) -> World:
         side = ProcessPoolExecutor(
             2, mp_context=multiprocessing.get_context("fork"), initializer=os.nice, initargs=(_SIDE_NICENESS,)
         )
-        guard_jobs = [
-            side.submit(_train_gen, config, gen_path, False),
-            side.submit(_train_stream, config, stream_path, False),
-            side.submit(_train_judge, config, judge_path, False),
-        ]
+        guard_jobs = [side.submit(_train_guard, kind, config, path, False) for kind, path in paths.items()]
     if config.policy is None:
         logger.info("[1/4] pre-training the sandbox policy (%d steps)", config.policy_size.steps)
         model, tokenizer = pretrain_policy(
@@ -204,12 +202,7 @@ def build_world(config: DemoConfig) -> World:
         seconds["guards (in parallel with the policy; waited)"] = time.perf_counter() - start
     else:
         cpu_seconds["guards"] = sum(
-            train(config, path, config.progress)
-            for train, path in (
-                (_train_gen, gen_path),
-                (_train_stream, stream_path),
-                (_train_judge, judge_path),
-            )
+            _train_guard(kind, config, path, config.progress) for kind, path in paths.items()
         )
     gen = GenGuard.from_pretrained(gen_path, device=config.device)
     stream = StreamGuard.from_pretrained(stream_path, device=config.device)
@@ -256,39 +249,27 @@ def _own_judge(config: DemoConfig) -> bool:
     return config.heldout_judge is None and config.heldout_judge_prompts > 0
 
 
-def _train_gen(config: DemoConfig, path: Path | str, progress: bool) -> float:
-    """Train the Gen guard unless one was given; returns the CPU seconds it took (in whatever process ran it)."""
-    if config.gen_guard is not None:
-        return 0.0
-    torch.set_num_threads(config.threads)
-    cpu = time.process_time()
-    logger.info("[2/4] training the sandbox guards: Gen (%d steps)", config.gen_size.steps)
-    build_gen_guard(path, config.language, config.gen_size, seed=config.seed, progress=progress)
-    return time.process_time() - cpu
-
-
-def _train_stream(config: DemoConfig, path: Path | str, progress: bool) -> float:
-    """Train the Stream guard unless one was given; returns the CPU seconds it took."""
-    if config.stream_guard is not None:
-        return 0.0
-    torch.set_num_threads(config.threads)
-    cpu = time.process_time()
-    logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
-    build_stream_guard(path, config.language, config.stream_size, seed=config.seed, progress=progress)
-    return time.process_time() - cpu
-
-
-def _train_judge(config: DemoConfig, judge_path: Path | str, progress: bool) -> float:
-    """Train the held-out judge unless one was given (or it is off); returns the CPU seconds it took."""
+def _train_guard(kind: str, config: DemoConfig, path: Path | str, progress: bool) -> float:
+    """Train the sandbox's ``"gen"`` or ``"stream"`` guard or its held-out ``"judge"`` (a second Gen, another
+    seed) unless a checkpoint was given or the judge is off; returns the CPU seconds it took (in whatever
+    process ran it)."""
     from guard_reward.sandbox.heldout import JUDGE_SEED_OFFSET
 
-    if not _own_judge(config):
+    given = {"gen": config.gen_guard, "stream": config.stream_guard, "judge": config.heldout_judge}[kind]
+    if given is not None or (kind == "judge" and not _own_judge(config)):
         return 0.0
     torch.set_num_threads(config.threads)
     cpu = time.process_time()
-    seed = config.seed + JUDGE_SEED_OFFSET
-    logger.info("[2/4] training the held-out judge: Gen (%d steps, seed %d)", config.judge_size.steps, seed)
-    build_gen_guard(judge_path, config.language, config.judge_size, seed=seed, progress=progress)
+    if kind == "stream":
+        logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
+        build_stream_guard(path, config.language, config.stream_size, seed=config.seed, progress=progress)
+    else:
+        judge = kind == "judge"
+        size = config.judge_size if judge else config.gen_size
+        seed = config.seed + (JUDGE_SEED_OFFSET if judge else 0)
+        what = "the held-out judge" if judge else "the sandbox guards"
+        logger.info("[2/4] training %s: Gen (%d steps, seed %d)", what, size.steps, seed)
+        build_gen_guard(path, config.language, size, seed=seed, progress=progress)
     return time.process_time() - cpu
 
 
