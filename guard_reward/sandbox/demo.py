@@ -319,9 +319,11 @@ def _accuracy_inputs(world: World, sets: dict[str, EvalResult]) -> dict[str, tup
     config = world.config
     chats = guard_chats(config.language, random.Random(config.seed + 3000), config.guard_eval_chats)
     out = {"synthetic chats": ([c.prompt for c in chats], [c.response for c in chats])}
-    for name, result in sets.items():
-        out[name] = ([s.prompt for s in result.samples], [s.response for s in result.samples])
-    return out
+    return out | {name: _texts(result) for name, result in sets.items()}
+
+
+def _texts(result: EvalResult) -> tuple[list[str], list[str]]:
+    return [s.prompt for s in result.samples], [s.response for s in result.samples]
 
 
 def measure_guards(world: World, sets: dict[str, EvalResult]) -> dict[str, GuardAccuracy]:
@@ -344,10 +346,13 @@ def _accuracy_job(prompts: list[str], responses: list[str]) -> tuple[GuardAccura
 _MEASURED_ARM = "scalar"
 
 
+_AFTER_RL = f"policy after RL ({_MEASURED_ARM})"
+
+
 def _accuracy_sets(initial: EvalResult, arms: dict[str, ArmResult]) -> dict[str, EvalResult]:
     sets = {"policy before RL": initial}
     if _MEASURED_ARM in arms:
-        sets[f"policy after RL ({_MEASURED_ARM})"] = arms[_MEASURED_ARM].final
+        sets[_AFTER_RL] = arms[_MEASURED_ARM].final
     return sets
 
 
@@ -432,9 +437,7 @@ def _run_arms(
                         results[name][1],
                     )
                     if name == _MEASURED_ARM:
-                        final = results[name][0].final
-                        pair = ([s.prompt for s in final.samples], [s.response for s in final.samples])
-                        measured[f"policy after RL ({name})"] = pool.submit(_accuracy_job, *pair)
+                        measured[_AFTER_RL] = pool.submit(_accuracy_job, *_texts(results[name][0].final))
                 accuracy = {}
                 for name, job in measured.items():
                     accuracy[name], job_cpu = job.result()
