@@ -7,6 +7,11 @@ transformers and TRL load only when a guard, a reward or a trainer is actually t
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from guard_reward.types import LEVELS, TokenRisk, Verdict
@@ -41,6 +46,52 @@ if TYPE_CHECKING:
     from guard_reward.guards.remote import RemoteGenGuard, RemoteStreamGuard
     from guard_reward.guards.stream import StreamGuard
     from guard_reward.rewards import HybridSafetyReward, SafetyReward, TokenSafetyPenalty
+
+
+#: Modules that moved into the layer folders: the old import path still works, and warns once when imported.
+_MOVED: dict[str, tuple[str, ...]] = {
+    "guard_reward.alignment": ("guard_reward.guards.offsets",),
+    "guard_reward.annotate": ("guard_reward.evaluation.annotate",),
+    "guard_reward.config": ("guard_reward.recipes.config",),
+    "guard_reward.constraint": ("guard_reward.shaping.constraint",),
+    "guard_reward.intervention": ("guard_reward.guards.intervention",),
+    "guard_reward.metrics": ("guard_reward.rewards.metrics",),
+    "guard_reward.plots": ("guard_reward.evaluation.plots",),
+    "guard_reward.protocol": ("guard_reward.serving.protocol",),
+    "guard_reward.recipe_check": ("guard_reward.recipes.check",),
+    "guard_reward.rewards.async_form": ("guard_reward.rewards.async_reward",),
+    "guard_reward.evaluation.run": ("guard_reward.evaluation.checkpoint_eval",),
+    "guard_reward.evaluation.runner": ("guard_reward.evaluation.answering",),
+    "guard_reward.integrations.trl.ppo_math": ("guard_reward.shaping.ppo_math",),
+}
+
+
+class _MovedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports an old module path as a thin alias of its new home(s), with one ``DeprecationWarning``."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _MOVED:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        homes = [importlib.import_module(name) for name in _MOVED[module.__name__]]
+        warnings.warn(
+            f"{module.__name__} moved to {' and '.join(h.__name__ for h in homes)}; import it from there "
+            "(the old path will be removed in a future release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        for home in homes:
+            public = getattr(home, "__all__", None) or [n for n in vars(home) if not n.startswith("__")]
+            module.__dict__.update({n: getattr(home, n) for n in public})
+        module.__doc__ = homes[0].__doc__
+
+
+sys.meta_path.append(_MovedModule())
 
 
 def __getattr__(name: str) -> Any:

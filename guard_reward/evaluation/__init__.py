@@ -2,9 +2,9 @@
 alarms and reports (``guard-reward eval``; ``SafetyEvalCallback`` in ``guard_reward.integrations.trl``)."""
 
 from guard_reward.evaluation.alarms import ALARMS, AlarmConfig, Alarms
+from guard_reward.evaluation.answering import EVAL_PREFIX, GenerationSettings, answer_and_judge, eval_metrics
 from guard_reward.evaluation.judges import Judge, load_judge
 from guard_reward.evaluation.prompts import EvalPrompt, bundled_prompt_set, read_prompt_set
-from guard_reward.evaluation.runner import EVAL_PREFIX, GenerationSettings, answer_and_judge, eval_metrics
 from guard_reward.evaluation.stats import Rate, cohen_kappa, newcombe, wilson
 
 __all__ = [

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from guard_reward.evaluation import summary
-from guard_reward.evaluation.run import EvalRun
+from guard_reward.evaluation.checkpoint_eval import EvalRun
 from guard_reward.evaluation.stats import Rate, newcombe
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from guard_reward.evaluation.stats import Rate, cohen_kappa, wilson
-from guard_reward.metrics import category_slug
+from guard_reward.rewards.metrics import category_slug
 
 #: Per-answer statistics summed for the alarms (value sums and counts of finite values).
 MEANS = ("tokens", "entropy", "ref_nll")

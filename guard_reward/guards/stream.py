@@ -46,7 +46,6 @@ from typing import Any, Literal
 
 import torch
 
-from guard_reward.alignment import token_char_offsets
 from guard_reward.conversations import (
     THINK_CLOSE,
     THINK_OPEN,
@@ -70,6 +69,7 @@ from guard_reward.guards.common import (
     resolve_dtype,
     token_budget_batches,
 )
+from guard_reward.guards.offsets import token_char_offsets
 from guard_reward.guards.prefix_sharing import (
     encode_shared,
     ordered_budget_batches,

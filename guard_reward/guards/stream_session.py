@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.cache_utils import DynamicCache
 
-from guard_reward.alignment import OffsetTracker, token_bytes
 from guard_reward.guards.common import ContextTooLongError
+from guard_reward.guards.offsets import OffsetTracker, token_bytes
 from guard_reward.guards.stream_inputs import Encoded
 from guard_reward.types import TokenRisk
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from guard_reward.guards.common import hub_kwargs, resolve_device, resolve_dtype
-from guard_reward.rewards.base import check_name
+from guard_reward.rewards.inputs import check_name
 
 logger = logging.getLogger(__name__)
 

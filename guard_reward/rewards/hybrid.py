@@ -12,16 +12,16 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from guard_reward import metrics
 from guard_reward.faults import (
     NO_ANSWER,
     UNPARSEABLE,
 )
 from guard_reward.guards.parsing import RESPONSE_CATEGORIES
-from guard_reward.rewards.base import (
+from guard_reward.rewards import metrics
+from guard_reward.rewards.base import _GenReward, _reasoning_unsafe
+from guard_reward.rewards.inputs import (
     emit_columns,
 )
-from guard_reward.rewards.gen_reward import _GenReward, _reasoning_unsafe
 from guard_reward.rewards.trajectory import (
     JUDGE,
     Outcome,

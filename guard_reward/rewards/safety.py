@@ -17,22 +17,22 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from guard_reward import metrics
 from guard_reward.faults import (
     INVALID_INPUT,
     NO_ANSWER,
     UNPARSEABLE,
 )
 from guard_reward.guards.parsing import RESPONSE_CATEGORIES
-from guard_reward.rewards.base import (
+from guard_reward.rewards import metrics
+from guard_reward.rewards.base import _GenReward, _reasoning_unsafe
+from guard_reward.rewards.hybrid import HybridSafetyReward
+from guard_reward.rewards.inputs import (
     emit_columns,
     harm_from_column,
     prompt_conversation,
     unique_prompts,
     warn_reward_hacking_risk,
 )
-from guard_reward.rewards.gen_reward import _GenReward, _reasoning_unsafe
-from guard_reward.rewards.hybrid import HybridSafetyReward
 from guard_reward.rewards.trajectory import (
     JUDGE,
     Outcome,

@@ -5,7 +5,7 @@ like a TRL reward function, it returns ``(B, T)`` per-token rewards aligned 1:1 
 ``completion_ids``. When the policy shares the guard's vocabulary (every Qwen3 policy), the policy's own ids
 are scored verbatim (``StreamGuard.score_ids``: no decode/re-encode, the identity alignment); otherwise the
 decoded text is scored with the guard's tokens and carried onto policy tokens by character offsets
-(:mod:`guard_reward.alignment`). Stream's risk is turned into rewards by :mod:`guard_reward.shaping.dense`
+(:mod:`guard_reward.guards.offsets`). Stream's risk is turned into rewards by :mod:`guard_reward.shaping.dense`
 (``first_violation`` by default). Tokens the guard does not score — a reasoning block when only the answer is
 judged, the closing end-of-turn token, tokens without text — get 0.
 
@@ -45,14 +45,6 @@ from typing import Any
 
 import torch
 
-from guard_reward import metrics
-from guard_reward.alignment import (
-    align_values,
-    check_tool_mask,
-    guard_index_for_policy,
-    scoring_units,
-    token_char_offsets,
-)
 from guard_reward.faults import (
     IDS_OUTSIDE_VOCABULARY,
     NO_ANSWER,
@@ -61,7 +53,15 @@ from guard_reward.faults import (
     check_on_error,
 )
 from guard_reward.guards.debounce import Debouncer, token_levels
-from guard_reward.rewards.base import GuardHandle, check_name, emit_columns, response_conversations
+from guard_reward.guards.offsets import (
+    align_values,
+    check_tool_mask,
+    guard_index_for_policy,
+    scoring_units,
+    token_char_offsets,
+)
+from guard_reward.rewards import metrics
+from guard_reward.rewards.inputs import GuardHandle, check_name, emit_columns, response_conversations
 from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shape_dense, unsafe_risk
 from guard_reward.types import DenseRewards, TokenRisk
 

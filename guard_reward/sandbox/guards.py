@@ -40,7 +40,7 @@ from guard_reward.sandbox.language import (
 from guard_reward.sandbox.policy import qwen3_sandbox_config
 from guard_reward.sandbox.rules import judge
 from guard_reward.sandbox.tokenizer import IM_END, sandbox_tokenizer, template_text
-from guard_reward.sandbox.training import Example, init_word_classes, lm_example, train_loop
+from guard_reward.tiny.training import Example, init_word_classes, lm_example, train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def _verdict_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: list[tor
 
 def _exact_match(model, examples: list[Example], pad_id: int, correct) -> float:
     """Fraction of ``examples`` that ``correct(model, ids, mask, labels) -> (B,) bool`` says are all right."""
-    from guard_reward.sandbox.training import batch_tensors
+    from guard_reward.tiny.training import batch_tensors
 
     hits = 0
     for start in range(0, len(examples), 64):

@@ -14,8 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from guard_reward.evaluation.answering import GenerationSettings
 from guard_reward.evaluation.prompts import EvalPrompt
-from guard_reward.evaluation.runner import GenerationSettings
 from guard_reward.sandbox.rules import judge as truth
 
 logger = logging.getLogger(__name__)

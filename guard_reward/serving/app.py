@@ -36,7 +36,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from guard_reward.protocol import (
+from guard_reward.serving.batcher import BatchCancelled, BatcherFull, RequestBatcher
+from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
+from guard_reward.serving.prefetch import PrefetchedGen, run_reward
+from guard_reward.serving.protocol import (
     MAX_BATCH_BYTES,
     BadRequest,
     RequestTooLarge,
@@ -47,9 +50,6 @@ from guard_reward.protocol import (
     parse_score,
     parse_score_ids,
 )
-from guard_reward.serving.batcher import BatchCancelled, BatcherFull, RequestBatcher
-from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
-from guard_reward.serving.prefetch import PrefetchedGen, run_reward
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from guard_reward.protocol import MAX_ITEMS, BadRequest
 from guard_reward.serving.chat_formats import (
     detect_format,
     raw_turns,
@@ -30,6 +29,7 @@ from guard_reward.serving.chat_formats import (
     strip_end_markers,
     to_messages,
 )
+from guard_reward.serving.protocol import MAX_ITEMS, BadRequest
 
 if TYPE_CHECKING:
     from guard_reward.rewards.safety import SafetyReward

@@ -44,7 +44,7 @@ def train_tiny_gen(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from guard_reward.sandbox.training import Example, lm_example, train_loop
+    from guard_reward.tiny.training import Example, lm_example, train_loop
 
     path = Path(path)
     torch.manual_seed(seed)
@@ -144,7 +144,7 @@ def _verdict_loss(
 
 def _all_verdicts_greedy(model: torch.nn.Module, pool: Sequence[Any], pad_id: int) -> float:
     """Fraction of examples whose every verdict token is the argmax under teacher forcing."""
-    from guard_reward.sandbox.training import batch_tensors
+    from guard_reward.tiny.training import batch_tensors
 
     exact = 0
     for example in pool:

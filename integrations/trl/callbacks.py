@@ -30,8 +30,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from guard_reward import metrics
-from guard_reward.plots import CURVES_CSV, CURVES_PNG, EVAL_SAFETY, plot_safety_curves
+from guard_reward.evaluation.plots import CURVES_CSV, CURVES_PNG, EVAL_SAFETY, plot_safety_curves
+from guard_reward.rewards import metrics
 
 logger = logging.getLogger(__name__)
 

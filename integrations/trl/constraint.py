@@ -1,14 +1,14 @@
 """Constrained GRPO and PPO: maximise the reward functions subject to ``E[cost] <= threshold`` (safe-rlhf's
-PPO-Lag controller, :mod:`guard_reward.constraint`), on TRL 1.16's trainers.
+PPO-Lag controller, :mod:`guard_reward.shaping.constraint`), on TRL 1.16's trainers.
 
-Both trainers take ``constraint=`` (a :class:`~guard_reward.constraint.Constraint`: a cost such as
-:class:`~guard_reward.constraint.SafetyCost`, a threshold and λ's knobs) next to the usual ``reward_funcs`` (the
+Both trainers take ``constraint=`` (a :class:`~guard_reward.shaping.constraint.Constraint`: a cost such as
+:class:`~guard_reward.shaping.constraint.SafetyCost`, a threshold and λ's knobs) next to the usual ``reward_funcs`` (the
 helpfulness side: any TRL reward function, a reward model, ``HybridSafetyReward``, ...). Per generation batch:
 
 1. the cost function runs right after the reward functions, with the same arguments (so its ``guard/...``
    metrics are flushed with the step); the optional per-token cost (``Constraint.dense_cost``) likewise;
 2. the per-sample costs of all processes are gathered (``None`` -> NaN); every rank then updates its
-   :class:`~guard_reward.constraint.LagrangeController` with all of them and the number of processes: each
+   :class:`~guard_reward.shaping.constraint.LagrangeController` with all of them and the number of processes: each
    process's costs go to that process's window of ``cost_window`` samples (safe-rlhf's per-rank window) and λ
    steps on the pooled mean of the windows, so λ is the same number on every rank and, with N processes, sees
    the last ``N · cost_window`` samples, not only those of the last ranks;
@@ -42,8 +42,8 @@ from typing import Any
 
 import torch
 
-from guard_reward import constraint as C
-from guard_reward.constraint import Constraint, combine_advantages, group_advantages
+from guard_reward.shaping import constraint as C
+from guard_reward.shaping.constraint import Constraint, combine_advantages, group_advantages
 
 from .grpo import DenseGRPOTrainer, show_loss_advantages
 from .ppo import GuardPPOTrainer
@@ -56,7 +56,7 @@ STATE_FILE = "constraint_state.json"
 def _check_constraint(constraint: Any, reward_funcs: Any) -> Constraint:
     if not isinstance(constraint, Constraint):
         raise TypeError(
-            f"constraint must be a guard_reward.constraint.Constraint, got {type(constraint).__name__}"
+            f"constraint must be a guard_reward.shaping.constraint.Constraint, got {type(constraint).__name__}"
         )
     funcs = reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
     if reward_funcs is None or not [f for f in funcs if f is not None]:
@@ -203,7 +203,7 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
     Args:
         *args, **kwargs: everything :class:`~guard_reward.integrations.trl.grpo.DenseGRPOTrainer` takes
             (``reward_funcs`` is the objective and must not be empty; ``dense_rewards`` optional).
-        constraint: the :class:`~guard_reward.constraint.Constraint`.
+        constraint: the :class:`~guard_reward.shaping.constraint.Constraint`.
     """
 
     def __init__(self, *args: Any, constraint: Constraint, **kwargs: Any) -> None:
@@ -247,7 +247,7 @@ class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
 
     Args:
         *args, **kwargs: everything ``GuardPPOTrainer`` takes (``reward_funcs`` must not be empty).
-        constraint: the :class:`~guard_reward.constraint.Constraint`.
+        constraint: the :class:`~guard_reward.shaping.constraint.Constraint`.
     """
 
     def __init__(self, *args: Any, constraint: Constraint, **kwargs: Any) -> None:

@@ -31,9 +31,9 @@ import torch
 from transformers import TrainerCallback
 
 from guard_reward.evaluation.alarms import AlarmConfig, Alarms
+from guard_reward.evaluation.answering import EVAL_PREFIX, GenerationSettings, answer_and_judge, eval_metrics
 from guard_reward.evaluation.judges import Judge
 from guard_reward.evaluation.prompts import EvalPrompt, missing_rates
-from guard_reward.evaluation.runner import EVAL_PREFIX, GenerationSettings, answer_and_judge, eval_metrics
 from guard_reward.evaluation.summary import count_rows
 
 logger = logging.getLogger(__name__)

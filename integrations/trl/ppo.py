@@ -42,9 +42,9 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import disable_dropout_in_model, get_config_model_id
 
+from guard_reward.shaping import ppo_math
 from guard_reward.types import DenseRewards
 
-from . import ppo_math
 from .grpo import (
     DenseGRPOTrainer,
     check_dense_loss,

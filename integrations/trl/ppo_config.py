@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .ppo_math import KL_ESTIMATORS
+from guard_reward.shaping.ppo_math import KL_ESTIMATORS
 
 
 @dataclass

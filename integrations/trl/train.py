@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from guard_reward.config import RecipeConfig, load_config
+from guard_reward.recipes.config import RecipeConfig, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +149,8 @@ def build_rewards(cfg: RecipeConfig) -> tuple[list[Any], list[Any]]:
 
 
 def build_constraint(cfg: RecipeConfig) -> Any:
-    """The recipe's :class:`~guard_reward.constraint.Constraint` (Gen cost, optional Stream per-token cost)."""
-    from guard_reward.constraint import Constraint, SafetyCost
+    """The recipe's :class:`~guard_reward.shaping.constraint.Constraint` (Gen cost, optional Stream per-token cost)."""
+    from guard_reward.shaping.constraint import Constraint, SafetyCost
 
     c, g = cfg.constraint, cfg.guard
     cost = SafetyCost(
@@ -201,8 +201,8 @@ def load_reward_models(reward_funcs: Sequence[Any], dense: Sequence[Any] = ()) -
     wrong path or an unreachable hub fails before the first training step (the rewards load lazily, which
     on a real model means minutes into the run). Returns how many models were loaded."""
     from guard_reward.guards.common import hub_errors
-    from guard_reward.rewards.base import GuardHandle
     from guard_reward.rewards.helpfulness import RewardModelScore
+    from guard_reward.rewards.inputs import GuardHandle
 
     loaded, seen = 0, set()
     pending = [*reward_funcs, *dense]

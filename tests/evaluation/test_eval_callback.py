@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guard_reward.evaluation.runner import GenerationSettings
+from guard_reward.evaluation.answering import GenerationSettings
 
 pytestmark = pytest.mark.slow
 

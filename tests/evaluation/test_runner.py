@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from guard_reward.evaluation.answering import GenerationSettings, answer_and_judge, eval_metrics
 from guard_reward.evaluation.generation import answer_nll, generate_answers, prompt_ids
 from guard_reward.evaluation.judges import Judge, load_judge
-from guard_reward.evaluation.runner import GenerationSettings, answer_and_judge, eval_metrics
 from guard_reward.evaluation.stats import cohen_kappa
 from guard_reward.evaluation.summary import count_rows
 

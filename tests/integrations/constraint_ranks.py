@@ -18,8 +18,8 @@ import torch
 def main(out: str) -> None:
     from trl import GRPOConfig
 
-    from guard_reward.constraint import Constraint, ConstraintConfig
     from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer
+    from guard_reward.shaping.constraint import Constraint, ConstraintConfig
     from tests.tiny_policy import prompt_dataset, tiny_policy
 
     torch.set_num_threads(1)

@@ -60,7 +60,7 @@ class GuardHandler(_Json):
         self.reply({"status": "ok"})
 
     def do_POST(self):
-        from guard_reward.protocol import judge_gen_calls, parse_gen
+        from guard_reward.serving.protocol import judge_gen_calls, parse_gen
 
         call = parse_gen(self.body())
         with self.server.lock:

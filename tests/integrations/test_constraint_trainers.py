@@ -13,10 +13,15 @@ import pytest
 import torch
 from trl import GRPOConfig
 
-from guard_reward.constraint import Constraint, ConstraintConfig, LagrangeController, combine_advantages
 from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer, ConstrainedPPOTrainer
+from guard_reward.shaping.constraint import (
+    Constraint,
+    ConstraintConfig,
+    LagrangeController,
+    combine_advantages,
+)
 from tests.integrations.ppo_tiny import TokenPenalty
-from tests.test_constraint import safe_rlhf_lambdas
+from tests.shaping.test_constraint import safe_rlhf_lambdas
 from tests.tiny_policy import prompt_dataset, save_tiny_policy, tiny_policy
 
 COMMON = dict(

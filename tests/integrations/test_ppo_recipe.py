@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guard_reward.config import load_config
+from guard_reward.recipes.config import load_config
 from tests.integrations.ppo_tiny import PROMPTS, build_tiny_policy
 
 RECIPE = Path(__file__).resolve().parents[2] / "configs" / "ppo_stream_dense.yaml"

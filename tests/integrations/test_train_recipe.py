@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from guard_reward.cli import main
-from guard_reward.cli_train import add_plot_parser, add_train_parser
-from guard_reward.config import load_config, resolve_recipe, shipped_recipes
+from guard_reward.cli.train import add_plot_parser, add_train_parser
+from guard_reward.recipes.config import load_config, resolve_recipe, shipped_recipes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # every YAML in configs/, so a recipe added later is smoke-tested without touching this file
@@ -169,7 +169,7 @@ def test_sigterm_during_training_names_the_checkpoint_that_resumes(smoke_cache, 
 
     from transformers import TrainerCallback
 
-    from guard_reward.cli_args import Terminated, sigterm_as_interrupt
+    from guard_reward.cli.args import Terminated, sigterm_as_interrupt
     from guard_reward.integrations.trl.train import TrainingInterrupted, train
 
     class TerminateAtStep2(TrainerCallback):  # what a scheduler's SIGTERM does, at a known step

@@ -26,8 +26,8 @@ def main(spec_path: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from guard_reward.evaluation.answering import GenerationSettings
     from guard_reward.evaluation.prompts import EvalPrompt
-    from guard_reward.evaluation.runner import GenerationSettings
     from guard_reward.guards.gen import GenGuard
     from guard_reward.integrations.trl.eval_callback import SafetyEvalCallback
     from guard_reward.rewards import SafetyReward

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from guard_reward.sandbox.cli import add_demo_parser, config_from_args
+from guard_reward.cli.demo import add_demo_parser, config_from_args
 from guard_reward.sandbox.evaluate import EvalResult, EvalSample
 from guard_reward.sandbox.report import _targets
 from guard_reward.sandbox.rules import judge

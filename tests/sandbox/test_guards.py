@@ -134,7 +134,7 @@ def test_gen_training_pass_with_shared_prefixes_equals_the_plain_pass(monkeypatc
     from guard_reward.sandbox.guards import GuardSize, _verdict_loss
     from guard_reward.sandbox.policy import qwen3_sandbox_config
     from guard_reward.sandbox.tokenizer import IM_END, sandbox_tokenizer, template_text
-    from guard_reward.sandbox.training import batch_tensors, lm_example
+    from guard_reward.tiny.training import batch_tensors, lm_example
 
     tok = sandbox_tokenizer(template_text("gen"))
     torch.manual_seed(0)

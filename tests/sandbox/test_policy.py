@@ -6,7 +6,7 @@ import torch
 
 from guard_reward.sandbox.policy import qwen3_sandbox_config
 from guard_reward.sandbox.tokenizer import sandbox_tokenizer
-from guard_reward.sandbox.training import (
+from guard_reward.tiny.training import (
     Example,
     batch_tensors,
     init_word_classes,

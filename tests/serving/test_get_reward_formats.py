@@ -311,7 +311,7 @@ def test_reward_config_takes_empty_and_no_answer_values():
 def test_extra_logs_follow_each_sample_when_completions_have_several_turns():
     """A tool-calling completion is judged turn by turn (more guard verdicts than samples): each sample's
     indicators come from the turn that decided its value, never from another sample's turn."""
-    from tests.test_agent_trajectories import HARMFUL, WordGuard, call
+    from tests.rewards.test_agent_trajectories import HARMFUL, WordGuard, call
 
     fn = GuardRewardFunction(WordGuard(), {"refusal": False})
     # the safe first turn comes first in the guard's call: the unsafe tool call decides the sample

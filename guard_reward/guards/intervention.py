@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from guard_reward.alignment import token_char_offsets
 from guard_reward.guards.debounce import Debouncer, token_levels
+from guard_reward.guards.offsets import token_char_offsets
 from guard_reward.guards.stream_session import StreamSession
 from guard_reward.types import TokenRisk
 

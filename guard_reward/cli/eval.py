@@ -66,8 +66,8 @@ def _source(name: str) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from guard_reward.evaluation.checkpoint_eval import load_run
     from guard_reward.evaluation.report import write_comparison
-    from guard_reward.evaluation.run import load_run
 
     if args.compare:
         if args.policy or args.baseline:
@@ -86,10 +86,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"eval needs {', '.join(missing)} (or --compare DIR1 DIR2)")
     if args.samples < 1:
         raise ValueError(f"-n/--samples must be >= 1, got {args.samples}")
+    from guard_reward.evaluation.answering import GenerationSettings
+    from guard_reward.evaluation.checkpoint_eval import load_policy, prepare
     from guard_reward.evaluation.judges import load_judge
     from guard_reward.evaluation.prompts import bundled_prompt_set, read_prompt_set
-    from guard_reward.evaluation.run import load_policy, prepare
-    from guard_reward.evaluation.runner import GenerationSettings
     from guard_reward.guards.common import resolve_device
 
     prompts_path = (
@@ -154,8 +154,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _evaluate_one(args, name, prompts, judges, out, prompts_path, settings, meta, ref_model, bad) -> Any:
+    from guard_reward.evaluation.checkpoint_eval import evaluate, load_policy
     from guard_reward.evaluation.report import write_report
-    from guard_reward.evaluation.run import evaluate, load_policy
 
     model, tokenizer = load_policy(name, args.device, args.dtype)
     run = evaluate(model, tokenizer, prompts, judges, out, prompts_path, settings, meta_settings=meta,
@@ -174,7 +174,7 @@ def _evaluate_one(args, name, prompts, judges, out, prompts_path, settings, meta
 def _alarms(baseline: Any, policy: Any) -> dict[str, float]:
     """The alarms of ``policy`` against ``baseline`` (the checker's first call sets the baseline)."""
     from guard_reward.evaluation.alarms import Alarms
-    from guard_reward.evaluation.runner import eval_metrics
+    from guard_reward.evaluation.answering import eval_metrics
 
     checker = Alarms()
     checker.check(0, eval_metrics(baseline.counts, baseline.judges))

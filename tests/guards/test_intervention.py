@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from guard_reward.guards.debounce import debounce, token_levels
-from guard_reward.intervention import GuardStoppingCriteria
+from guard_reward.guards.intervention import GuardStoppingCriteria
 from tests.guards import stream_ckpt
 
 PROMPTS = [

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from guard_reward.integrations.trl import ppo_math
+from guard_reward.shaping import ppo_math
 
 LENGTHS = [5, 3, 0, 4]  # one empty row (e.g. a masked truncated completion)
 T = 6

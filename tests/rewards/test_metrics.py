@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guard_reward import metrics
+from guard_reward.rewards import metrics
 from guard_reward.types import Verdict
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from guard_reward import plots
+from guard_reward.evaluation import plots
 
 
 def _history(n=5):

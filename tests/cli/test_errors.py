@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guard_reward.cli import error_message, main
+from guard_reward.cli.main import error_message, main
 from guard_reward.guards.common import HubUnreachableError, checkpoint_source, resolve_device
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from guard_reward import TokenSafetyPenalty
-from guard_reward.alignment import guard_index_for_policy, token_char_offsets
+from guard_reward.guards.offsets import guard_index_for_policy, token_char_offsets
 from guard_reward.guards.stream import StreamGuard
 from guard_reward.rewards import SummedTokenReward
 from guard_reward.types import DenseRewards

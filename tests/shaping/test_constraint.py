@@ -10,7 +10,7 @@ from collections import deque
 import pytest
 import torch
 
-from guard_reward.constraint import (
+from guard_reward.shaping.constraint import (
     Constraint,
     ConstraintConfig,
     LagrangeController,

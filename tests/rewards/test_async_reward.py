@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from guard_reward import RemoteGenGuard, SafetyReward
-from guard_reward.rewards.async_form import AsyncReward
+from guard_reward.rewards.async_reward import AsyncReward
 
 pytestmark = pytest.mark.slow
 

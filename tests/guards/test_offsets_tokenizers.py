@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from guard_reward.alignment import _prefix_decode_offsets, token_char_offsets
+from guard_reward.guards.offsets import _prefix_decode_offsets, token_char_offsets
 from tests.guards import stream_ckpt
 
 TEXTS = stream_ckpt.TEXTS

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from guard_reward.alignment import (
+from guard_reward.guards.offsets import (
     OffsetTracker,
     align_values,
     guard_index_for_policy,

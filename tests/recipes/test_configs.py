@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from guard_reward.config import GuardArguments, RecipeArguments, ShapingArguments, load_config
+from guard_reward.recipes.config import GuardArguments, RecipeArguments, ShapingArguments, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 # GRPOConfig defaults to bf16, which transformers refuses on a machine without a GPU unless use_cpu is set.
 CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
 
@@ -113,10 +113,10 @@ def test_documented_recipe_commands_and_sidecar_match_the_code():
     import json
     import re
 
-    from guard_reward.annotate import run_meta, run_settings
-    from guard_reward.config import resolve_recipe, shipped_recipes
+    from guard_reward.evaluation.annotate import run_meta, run_settings
+    from guard_reward.recipes.config import resolve_recipe, shipped_recipes
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     readme = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     names = set(re.findall(r"guard-reward train --config ([^\s`]+)", readme)) - {"my_recipe.yaml", "X"}
     assert names and all(resolve_recipe(n) for n in names)

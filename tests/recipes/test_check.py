@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from guard_reward.cli import main
-from guard_reward.config import load_config
-from guard_reward.recipe_check import RecipeError, split_overrides
+from guard_reward.recipes.check import RecipeError, split_overrides
+from guard_reward.recipes.config import load_config
 
 CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
 BASE = "model_name_or_path: p\ndataset_name: d\nguard_gen: g\noutput_dir: out\nreport_to: none\n"
@@ -119,7 +119,7 @@ def test_smoke_checks_the_real_recipe_before_building_any_stand_in(tmp_path, ext
 def test_a_missing_extra_names_its_pip_line(tmp_path, capsys, monkeypatch):
     import sys
 
-    from guard_reward.cli_args import missing_extra_message
+    from guard_reward.cli.args import missing_extra_message
 
     monkeypatch.setitem(sys.modules, "trl", None)  # what an environment without TRL gives on import
     assert main(["train", "--config", str(_write(tmp_path, ""))]) == 1

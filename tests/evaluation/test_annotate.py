@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from guard_reward.annotate import annotate, meta_path
 from guard_reward.cli import main
+from guard_reward.evaluation.annotate import annotate, meta_path
 from guard_reward.guards.gen import GenGuard
 
 RECORDS = [
@@ -152,7 +152,7 @@ def test_bad_bytes_bom_and_bad_values_become_error_rows(guard, tmp_path):
 
 
 def test_meta_sidecar_records_what_the_output_was_made_from(guard, tmp_path):
-    from guard_reward.annotate import meta_path
+    from guard_reward.evaluation.annotate import meta_path
 
     write_input(tmp_path / "in.jsonl")
     out = tmp_path / "deep" / "er" / "out.jsonl"  # missing folders are created
@@ -170,7 +170,7 @@ def test_meta_sidecar_records_what_the_output_was_made_from(guard, tmp_path):
 
 
 def test_resume_with_other_settings_or_input_is_refused(guard, tmp_path):
-    from guard_reward.annotate import OutputRefused
+    from guard_reward.evaluation.annotate import OutputRefused
 
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_input(inp)
@@ -327,7 +327,7 @@ def test_a_run_where_nothing_could_be_judged_fails(tiny_gen_path, tmp_path, caps
 
 
 def test_progress_shows_the_total_of_records(guard, tmp_path, capsys):
-    from guard_reward.annotate import count_records
+    from guard_reward.evaluation.annotate import count_records
 
     inp = tmp_path / "in.jsonl"
     n = write_input(inp)

@@ -29,7 +29,7 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from guard_reward.plots import plot_run
+    from guard_reward.evaluation.plots import plot_run
 
     path = plot_run(args.run_dir, args.output)
     print(path)  # the CLI's output: where the figure went
@@ -46,7 +46,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "recipe option can be overridden after the config, e.g. --output_dir runs/x --max_steps 10. "
         "--smoke runs the recipe on tiny stand-ins of the policy, guards and reward models, offline, on the "
         "CPU in float32, for two steps: a check of the set-up before the real run (the recipe as it would "
-        "really run is checked first). A recipe's keys are the fields of guard_reward.config's "
+        "really run is checked first). A recipe's keys are the fields of guard_reward.recipes.config's "
         "RecipeArguments, GuardArguments (guard_*), ShapingArguments (shaping_*) and ConstraintArguments "
         "(constraint_*), and of TRL's ScriptArguments (dataset_*), ModelConfig and GRPOConfig, RLOOConfig or "
         "GuardPPOConfig (by the trainer key); an unknown key or a value of the wrong type is refused before "
@@ -71,9 +71,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from guard_reward.cli_args import exit_status, signal_name, sigterm_as_interrupt
-    from guard_reward.config import load_config
+    from guard_reward.cli.args import exit_status, signal_name, sigterm_as_interrupt
     from guard_reward.integrations.trl.train import TrainingInterrupted, train
+    from guard_reward.recipes.config import load_config
 
     if not args.config:
         raise SystemExit("guard-reward train: --config needs a recipe YAML file or a shipped recipe name")

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from guard_reward import metrics as m
+from guard_reward.rewards import metrics as m
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from guard_reward import TokenSafetyPenalty
-from guard_reward.alignment import check_tool_mask, policy_turns
+from guard_reward.guards.offsets import check_tool_mask, policy_turns
 from guard_reward.guards.stream import StreamGuard
 
 PROMPT = [{"role": "user", "content": "where can i find a cozy sail ?"}]

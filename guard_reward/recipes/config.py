@@ -227,7 +227,7 @@ class ShapingArguments:
 
 @dataclass
 class ConstraintArguments:
-    """Safety as a constraint (``constraint_…``; see :mod:`guard_reward.constraint`): maximise
+    """Safety as a constraint (``constraint_…``; see :mod:`guard_reward.shaping.constraint`): maximise
     ``constraint_reward`` subject to ``E[guard cost] <= constraint_threshold``, with safe-rlhf's λ knobs. Off
     while ``constraint_threshold`` is unset."""
 
@@ -288,8 +288,8 @@ class ConstraintArguments:
             raise ValueError(f"constraint_dense_coef must be >= 0, got {self.constraint_dense_coef}")
 
     def controller_config(self, max_cost: float = 1.0):
-        """The :class:`~guard_reward.constraint.ConstraintConfig` of these arguments."""
-        from guard_reward.constraint import ConstraintConfig
+        """The :class:`~guard_reward.shaping.constraint.ConstraintConfig` of these arguments."""
+        from guard_reward.shaping.constraint import ConstraintConfig
 
         return ConstraintConfig(
             threshold=self.constraint_threshold,  # type: ignore[arg-type]
@@ -442,8 +442,8 @@ def load_config(
     """Parse a recipe YAML (plus ``--option value`` overrides) into a validated :class:`RecipeConfig`.
 
     ``path`` is a file or the name of a shipped recipe (:func:`resolve_recipe`). Every key and value is
-    checked against the dataclass fields first (:func:`guard_reward.recipe_check.check_recipe`): an unknown
-    key (with a "did you mean") or a value of the wrong type is one :class:`~guard_reward.recipe_check.
+    checked against the dataclass fields first (:func:`guard_reward.recipes.check.check_recipe`): an unknown
+    key (with a "did you mean") or a value of the wrong type is one :class:`~guard_reward.recipes.check.
     RecipeError` line, so a typo never falls back to a default. ``smoke=True`` first checks the recipe as it
     would really run, then swaps in the tiny stand-ins and a two-step CPU run (``guard_reward.tiny.smoke``;
     ``smoke_cache`` is where they are kept, ``smoke_gen`` an existing tiny Gen folder to use); ``overrides``
@@ -473,7 +473,7 @@ def _parse(path: Path, data: dict[str, Any], overrides: list[str]) -> RecipeConf
     """``TrlParser`` over the recipe and the overrides, after :func:`check_recipe` has judged every key."""
     from trl import TrlParser
 
-    from guard_reward.recipe_check import RecipeError, check_recipe
+    from guard_reward.recipes.check import RecipeError, check_recipe
 
     classes = config_classes(_trainer_of(data, overrides))
     check_recipe(data, overrides, classes, path.name)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from guard_reward.cli_args import (
+from guard_reward.cli.args import (
     exit_status,
     missing_extra_message,
     positive_int,
@@ -24,9 +24,9 @@ from guard_reward.cli_args import (
 )
 
 #: Modules that add their own subcommand: each has ``add_parser(subparsers)`` setting ``func`` on its parser.
-PLUGIN_MODULES: tuple[str, ...] = ("guard_reward.sandbox.cli", "guard_reward.cli_train")
-PLUGIN_MODULES += ("guard_reward.cli_serve",)
-PLUGIN_MODULES += ("guard_reward.cli_eval",)
+PLUGIN_MODULES: tuple[str, ...] = ("guard_reward.cli.demo", "guard_reward.cli.train")
+PLUGIN_MODULES += ("guard_reward.cli.serve",)
+PLUGIN_MODULES += ("guard_reward.cli.eval",)
 
 DESCRIPTION = (
     "Qwen3Guard safety models as RL rewards. Subcommands: moderate (label a JSONL dataset with "
@@ -128,7 +128,13 @@ def _add_moderate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_moderate(args: argparse.Namespace) -> int:
-    from guard_reward.annotate import AnnotationInterrupted, annotate, prepare_output, run_meta, run_settings
+    from guard_reward.evaluation.annotate import (
+        AnnotationInterrupted,
+        annotate,
+        prepare_output,
+        run_meta,
+        run_settings,
+    )
     from guard_reward.guards.common import checkpoint_source, resolve_device
 
     if not args.input.is_file():
@@ -204,7 +210,3 @@ def _summary(counts: Mapping[str, int]) -> str:
         if counts.get(key) or key in ("unparsed", "truncated"):
             parts.append(f"{counts.get(key, 0)} {label}")
     return ", ".join(parts)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
