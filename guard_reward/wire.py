@@ -18,6 +18,10 @@ from guard_reward.types import TokenRisk, Verdict
 #: Version prefix of every judging route.
 API_VERSION = "v1"
 
+#: The largest request body, in bytes (a larger one is a 413). A Stream answer is about 40 times its request's
+#: text (15 numbers per token), so this keeps one request's answer well under a gRPC message's 2 GiB cap.
+MAX_REQUEST_BYTES = 16 * 2**20
+
 _VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
 
 

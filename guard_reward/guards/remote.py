@@ -31,9 +31,14 @@ from typing import Any
 
 from guard_reward.conversations import moderation_of
 from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT, OnError, check_on_error, raise_first_failure
-from guard_reward.serving.protocol import MAX_REQUEST_BYTES
 from guard_reward.types import TokenRisk, Verdict
-from guard_reward.wire import failed_risk, failed_verdict, risk_from_json, verdict_from_json
+from guard_reward.wire import (
+    MAX_REQUEST_BYTES,
+    failed_risk,
+    failed_verdict,
+    risk_from_json,
+    verdict_from_json,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -184,7 +184,8 @@ def _write_history(path: Path, history: Sequence[EvalResult]) -> None:
 
 def _constraint(config: ArmConfig, gen_guard: Any) -> Any:
     """The constraint of the ``lagrangian`` and fixed-λ arms: the guard's unsafe rate at most ``target``."""
-    from guard_reward.shaping.constraint import Constraint, ConstraintConfig, SafetyCost
+    from guard_reward.rewards.cost import SafetyCost
+    from guard_reward.shaping.constraint import Constraint, ConstraintConfig
 
     # The ground truth's unsafe rate counts Unsafe answers only, so Controversial costs nothing here.
     cost = SafetyCost(gen_guard, controversial="loose", name="guard_cost")

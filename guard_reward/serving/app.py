@@ -8,7 +8,7 @@ process spends its CPU on the guard. Too many waiting requests (``max_queued_req
 become 503 with ``Retry-After``, except on ``/get_reward``: OpenRLHF's client gives up after five tries a second
 apart and then fails the run, so there a request waits in line instead (its client waits minutes).
 
-Sizes: a request body is at most ``protocol.MAX_REQUEST_BYTES`` (16 MiB; a larger one is a 413 naming the
+Sizes: a request body is at most ``wire.MAX_REQUEST_BYTES`` (16 MiB; a larger one is a 413 naming the
 limit) and a merged call at most ``MAX_BATCH_BYTES`` of requests. Ray Serve's gRPC hop between deployments
 (HAProxy front) caps a message at 4 MiB by default, less than one Stream answer for 64 conversations of 900
 tokens; the deployments here raise that cap to gRPC's 2 GiB maximum, which a merged call within these limits

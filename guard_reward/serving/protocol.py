@@ -13,16 +13,13 @@ from typing import Any
 
 from guard_reward.conversations import THINKING_MODES, moderation_of, validate_conversation
 from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT, SampleError
-from guard_reward.wire import failed_risk, failed_verdict, risk_to_json, verdict_to_json
+from guard_reward.wire import MAX_REQUEST_BYTES, failed_risk, failed_verdict, risk_to_json, verdict_to_json
 
 logger = logging.getLogger(__name__)
 
 STREAM_THINKING = ("answer", "include")
 #: The most items one request may carry (clients split larger calls into chunks).
 MAX_ITEMS = 4096
-#: The largest request body, in bytes (a larger one is a 413). A Stream answer is about 40 times its request's
-#: text (15 numbers per token), so this keeps one request's answer well under a gRPC message's 2 GiB cap.
-MAX_REQUEST_BYTES = 16 * 2**20
 #: Request bytes merged into one guard call at most (a single larger request still goes, alone).
 MAX_BATCH_BYTES = 16 * 2**20
 

@@ -20,7 +20,7 @@ prompts that landed on the last ranks. The policy's advantage is then ``(A_r - �
 (:func:`combine_advantages`): reward and cost advantages are normalised each on its own, so λ is the exchange
 rate between one standard deviation of helpfulness and one of cost.
 
-The cost comes from the guards (:class:`SafetyCost`): per sample, Qwen3Guard-Gen's verdict (1 for Unsafe, 0
+The cost comes from the guards (:class:`~guard_reward.rewards.cost.SafetyCost`): per sample, Qwen3Guard-Gen's verdict (1 for Unsafe, 0
 for Safe) or its exact ``P(Unsafe)`` (``mode="soft"``), with the Controversial policy and the per-category
 weights of :class:`~guard_reward.SafetyReward` (the same :mod:`guard_reward.shaping.scalar` rules, with the sign
 turned around). A sample the guard cannot judge has cost ``None``; it is left out of the mean (counted), and a
@@ -325,76 +325,6 @@ def group_advantages(values: torch.Tensor, group_size: int, scale: str | bool = 
     return centred.reshape(-1)
 
 
-class SafetyCost:
-    """Per-sample cost from Qwen3Guard-Gen, called like a TRL reward function (``None`` = not judged).
-
-    It is :class:`~guard_reward.SafetyReward` with Safe valued 0 and Unsafe valued -1 (times the category
-    weight), refusals not valued, and the sign turned around: the same verdict parsing, Controversial policy,
-    category weights, soft mode, failure handling and ``guard/...`` metrics.
-
-    Args:
-        guard: a ``GenGuard`` or a Gen checkpoint.
-        mode: ``"hard"`` (Unsafe -> 1) or ``"soft"`` (the exact ``P(Unsafe)``, plus the Controversial share).
-        controversial: ``"strict"`` (costs like Unsafe), ``"loose"`` (costs 0) or a number in ``[0, 1]``,
-            its cost.
-        category_weights: ``{category: weight >= 0}`` scaling an Unsafe verdict's cost (largest among its
-            categories; unlisted ones weigh 1).
-        name: the cost's ``__name__``; guard_kwargs: for loading ``guard`` from a checkpoint.
-    """
-
-    def __init__(
-        self,
-        guard: Any,
-        *,
-        mode: str = "hard",
-        controversial: str | float = "strict",
-        category_weights: Mapping[str, float] | None = None,
-        thinking: str = "separate",
-        name: str = "guard_cost",
-        metric_prefix: str = "guard",
-        guard_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        from guard_reward.rewards import SafetyReward
-
-        if not isinstance(controversial, str):
-            c = finite_number("controversial", controversial)
-            if not 0.0 <= c <= 1.0:
-                raise ValueError(f"controversial cost must be in [0, 1], got {controversial}")
-            controversial = -c
-        weights = dict(category_weights or {})  # checked by SafetyReward's shaping config
-        self.__name__ = name
-        self._reward = SafetyReward(
-            guard,
-            mode=mode,
-            controversial=controversial,
-            safe_value=0.0,
-            unsafe_value=-1.0,
-            category_weights=weights,
-            refusal=False,
-            thinking=thinking,
-            failure_value=None,
-            name=name,
-            metric_prefix=metric_prefix,
-            guard_kwargs=guard_kwargs,
-        )
-        self.max_cost = max([1.0, *weights.values()])
-
-    @property
-    def stats(self) -> Any:
-        return self._reward.stats
-
-    @property
-    def guard(self) -> Any:
-        """The Gen guard's handle (what ``train`` loads before the first step)."""
-        return self._reward.guard
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-    ) -> list[float | None]:
-        values = self._reward(prompts, completions, **kwargs)
-        return [None if v is None else -float(v) + 0.0 for v in values]
-
-
 CostFunction = Callable[..., Sequence[float | None]]
 
 
@@ -404,7 +334,7 @@ class Constraint:
 
     Args:
         cost: a callable like a TRL reward function returning one cost (or ``None``) per completion, e.g.
-            :class:`SafetyCost`; its ``max_cost`` attribute (1 if absent) bounds the threshold.
+            :class:`~guard_reward.rewards.cost.SafetyCost`; its ``max_cost`` attribute (1 if absent) bounds the threshold.
         config: threshold and λ knobs; ``max_cost`` is taken from ``cost``.
         dense_cost: optional per-token cost: a callable returning ``DenseRewards`` (e.g.
             ``TokenSafetyPenalty``, whose penalties are negative; ``dense_sign=-1`` turns them into costs).

@@ -2,7 +2,7 @@
 PPO-Lag controller, :mod:`guard_reward.shaping.constraint`), on TRL 1.16's trainers.
 
 Both trainers take ``constraint=`` (a :class:`~guard_reward.shaping.constraint.Constraint`: a cost such as
-:class:`~guard_reward.shaping.constraint.SafetyCost`, a threshold and λ's knobs) next to the usual ``reward_funcs`` (the
+:class:`~guard_reward.rewards.cost.SafetyCost`, a threshold and λ's knobs) next to the usual ``reward_funcs`` (the
 helpfulness side: any TRL reward function, a reward model, ``HybridSafetyReward``, ...). Per generation batch:
 
 1. the cost function runs right after the reward functions, with the same arguments (so its ``guard/...``

@@ -150,7 +150,8 @@ def build_rewards(cfg: RecipeConfig) -> tuple[list[Any], list[Any]]:
 
 def build_constraint(cfg: RecipeConfig) -> Any:
     """The recipe's :class:`~guard_reward.shaping.constraint.Constraint` (Gen cost, optional Stream per-token cost)."""
-    from guard_reward.shaping.constraint import Constraint, SafetyCost
+    from guard_reward.rewards.cost import SafetyCost
+    from guard_reward.shaping.constraint import Constraint
 
     c, g = cfg.constraint, cfg.guard
     cost = SafetyCost(

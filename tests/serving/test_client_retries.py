@@ -15,9 +15,9 @@ import torch
 from guard_reward import RemoteGenGuard
 from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT
 from guard_reward.guards.remote import RemoteGuardError
-from guard_reward.serving.protocol import MAX_REQUEST_BYTES
 from guard_reward.types import TokenRisk, Verdict
 from guard_reward.wire import (
+    MAX_REQUEST_BYTES,
     failed_risk,
     risk_from_json,
     risk_to_json,

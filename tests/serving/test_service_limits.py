@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from guard_reward.serving.protocol import MAX_REQUEST_BYTES
+from guard_reward.wire import MAX_REQUEST_BYTES
 from tests.serving.test_service import conversations
 
 pytestmark = pytest.mark.slow
