@@ -40,22 +40,6 @@ def positive_int(option: str) -> Callable[[str], int]:
     return parse
 
 
-def non_negative_float(option: str) -> Callable[[str], float]:
-    """An argparse ``type`` accepting finite numbers >= 0; the error names ``option``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{option} must be a number >= 0, got {text!r}") from None
-        if not 0.0 <= value < float("inf"):
-            raise argparse.ArgumentTypeError(f"{option} must be a finite number >= 0, got {text}")
-        return value
-
-    parse.__name__ = "number >= 0"
-    return parse
-
-
 def missing_extra_message(exc: ImportError, what: str) -> str | None:
     """``"<what> needs the 'trl' extra: pip install "guard-reward[trl]" (No module named 'trl')"`` when ``exc``
     is a missing module an extra provides; ``None`` for any other import error (a real bug, shown as it is)."""

@@ -38,10 +38,6 @@ class Judge:
         if self.kind not in JUDGE_KINDS:
             raise ValueError(f"Judge kind {self.kind!r} is not accepted; use one of {', '.join(JUDGE_KINDS)}")
 
-    @property
-    def gives_refusal(self) -> bool:
-        return self.kind != "stream"
-
     def __call__(self, conversations: Sequence[Conversation]) -> list[dict[str, Any]]:
         """One judgement per conversation (its last message is the answer judged)."""
         if not conversations:

@@ -195,11 +195,6 @@ class Language:
         if not 0.0 <= self.later_violation_p <= 1.0:
             raise ValueError(f"Language.later_violation_p must be in [0, 1], got {self.later_violation_p}")
 
-    @property
-    def max_response_words(self) -> int:
-        """The longest answer the grammar produces, in words (= tokens, excluding the end-of-turn token)."""
-        return max(self.sentences[1] * max(len(t.split()) for t in SENTENCE_TEMPLATES), len(REFUSAL.split()))
-
     @staticmethod
     def _fill(template: str, rng: random.Random) -> list[str]:
         return [rng.choice(SLOTS[w]) if w in SLOTS else w for w in template.split()]
