@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 #: Modules that moved into the layer folders: the old import path still works, and warns once when imported.
 _MOVED: dict[str, tuple[str, ...]] = {
-    "guard_reward.alignment": ("guard_reward.guards.offsets",),
+    "guard_reward.alignment": ("guard_reward.guards.offsets", "guard_reward.rewards.turns"),
     "guard_reward.annotate": ("guard_reward.evaluation.annotate",),
     "guard_reward.config": ("guard_reward.recipes.config",),
     "guard_reward.constraint": ("guard_reward.shaping.constraint", "guard_reward.rewards.cost"),
@@ -63,6 +63,7 @@ _MOVED: dict[str, tuple[str, ...]] = {
     "guard_reward.evaluation.run": ("guard_reward.evaluation.checkpoint_eval",),
     "guard_reward.evaluation.runner": ("guard_reward.evaluation.answering",),
     "guard_reward.integrations.trl.ppo_math": ("guard_reward.shaping.ppo_math",),
+    "guard_reward.integrations.trl.train": ("guard_reward.recipes.train",),
 }
 
 

@@ -72,8 +72,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def run_train(args: argparse.Namespace) -> int:
     from guard_reward.cli.args import exit_status, signal_name, sigterm_as_interrupt
-    from guard_reward.integrations.trl.train import TrainingInterrupted, train
     from guard_reward.recipes.config import load_config
+    from guard_reward.recipes.train import TrainingInterrupted, train
 
     if not args.config:
         raise SystemExit("guard-reward train: --config needs a recipe YAML file or a shipped recipe name")

@@ -339,7 +339,7 @@ def train(cfg: RecipeConfig, **build_kwargs: Any) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m guard_reward.integrations.trl.train --config FILE [--option value ...]``."""
+    """``python -m guard_reward.recipes.train --config FILE [--option value ...]``."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)

@@ -30,7 +30,7 @@ def test_recipe_reads_the_ppo_options():
 @pytest.mark.slow
 def test_ppo_recipe_trains_and_saves_policy_and_critic(tiny_gen_path, tmp_path):
     from guard_reward.integrations.trl import GuardPPOTrainer
-    from guard_reward.integrations.trl.train import train
+    from guard_reward.recipes.train import train
     from guard_reward.tiny.stream import build_tiny_stream
 
     data = tmp_path / "prompts.jsonl"

@@ -26,7 +26,7 @@ def smoke_cache(tmp_path_factory):
 
 
 def build_trainer(cfg):
-    from guard_reward.integrations.trl.train import build_trainer
+    from guard_reward.recipes.train import build_trainer
 
     return build_trainer(cfg)
 
@@ -39,7 +39,7 @@ def test_prompts_are_loaded_as_conversations(smoke_cache, trained_gen_path, tmp_
     cfg = smoke_config(
         CONFIGS / "grpo_gen_safety.yaml", smoke_cache, trained_gen_path, "--system_prompt", "Be kind."
     )
-    from guard_reward.integrations.trl.train import load_prompts
+    from guard_reward.recipes.train import load_prompts
 
     data = load_prompts(cfg)
     assert set(data.column_names) == {"harmful", "prompt"} and len(data) >= 8
@@ -53,7 +53,7 @@ def test_prompts_are_loaded_as_conversations(smoke_cache, trained_gen_path, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_shipped_recipe_runs_under_the_smoke_switch(recipe, smoke_cache, trained_gen_path, tmp_path):
-    from guard_reward.integrations.trl.train import train
+    from guard_reward.recipes.train import train
 
     raw = yaml.safe_load((CONFIGS / recipe).read_text())
     out = tmp_path / "run"
@@ -170,7 +170,7 @@ def test_sigterm_during_training_names_the_checkpoint_that_resumes(smoke_cache, 
     from transformers import TrainerCallback
 
     from guard_reward.cli.args import Terminated, sigterm_as_interrupt
-    from guard_reward.integrations.trl.train import TrainingInterrupted, train
+    from guard_reward.recipes.train import TrainingInterrupted, train
 
     class TerminateAtStep2(TrainerCallback):  # what a scheduler's SIGTERM does, at a known step
         def on_step_end(self, args, state, control, **kwargs):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from guard_reward.integrations.trl.train import build_constraint
 from guard_reward.recipes.config import ConstraintArguments, load_config
+from guard_reward.recipes.train import build_constraint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CPU = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
