@@ -40,7 +40,8 @@ from guard_reward.sandbox.language import (
 from guard_reward.sandbox.policy import qwen3_sandbox_config
 from guard_reward.sandbox.rules import judge
 from guard_reward.sandbox.tokenizer import IM_END, sandbox_tokenizer, template_text
-from guard_reward.tiny.training import Example, init_word_classes, lm_example, train_loop
+from guard_reward.sandbox.word_classes import init_word_classes
+from guard_reward.tiny.training import Example, lm_example, train_loop
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import torch
 
 from guard_reward.sandbox.language import Language
 from guard_reward.sandbox.tokenizer import IM_END, IM_START, PAD, sandbox_tokenizer
-from guard_reward.tiny.training import Example, causal_lm_loss, init_word_classes, lm_example, train_loop
+from guard_reward.sandbox.word_classes import init_word_classes
+from guard_reward.tiny.training import Example, causal_lm_loss, lm_example, train_loop
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,8 @@
 A random-weight stand-in tests the maths but never emits a parseable verdict. Fine-tuning it on labelled
 conversations (the bundled examples' reference verdicts) until it reproduces them makes it emit real
 ``Safety:`` / ``Categories:`` / ``Refusal:`` lines, so decoding, parsing and the offline annotation CLI are
-exercised end to end. It reuses the sandbox's training loop; the loss is taken on the verdict tokens only.
+exercised end to end. It reuses the training loop of :mod:`guard_reward.tiny.training`; the loss is taken on
+the verdict tokens only.
 """
 
 from __future__ import annotations

@@ -6,13 +6,8 @@ import torch
 
 from guard_reward.sandbox.policy import qwen3_sandbox_config
 from guard_reward.sandbox.tokenizer import sandbox_tokenizer
-from guard_reward.tiny.training import (
-    Example,
-    batch_tensors,
-    init_word_classes,
-    lm_example,
-    word_class_ids,
-)
+from guard_reward.sandbox.word_classes import init_word_classes, word_class_ids
+from guard_reward.tiny.training import Example, batch_tensors, lm_example
 
 
 def test_lm_example_shifts_targets_onto_the_answer():
