@@ -14,18 +14,9 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from guard_reward.conversations import (
-    TOOL_CALL_OPEN,
-    Conversation,
-    check_message,
-    flatten_tools,
-    render_tool_calls,
-    split_thinking,
-    to_conversation,
-)
+from guard_reward.conversations import Conversation, flatten_tools, to_conversation
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +67,7 @@ class GuardHandle:
         return state
 
 
-def _message(m: Any) -> dict[str, Any]:
+def normalise_message(m: Any) -> dict[str, Any]:
     """One message with its reasoning folded back into the content as a think block (TRL's response parsing
     may move it to a separate field). A missing content next to ``tool_calls`` (a tool-call-only turn) is
     ``""``; without tool calls it stays missing, which validation reports as bad input."""
@@ -98,14 +89,14 @@ def response_conversations(prompts: Sequence[Any], completions: Sequence[Any]) -
         raise ValueError(f"got {len(prompts)} prompts and {len(completions)} completions; they must pair up")
     out = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        _check_pair(i, prompt, completion)
-        p = prompt if isinstance(prompt, str) else [_message(m) for m in prompt]
-        c = completion if isinstance(completion, str) else [_message(m) for m in completion]
+        check_pair(i, prompt, completion)
+        p = prompt if isinstance(prompt, str) else [normalise_message(m) for m in prompt]
+        c = completion if isinstance(completion, str) else [normalise_message(m) for m in completion]
         out.append(to_conversation(p, c))
     return out
 
 
-def _check_pair(i: int, prompt: Any, completion: Any) -> None:
+def check_pair(i: int, prompt: Any, completion: Any) -> None:
     if not isinstance(prompt, (str, list, tuple)):
         raise TypeError(f"prompt {i}: expected a string or a list of messages, got {type(prompt).__name__}")
     if not isinstance(completion, (str, list, tuple)):
@@ -114,71 +105,13 @@ def _check_pair(i: int, prompt: Any, completion: Any) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Turns:
-    """The assistant turns of one completion, each as the conversation the guard judges.
-
-    Attributes:
-        conversations: per assistant turn, the flattened conversation so far ending with that turn
-            (:mod:`guard_reward.conversations`): prompt, earlier turns (their answers and tool calls, reasoning
-            left out), tool results as ``<tool_response>`` user turns, then the turn itself (reasoning, answer
-            and tool calls).
-        tool_calls: per assistant turn, how many tool calls it made: its ``tool_calls`` and the
-            ``<tool_call>`` blocks its answer text holds (a raw rollout, e.g. verl's, leaves them in the text).
-        ends_with_tool: the completion ends with tool results (the policy's next turn was cut off).
-    """
-
-    conversations: list[Conversation]
-    tool_calls: list[int]
-    ends_with_tool: bool
-
-
-def completion_turns(prompt: Any, completion: Any, index: int = 0) -> Turns:
-    """Split one TRL sample into its judged assistant turns (see :class:`Turns`).
-
-    ``completion`` is a string (one assistant turn) or TRL's message list: assistant messages (``content`` a
-    string, or ``None`` next to ``tool_calls``) and ``tool`` messages, in order.
-
-    Raises:
-        TypeError / ValueError naming the sample and message when the sample is malformed (an unknown role,
-        tool-call arguments that are neither a JSON object nor a string, a ``None`` content without tool
-        calls, no assistant turn).
-    """
-    _check_pair(index, prompt, completion)
-    prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    context = flatten_tools([_message(m) for m in prompt_messages], f"sample {index}, prompt")
-    messages = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
-    conversations: list[Conversation] = []
-    calls: list[int] = []
-    tools: list[dict[str, Any]] = []  # a run of tool results, flattened into one user turn when it ends
-    for j, raw in enumerate(messages):
-        where = f"sample {index}, completion message {j}"
-        m = check_message(_message(raw), where)
-        if m["role"] == "tool":
-            tools.append(m)
-            continue
-        context.extend(flatten_tools(tools, where) if tools else [])
-        tools = []
-        if m["role"] != "assistant":
-            context.extend(flatten_tools([m], where))
-            continue
-        conversations.append(
-            [*context, {"role": "assistant", "content": render_tool_calls(m["content"], m["tool_calls"])}]
-        )
-        # earlier turns' reasoning is not context (as in Qwen3's template); a raw rollout's calls are in the text
-        _, answer = split_thinking(m["content"])
-        calls.append(len(m["tool_calls"]) + answer.count(TOOL_CALL_OPEN))
-        context.append({"role": "assistant", "content": render_tool_calls(answer, m["tool_calls"])})
-    if not conversations:
-        raise ValueError(f"sample {index}: the completion has no assistant message, so nothing to judge")
-    return Turns(conversations, calls, bool(tools))
-
-
 def prompt_conversation(prompt: Any) -> Conversation:
     """The prompt as a conversation judged by prompt moderation: up to and including its last user turn (a
     tool result, which becomes a user turn for the guard, is never the judged prompt)."""
     messages = (
-        [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [_message(m) for m in prompt]
+        [{"role": "user", "content": prompt}]
+        if isinstance(prompt, str)
+        else [normalise_message(m) for m in prompt]
     )
     users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
     if not users:

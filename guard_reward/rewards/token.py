@@ -53,15 +53,10 @@ from guard_reward.faults import (
     check_on_error,
 )
 from guard_reward.guards.debounce import Debouncer, token_levels
-from guard_reward.guards.offsets import (
-    align_values,
-    check_tool_mask,
-    guard_index_for_policy,
-    scoring_units,
-    token_char_offsets,
-)
+from guard_reward.guards.offsets import align_values, guard_index_for_policy, token_char_offsets
 from guard_reward.rewards import metrics
 from guard_reward.rewards.inputs import GuardHandle, check_name, emit_columns, response_conversations
+from guard_reward.rewards.turns import check_tool_mask, scoring_units
 from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shape_dense, unsafe_risk
 from guard_reward.types import DenseRewards, TokenRisk
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from guard_reward.faults import INVALID_INPUT
-from guard_reward.rewards.inputs import completion_turns, trainer_of
+from guard_reward.rewards.inputs import trainer_of
+from guard_reward.rewards.turns import completion_turns
 from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)

@@ -31,12 +31,8 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from guard_reward.guards.remote import RemoteGenGuard
 from guard_reward.integrations.verl.scoring import GuardScorer
 from guard_reward.integrations.verl.settings import split_settings
-from guard_reward.integrations.verl.turns import (
-    completion_from_messages,
-    kept_messages,
-    turns_from_chatml,
-    turns_from_mask,
-)
+from guard_reward.integrations.verl.turns import completion_from_messages, kept_messages
+from guard_reward.rewards.turns import turns_from_chatml, turns_from_mask
 from guard_reward.serving.get_reward import prompt_messages
 
 

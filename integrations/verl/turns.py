@@ -15,63 +15,24 @@ output and every turn as one assistant message. Here, in order of preference:
    ``<tool_response>`` blocks): the reward loop that scores inside the agent loop builds samples without
    ``response_mask``.
 
-A single-turn response stays a plain string, judged as before.
+A single-turn response stays a plain string, judged as before. The splitting itself (cases 2 and 3) is
+:mod:`guard_reward.rewards.turns`'s, shared with the TRL rewards; this module finds what verl kept.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_TOOL_RESPONSE = re.compile(r"<tool_response>\n?(.*?)\n?</tool_response>", re.S)
-_CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?=<\|im_start\|>|$)", re.S)
-_END = re.compile(r"(?:\s*(?:<\|im_end\|>|<\|endoftext\|>))+\s*$")
+from guard_reward.rewards.turns import tool_messages, turns_from_chatml, turns_from_mask
 
-
-def tool_messages(text: str) -> list[dict[str, str]]:
-    """The tool results in a stretch of non-policy text: one message per ``<tool_response>`` block, or the
-    whole text (end markers and role headers removed) when it has none; nothing for a bare generation prompt."""
-    blocks = _TOOL_RESPONSE.findall(text)
-    if blocks:
-        return [{"role": "tool", "content": b} for b in blocks]
-    bare = re.sub(r"<\|im_(?:start|end)\|>(?:\w+\n)?", "", text).strip()
-    if bare in ("", "user", "assistant", "tool"):
-        return []
-    return [{"role": "tool", "content": bare}]
-
-
-def turns_from_mask(tokenizer: Any, ids: Sequence[int], mask: Sequence[int]) -> list[dict[str, str]]:
-    """Messages from response ids and verl's ``response_mask`` (``(T,)`` each, valid tokens only): runs of 1
-    are assistant turns (decoded without special tokens), runs of 0 tool results."""
-    out: list[dict[str, str]] = []
-    start = 0
-    for end in range(1, len(ids) + 1):
-        if end < len(ids) and int(mask[end]) == int(mask[start]):
-            continue
-        run = list(ids[start:end])
-        if int(mask[start]):
-            out.append({"role": "assistant", "content": tokenizer.decode(run, skip_special_tokens=True)})
-        else:
-            out.extend(tool_messages(tokenizer.decode(run, skip_special_tokens=False)))
-        start = end
-    return out
-
-
-def turns_from_chatml(text: str) -> list[dict[str, str]] | None:
-    """Messages from a response decoded with special tokens that continues an open assistant turn and holds
-    further ChatML turns; ``None`` when it holds none (a single-turn response)."""
-    if "<|im_start|>" not in text:
-        return None
-    out: list[dict[str, str]] = []
-    for role, body in _CHATML_TURN.findall("<|im_start|>assistant\n" + text):
-        if role == "assistant":
-            out.append({"role": "assistant", "content": _END.sub("", body)})
-        elif role == "tool" or (role == "user" and "<tool_response>" in body):
-            out.extend(tool_messages(body))
-        else:
-            out.append({"role": role, "content": _END.sub("", body)})
-    return out
+__all__ = [
+    "completion_from_messages",
+    "kept_messages",
+    "tool_messages",
+    "turns_from_chatml",
+    "turns_from_mask",
+]
 
 
 def completion_from_messages(messages: Any, prompt: Sequence[Mapping[str, Any]] | None) -> list[dict] | None:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from guard_reward import TokenSafetyPenalty
-from guard_reward.guards.offsets import check_tool_mask, policy_turns
 from guard_reward.guards.stream import StreamGuard
+from guard_reward.rewards.turns import check_tool_mask, policy_turns
 
 PROMPT = [{"role": "user", "content": "where can i find a cozy sail ?"}]
 CALL = "first label the lamp ."
