@@ -38,6 +38,7 @@ JUDGED_ROLES = ("user", "assistant")
 KNOWN_ROLES = ("system", "user", "assistant", "tool")
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TOOL_CALL_OPEN = "<tool_call>"
+TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
 #: End-of-turn markers a decoded completion may still carry (when decoded with special tokens).
 END_OF_TURN_TEXTS: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
 
@@ -145,22 +146,28 @@ def render_tool_calls(content: str, calls: Sequence[Mapping[str, Any]]) -> str:
     return (content + "\n" if content else "") + "\n".join(blocks)
 
 
+def render_tool_responses(contents: Sequence[str]) -> str:
+    """A run of tool results as the one user turn Qwen3's template writes for them: each result wrapped as
+    ``<tool_response>\n...\n</tool_response>``, joined by newlines (module docstring)."""
+    return "\n".join(f"{TOOL_RESPONSE_OPEN}\n{content}\n{TOOL_RESPONSE_CLOSE}" for content in contents)
+
+
 def flatten_tools(messages: Sequence[Any], where: str = "conversation") -> Conversation:
     """Check ``messages`` and return plain ``{"role", "content"}`` messages: tool calls appended to their
     assistant message, each run of ``tool`` messages one ``user`` message of ``<tool_response>`` blocks."""
     out: Conversation = []
-    previous = None
+    results: list[str] = []  # the run of tool results in progress
     for j, message in enumerate(messages):
         m = check_message(message, f"{where}, message {j}")
         if m["role"] == "tool":
-            block = f"<tool_response>\n{m['content']}\n</tool_response>"
-            if previous == "tool":
-                out[-1]["content"] += "\n" + block
-            else:
-                out.append({"role": "user", "content": block})
-        else:
-            out.append({"role": m["role"], "content": render_tool_calls(m["content"], m["tool_calls"])})
-        previous = m["role"]
+            results.append(m["content"])
+            continue
+        if results:
+            out.append({"role": "user", "content": render_tool_responses(results)})
+            results = []
+        out.append({"role": m["role"], "content": render_tool_calls(m["content"], m["tool_calls"])})
+    if results:
+        out.append({"role": "user", "content": render_tool_responses(results)})
     return out
 
 

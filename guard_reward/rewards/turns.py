@@ -27,10 +27,13 @@ import torch
 
 from guard_reward.conversations import (
     TOOL_CALL_OPEN,
+    TOOL_RESPONSE_CLOSE,
+    TOOL_RESPONSE_OPEN,
     Conversation,
     check_message,
     flatten_tools,
     render_tool_calls,
+    render_tool_responses,
     split_thinking,
 )
 from guard_reward.rewards.inputs import check_pair, normalise_message
@@ -147,21 +150,25 @@ def check_tool_mask(
     return out
 
 
-def policy_turns(keep: Sequence[bool]) -> list[tuple[int, int]]:
-    """The maximal runs of the policy's own tokens: ``[(start, end), ...]`` with ``keep[start:end]`` all True."""
-    runs: list[tuple[int, int]] = []
-    start = None
-    for t, k in enumerate([*keep, False]):
-        if k and start is None:
+def mask_runs(keep: Sequence[bool]) -> list[tuple[int, int, bool]]:
+    """A ``(T,)`` tool mask cut into its maximal runs, in order: ``[(start, end, own), ...]`` with
+    ``keep[start:end]`` all equal to ``own`` (True: the policy's tokens, False: a tool's)."""
+    runs: list[tuple[int, int, bool]] = []
+    start = 0
+    for t in range(1, len(keep) + 1):
+        if t == len(keep) or bool(keep[t]) != bool(keep[start]):
+            runs.append((start, t, bool(keep[start])))
             start = t
-        elif not k and start is not None:
-            runs.append((start, t))
-            start = None
     return runs
 
 
+def policy_turns(keep: Sequence[bool]) -> list[tuple[int, int]]:
+    """The maximal runs of the policy's own tokens: ``[(start, end), ...]`` with ``keep[start:end]`` all True."""
+    return [(start, end) for start, end, own in mask_runs(keep) if own]
+
+
 #: What a guard reads in place of a tool result it is not shown.
-EMPTY_TOOL_RESPONSE = "<tool_response>\n\n</tool_response>"
+EMPTY_TOOL_RESPONSE = render_tool_responses([""])
 
 
 def tool_results(completion: Any) -> list[str] | None:
@@ -178,11 +185,9 @@ def tool_results(completion: Any) -> list[str] | None:
             if previous != "tool":
                 blocks.append([])
             content = message.get("content")
-            blocks[-1].append(
-                f"<tool_response>\n{content if isinstance(content, str) else str(content)}\n</tool_response>"
-            )
+            blocks[-1].append(content if isinstance(content, str) else str(content))
         previous = role
-    return ["\n".join(b) for b in blocks]
+    return [render_tool_responses(b) for b in blocks]
 
 
 def turn_contexts(
@@ -212,18 +217,17 @@ def turn_contexts(
         conv: list[dict[str, str]] = [{"role": "user", "content": prompt}]
     else:
         conv = [{"role": str(m["role"]), "content": m["content"]} for m in prompt]
-    turns = policy_turns(keep)
-    gaps = policy_turns([not k for k in keep])  # the tool runs
+    runs = mask_runs(keep)
+    gaps = [(start, end) for start, end, own in runs if not own]  # the tool runs
     results = tool_results(completion)
     if not tool_text:
         results = [EMPTY_TOOL_RESPONSE] * len(gaps)
     elif results is None or len(results) != len(gaps):
         results = [tokenizer.decode(list(ids[s:e]), skip_special_tokens=True).strip() for s, e in gaps]
     # Walk the runs in order: a policy turn is scored in the context built so far, then joins it.
-    events = sorted([(s, e, True) for s, e in turns] + [(s, e, False) for s, e in gaps])
     out: list[tuple[int, int, list[dict[str, str]]]] = []
     k = 0
-    for start, end, own in events:
+    for start, end, own in runs:
         if own:
             out.append((start, end, list(conv)))
             text = tokenizer.decode(list(ids[start:end]), skip_special_tokens=True)
@@ -274,7 +278,9 @@ def scoring_units(
 # -- verl's response: ids with response_mask, or text with ChatML turn markers
 # ----------------------------------------------------------------------------------------------------------
 
-_TOOL_RESPONSE = re.compile(r"<tool_response>\n?(.*?)\n?</tool_response>", re.S)
+_TOOL_RESPONSE = re.compile(
+    rf"{re.escape(TOOL_RESPONSE_OPEN)}\n?(.*?)\n?{re.escape(TOOL_RESPONSE_CLOSE)}", re.S
+)
 _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?=<\|im_start\|>|$)", re.S)
 _END = re.compile(r"(?:\s*(?:<\|im_end\|>|<\|endoftext\|>))+\s*$")
 
@@ -295,16 +301,12 @@ def turns_from_mask(tokenizer: Any, ids: Sequence[int], mask: Sequence[int]) -> 
     """Messages from response ids and verl's ``response_mask`` (``(T,)`` each, valid tokens only): runs of 1
     are assistant turns (decoded without special tokens), runs of 0 tool results."""
     out: list[dict[str, str]] = []
-    start = 0
-    for end in range(1, len(ids) + 1):
-        if end < len(ids) and int(mask[end]) == int(mask[start]):
-            continue
+    for start, end, own in mask_runs([bool(int(m)) for m in mask[: len(ids)]]):
         run = list(ids[start:end])
-        if int(mask[start]):
+        if own:
             out.append({"role": "assistant", "content": tokenizer.decode(run, skip_special_tokens=True)})
         else:
             out.extend(tool_messages(tokenizer.decode(run, skip_special_tokens=False)))
-        start = end
     return out
 
 
@@ -317,7 +319,7 @@ def turns_from_chatml(text: str) -> list[dict[str, str]] | None:
     for role, body in _CHATML_TURN.findall("<|im_start|>assistant\n" + text):
         if role == "assistant":
             out.append({"role": "assistant", "content": _END.sub("", body)})
-        elif role == "tool" or (role == "user" and "<tool_response>" in body):
+        elif role == "tool" or (role == "user" and TOOL_RESPONSE_OPEN in body):
             out.extend(tool_messages(body))
         else:
             out.append({"role": role, "content": _END.sub("", body)})
