@@ -8,7 +8,6 @@ assistant turn of a completion (tool calls included) and value the completion by
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -34,9 +33,7 @@ from guard_reward.rewards.trajectory import (
     judge_turns,
     truncated_flags,
 )
-from guard_reward.shaping.scalar import (
-    is_unsafe,
-)
+from guard_reward.shaping.scalar import finite_number, is_unsafe
 from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
@@ -70,7 +67,7 @@ class _GenReward:
         self.__name__ = check_name(name)
         self.turns = check_turns(turns)
         if truncated_value != JUDGE:
-            truncated_value = _optional_number("truncated_value", truncated_value)  # type: ignore[arg-type]
+            truncated_value = finite_number("truncated_value", truncated_value, optional=True)  # type: ignore[arg-type]
         self.truncated_value = truncated_value
         if eos_token_ids is not None and (
             isinstance(eos_token_ids, (str, bytes))
@@ -80,10 +77,10 @@ class _GenReward:
         self.eos_token_ids = None if eos_token_ids is None else [int(i) for i in eos_token_ids]
         self.guard = GuardHandle(guard, _load_gen, dict(guard_kwargs or {}))
         self.thinking = check_thinking_mode(thinking)
-        self.failure_value = _optional_number("failure_value", failure_value)
-        self.no_answer_value = _optional_number("no_answer_value", no_answer_value)
+        self.failure_value = finite_number("failure_value", failure_value, optional=True)
+        self.no_answer_value = finite_number("no_answer_value", no_answer_value, optional=True)
         if empty_value != "refusal":
-            empty_value = _optional_number("empty_value", empty_value)  # type: ignore[arg-type]
+            empty_value = finite_number("empty_value", empty_value, optional=True)  # type: ignore[arg-type]
         self.empty_value = empty_value
         self.on_error = check_on_error(on_error)
         self.metric_prefix = check_name(metric_prefix)
@@ -142,14 +139,6 @@ class _GenReward:
             totals=metrics.failure_totals(counts, self.metric_prefix),
             per_rank={metrics.metric_name(self.metric_prefix, metrics.SECONDS): time.perf_counter() - start},
         )
-
-
-def _optional_number(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise TypeError(f"{name} must be a finite number or None (no signal), got {value!r}")
-    return float(value)
 
 
 def _reasoning_unsafe(verdict: Verdict, controversial: str | float) -> Verdict | None:

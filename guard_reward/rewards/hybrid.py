@@ -27,10 +27,7 @@ from guard_reward.rewards.trajectory import (
     Outcome,
     decide,
 )
-from guard_reward.shaping.scalar import (
-    hybrid_value,
-    is_unsafe,
-)
+from guard_reward.shaping.scalar import finite_number, hybrid_value, is_unsafe
 from guard_reward.types import Verdict
 
 
@@ -89,12 +86,9 @@ class HybridSafetyReward(_GenReward):
             raise TypeError(f"helpfulness must be a TRL reward function, got {type(helpfulness).__name__}")
         if controversial not in ("strict", "loose"):
             raise ValueError(f"controversial={controversial!r} is not accepted; use 'strict' or 'loose'")
-        for label, value in (("unsafe_value", unsafe_value), ("refusal_value", refusal_value)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{label} must be a number, got {value!r}")
         self.helpfulness = helpfulness
-        self.unsafe_value = float(unsafe_value)
-        self.refusal_value = float(refusal_value)
+        self.unsafe_value = finite_number("unsafe_value", unsafe_value)
+        self.refusal_value = finite_number("refusal_value", refusal_value)
         self.controversial = controversial
 
     def _value(self, v: Verdict, h: float | None) -> float | None:

@@ -58,6 +58,7 @@ from guard_reward.rewards import metrics
 from guard_reward.rewards.inputs import GuardHandle, check_name, emit_columns, response_conversations
 from guard_reward.rewards.turns import check_tool_mask, scoring_units
 from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shape_dense, unsafe_risk
+from guard_reward.shaping.scalar import finite_number
 from guard_reward.types import DenseRewards, TokenRisk
 
 logger = logging.getLogger(__name__)
@@ -127,11 +128,11 @@ class TokenSafetyPenalty:
         weight = controversial_weight(controversial)
         if hard and controversial not in ("strict", "loose"):
             raise ValueError("hard=True needs controversial 'strict' or 'loose' (the debounce policy)")
-        if not 0.0 <= threshold < 1.0:
+        if not 0.0 <= finite_number("threshold", threshold) < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-        if clip is not None and clip <= 0:
+        if clip is not None and finite_number("clip", clip) <= 0:
             raise ValueError(f"clip must be > 0 or None, got {clip}")
-        if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef < 0:
+        if finite_number("coef", coef) < 0:
             raise ValueError(f"coef must be a number >= 0, got {coef!r}")
         if thinking not in ("answer", "include"):
             raise ValueError(f"thinking={thinking!r} is not accepted; use 'answer' or 'include'")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 from guard_reward.guards.parsing import PROMPT_CATEGORIES
 from guard_reward.types import Verdict
@@ -34,10 +34,23 @@ SCALAR_MODES: tuple[str, ...] = ("hard", "soft")
 KNOWN_CATEGORIES: tuple[str, ...] = PROMPT_CATEGORIES
 
 
-def finite_number(name: str, value: object) -> float:
-    """``value`` as a float; a ``ValueError`` naming ``name`` unless it is a finite int or float (not a bool)."""
+class FiniteNumberError(ValueError, TypeError):
+    """A setting that must be a finite number is not one: a ``ValueError`` (a bad option value) and a
+    ``TypeError`` (a value of the wrong type) alike, so that callers catching either one see it."""
+
+
+@overload
+def finite_number(name: str, value: object) -> float: ...
+@overload
+def finite_number(name: str, value: object, *, optional: bool) -> float | None: ...
+def finite_number(name: str, value: object, *, optional: bool = False) -> float | None:
+    """``value`` as a float when it is a finite int or float (not a bool); with ``optional``, ``None`` (no
+    signal) is accepted and returned as it is. Anything else raises :class:`FiniteNumberError` naming ``name``."""
+    if optional and value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        accepted = "a finite number or None (no signal)" if optional else "a finite number"
+        raise FiniteNumberError(f"{name} must be {accepted}, got {value!r}")
     return float(value)
 
 
