@@ -1,8 +1,9 @@
 """The service's JSON wire format: ``Verdict`` and ``TokenRisk`` as plain JSON objects, and back.
 
-Shared by the server and the remote clients, so it imports neither transformers, trl nor ray. A ``TokenRisk``
-travels with its tensors as lists (``offsets`` and ``category_probs`` as lists of rows); float32 values survive
-the round trip exactly (a float32 widened to a JSON double and narrowed back is the same number).
+Shared by the server and the remote clients, so it imports neither transformers, trl nor ray; a verdict's
+JSON is also the row format of ``guard-reward moderate``. A ``TokenRisk`` travels with its tensors as lists
+(``offsets`` and ``category_probs`` as lists of rows); float32 values survive the round trip exactly (a
+float32 widened to a JSON double and narrowed back is the same number).
 """
 
 from __future__ import annotations
@@ -23,16 +24,24 @@ API_VERSION = "v1"
 MAX_REQUEST_BYTES = 16 * 2**20
 
 _VERDICT_FIELDS = tuple(f.name for f in fields(Verdict))
+#: Verdict fields only decoding fills: ``null`` in a verdict that was not decoded (not "none found").
+DECODED_FIELDS = ("categories", "refusal", "p_refusal", "raw")
 
 
-def verdict_to_json(v: Verdict) -> dict[str, Any]:
-    """All fields of a ``Verdict`` (``parts`` and ``turns`` recursively), JSON-ready."""
+def verdict_to_json(v: Verdict, decoded: bool = True) -> dict[str, Any]:
+    """All fields of a ``Verdict`` (``parts`` and ``turns`` recursively), JSON-ready.
+
+    ``decoded=False`` (``guard-reward moderate --no-decode``) writes the fields only decoding fills
+    (:data:`DECODED_FIELDS`) as ``None`` at every level: not decoded is not the same as "no category".
+    """
     out: dict[str, Any] = {name: getattr(v, name) for name in _VERDICT_FIELDS}
     out["probs"] = {k: float(p) for k, p in v.probs.items()}
     out["categories"] = list(v.categories)
-    out["parts"] = None if v.parts is None else {k: verdict_to_json(p) for k, p in v.parts.items()}
-    out["turns"] = [verdict_to_json(t) for t in v.turns]
+    out["parts"] = None if v.parts is None else {k: verdict_to_json(p, decoded) for k, p in v.parts.items()}
+    out["turns"] = [verdict_to_json(t, decoded) for t in v.turns]
     out["tool_calls"] = list(v.tool_calls)
+    if not decoded:
+        out.update(dict.fromkeys(DECODED_FIELDS))
     return out
 
 

@@ -2,9 +2,9 @@
 ``results.jsonl`` (one row per answer), ``summary.json`` (the counts) and the report.
 
 The results file is resumable exactly like ``guard-reward moderate``'s output, with the same code
-(:mod:`guard_reward.evaluation.annotate`): a sidecar ``results.jsonl.meta.json`` records the prompt file and every setting
-that changes the answers or the judgements, a rerun with the same command appends only the ``(line, sample)``
-pairs not yet written, and a rerun with other settings is refused before any model loads.
+(:mod:`guard_reward.evaluation.jsonl`): a sidecar ``results.jsonl.meta.json`` records the prompt file and
+every setting that changes the answers or the judgements, a rerun with the same command appends only the
+``(line, sample)`` pairs not yet written, and a rerun with other settings is refused before any model loads.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard_reward.evaluation.annotate import done_keys, prepare_output, run_meta
 from guard_reward.evaluation.answering import GenerationSettings, answer_and_judge
+from guard_reward.evaluation.jsonl import done_keys, prepare_output, run_meta
 from guard_reward.evaluation.judges import Judge
 from guard_reward.evaluation.prompts import EvalPrompt, missing_rates
 from guard_reward.evaluation.summary import count_rows

@@ -3,8 +3,8 @@
 A record is ``{"prompt": str | messages}`` or ``{"messages": [...]}`` (ending with the user turn to answer),
 with optional ``"harmful"`` (bool: the request should not be fulfilled), ``"category"`` (str) and ``"id"``.
 Unlike ``guard-reward moderate``'s records, an evaluation record carries no response: the policy writes it.
-Lines are read with :func:`guard_reward.evaluation.annotate.read_records`, so an undecodable or non-JSON line is one
-error naming that line, like ``moderate``.
+Lines are read with :func:`guard_reward.evaluation.jsonl.read_records`, so an undecodable or non-JSON line is
+one error naming that line, like ``moderate``.
 
 Sets without a ``harmful`` label give no per-type rates (unsafe rate on harmful prompts, over-refusal on benign
 prompts), only the overall unsafe rate.
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from guard_reward.conversations import Conversation, validate_conversation
-from guard_reward.evaluation.annotate import read_records
+from guard_reward.evaluation.jsonl import read_records
 
 logger = logging.getLogger(__name__)
 
