@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint venv bench clean
+.PHONY: demo test test-latest lint venv bench clean
 
 venv: $(STAMP)
 
@@ -26,8 +26,21 @@ lint: $(STAMP)
 test: lint
 	$(PYTHON) -m pytest
 
+# The newest releases of everything, without constraints.txt, in an environment of its own (not part of `make test`):
+# a representative subset runs with the deprecations our own calls trigger turned into errors.
+LATEST := .venv-latest
+LATEST_TESTS := tests/guards tests/rewards tests/shaping tests/test_layers.py tests/integrations/test_grpo.py \
+	tests/integrations/test_ppo.py tests/evaluation/test_runner.py
+test-latest:
+	test -x $(LATEST)/bin/python || python3 -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|trl|accelerate) '
+	$(LATEST)/bin/python -m pytest -p no:cacheprovider -m "not slow" $(LATEST_TESTS) \
+		-W error::FutureWarning -W error::DeprecationWarning:guard_reward \
+		-W "ignore::FutureWarning:transformers" -W "ignore::DeprecationWarning:torch"
+
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-trl112 .venv-verl091 .venv-openrlhf011 .venv-openrlhf011.partial runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) .venv-trl112 .venv-verl091 .venv-openrlhf011 .venv-openrlhf011.partial runs .pytest_cache

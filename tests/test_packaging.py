@@ -53,3 +53,27 @@ def test_every_package_folder_is_listed():
     assert mapping["guard_reward.integrations"] == ROOT / "integrations"
     assert (ROOT / "guard_reward" / "py.typed").exists()
 
+
+def test_moved_modules_still_import_and_warn_once(tmp_path):
+    """Every old module path in ``_MOVED`` imports, names the same objects as the new home and warns once."""
+    code = (
+        "import importlib, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "import guard_reward\n"
+        "bad = []\n"
+        "for old, homes in guard_reward._MOVED.items():\n"
+        "    with warnings.catch_warnings(record=True) as seen:\n"
+        "        warnings.simplefilter('always')\n"
+        "        alias = importlib.import_module(old)\n"
+        "        importlib.import_module(old)\n"
+        "    moved = [w for w in seen if issubclass(w.category, DeprecationWarning) and old in str(w.message)]\n"
+        "    mods = [importlib.import_module(h) for h in homes]\n"
+        "    names = [(m, n) for m in mods for n in getattr(m, '__all__', [k for k in vars(m) if k[0] != '_'])]\n"
+        "    missing = [n for m, n in names if getattr(alias, n, None) is not getattr(m, n)]\n"
+        "    if len(moved) != 1 or missing or not names:\n"
+        "        bad.append((old, len(moved), missing[:3]))\n"
+        "from guard_reward.constraint import Constraint, SafetyCost\n"
+        "from guard_reward.shaping.constraint import Constraint as C2\n"
+        "print(bad, Constraint is C2, SafetyCost.__module__)\n"
+    )
+    assert run_python(code, tmp_path) == "[] True guard_reward.rewards.cost"
