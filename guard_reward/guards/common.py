@@ -1,5 +1,5 @@
-"""What both guards share: device and dtype placement, local-or-hub loading, token-budget batching and the
-context-window policy.
+"""What both guards share: device and dtype placement, local-or-hub loading, the KV-cache keyword of the
+installed transformers and the context-window policy.
 
 Context policy (both guards): the judged (last) message is always kept whole. When the rendered conversation does
 not fit the guard's window, the oldest turns are dropped first; when only one earlier turn is left and it is still
@@ -11,6 +11,8 @@ and counted.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import logging
 import os
@@ -174,6 +176,57 @@ def read_config_json(name_or_path: str | os.PathLike, **kw: Any) -> dict[str, An
 
     with hub_errors(name_or_path):
         return json.loads(Path(hf_hub_download(str(name_or_path), "config.json", **kw)).read_text())
+
+
+#: The names a model forward takes its KV cache by, newest first: transformers 5.24 renamed the argument and the
+#: output field ``past_key_values`` to ``cache`` (the old name warns until its removal: 5.40 for model forwards,
+#: 6.0 for ``generate``).
+CACHE_NAMES = ("cache", "past_key_values")
+CACHE_RENAMED_IN = (5, 24)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The keyword ``model``'s forward, and its ``generate``, take the KV cache by: ``"cache"`` or
+    ``"past_key_values"``.
+
+    Read from the forward's signature, which is what transformers' own ``generate`` checks its keyword
+    arguments against: the answer fits the model actually called on whatever release is installed, without
+    a version table to keep true (a model class that still takes the old name on a newer release is served
+    too). A forward that takes only ``**kwargs`` (a wrapper such as ``Qwen3StreamGuardModel``) is answered by
+    its ``base_model``; failing that, by the installed transformers' version.
+    """
+    for module in (model, getattr(model, "base_model", None)):
+        if module is not None:
+            name = _declared_cache_name(type(module))
+            if name is not None:
+                return name
+    return _release_cache_name()
+
+
+@functools.cache
+def _declared_cache_name(cls: type) -> str | None:
+    """The cache keyword named in ``cls.forward``'s signature, ``None`` when it names neither (one look per
+    class: the streaming session asks on every step)."""
+    try:
+        params = inspect.signature(cls.forward).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return next((name for name in CACHE_NAMES if name in params), None)
+
+
+def _release_cache_name() -> str:
+    import transformers
+
+    release = tuple(int(part) for part in transformers.__version__.split(".")[:2] if part.isdigit())
+    return "cache" if release >= CACHE_RENAMED_IN else "past_key_values"
+
+
+def output_cache(outputs: Any) -> Any:
+    """The KV cache a model forward returned: the ``cache`` field where the output declares one (transformers
+    >= 5.24), else ``past_key_values``. Read by declared field, so the deprecated alias property of newer
+    releases (and its warning) is never touched."""
+    fields = getattr(outputs, "__dataclass_fields__", ())
+    return outputs.cache if "cache" in fields else outputs.past_key_values
 
 
 def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:

@@ -50,8 +50,10 @@ from guard_reward.conversations import (
 )
 from guard_reward.faults import INVALID_INPUT, NO_ANSWER, NON_FINITE, OnError, SampleError, check_on_error
 from guard_reward.guards.common import (
+    cache_kwarg,
     fit_to_context,
     hub_kwargs,
+    output_cache,
     read_config_json,
     resolve_device,
     resolve_dtype,
@@ -380,7 +382,7 @@ class GenGuard:
                 input_ids=batch.input_ids.to(self.device),
                 attention_mask=attention_bias(mask.to(self.device), self.model),
                 position_ids=(batch.position_ids + past.length[:, None]).to(self.device),
-                past_key_values=past.cache,
+                **{cache_kwarg(self.model.model): past.cache},
                 use_cache=True,
             )
             prompt_ids = torch.cat([past.ids, batch.input_ids[:, : batch.prompt_width]], dim=1)
@@ -402,7 +404,7 @@ class GenGuard:
                 for row, p, (_, truncated, moderation) in zip(probs, prob_dicts, items)
             ]
         else:
-            verdicts = decode_verdicts(self, prompt_ids, prompt_mask, out.past_key_values, prob_dicts, items)
+            verdicts = decode_verdicts(self, prompt_ids, prompt_mask, output_cache(out), prob_dicts, items)
         finite = torch.isfinite(probs).all(dim=-1).tolist()
         return [
             v

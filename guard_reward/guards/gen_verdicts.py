@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from guard_reward.faults import UNPARSEABLE
+from guard_reward.guards.common import cache_kwarg
 from guard_reward.guards.parsing import PROMPT_CATEGORIES, RESPONSE_CATEGORIES, parse_verdict
 from guard_reward.types import LEVEL_RANK, Verdict
 
@@ -52,8 +53,8 @@ def decode_verdicts(
     out = guard.model.generate(
         input_ids=prompt_ids.to(guard.device),
         attention_mask=prompt_mask.to(guard.device),
-        past_key_values=cache,
         generation_config=config,
+        **{cache_kwarg(guard.model): cache},
     )
     generated = out.sequences[:, width:].cpu()
     yes_id = guard.tokenizer.encode(" Yes", add_special_tokens=False)[0]

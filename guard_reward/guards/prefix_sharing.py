@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache
 
+from guard_reward.guards.common import cache_kwarg
+
 # Rows join a level-1 group when they share at least this many tokens beyond the micro-batch's common prefix;
 # a micro-batch is shared only when that cuts its padded token count by this factor (below it, the extra
 # forward calls and cache copies eat most of the saving: measured in benchmarks/bench_groups.py), and only when
@@ -248,7 +250,7 @@ def run_rows(
         input_ids=ids.to(device),
         attention_mask=attention_bias(mask.to(device), backbone),
         position_ids=positions.to(device),
-        past_key_values=cache,
+        **{cache_kwarg(backbone): cache},
         use_cache=True,
     )
     return out.last_hidden_state

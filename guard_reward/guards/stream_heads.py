@@ -77,8 +77,8 @@ class Qwen3StreamGuardModel(Qwen3PreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
-        """Backbone forward; ``kwargs`` go to ``Qwen3Model`` (``attention_mask``, ``past_key_values``,
-        ...)."""
+        """Backbone forward; ``kwargs`` go to ``Qwen3Model`` (``attention_mask``, ``position_ids``, the KV cache
+        under :func:`~guard_reward.guards.common.cache_kwarg`'s name, ...)."""
         return self.model(input_ids=input_ids, **kwargs)
 
     def response_logits(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

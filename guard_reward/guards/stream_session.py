@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers.cache_utils import DynamicCache
 
-from guard_reward.guards.common import ContextTooLongError
+from guard_reward.guards.common import ContextTooLongError, cache_kwarg
 from guard_reward.guards.offsets import OffsetTracker, token_bytes
 from guard_reward.guards.stream_inputs import Encoded
 from guard_reward.types import TokenRisk
@@ -73,7 +73,7 @@ class StreamSession:
                 input_ids=ids.to(device),
                 attention_mask=self.mask,
                 position_ids=positions.to(device),
-                past_key_values=self.cache,
+                **{cache_kwarg(guard.model): self.cache},
                 use_cache=True,
             ).last_hidden_state
             items = [Encoded(prefix, [], torch.zeros((0, 2), dtype=torch.long), q) for prefix, q, _ in rows]
@@ -133,7 +133,7 @@ class StreamSession:
                     input_ids=ids.to(device),
                     attention_mask=self.mask,
                     position_ids=positions.to(device),
-                    past_key_values=self.cache,
+                    **{cache_kwarg(guard.model): self.cache},
                     use_cache=True,
                 ).last_hidden_state  # (B, n, H)
                 gathered = torch.cat([hidden[b, : len(chunk)] for b, chunk in enumerate(lists)])
