@@ -36,7 +36,7 @@ from benchmarks.common import (
     run_part,
     sentence_words,
 )
-from guard_reward.guards.common import token_budget_batches
+from guard_reward.guards.batching import token_budget_batches
 from guard_reward.guards.parsing import PROMPT_CATEGORIES
 
 logger = logging.getLogger("bench_gen")

@@ -16,7 +16,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,29 +227,6 @@ def output_cache(outputs: Any) -> Any:
     releases (and its warning) is never touched."""
     fields = getattr(outputs, "__dataclass_fields__", ())
     return outputs.cache if "cache" in fields else outputs.past_key_values
-
-
-def token_budget_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:
-    """Group item indices into micro-batches, longest first, so that ``batch_size * longest <= token_budget``.
-
-    Sorting by length keeps padding small; an item longer than the budget gets a batch of its own.
-    """
-    if token_budget < 1 or max_batch_size < 1:
-        raise ValueError(
-            f"token_budget and max_batch_size must be >= 1, got {token_budget}, {max_batch_size}"
-        )
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and ((len(current) + 1) * longest > token_budget or len(current) >= max_batch_size):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def fit_to_context(

@@ -49,6 +49,7 @@ from guard_reward.conversations import (
     with_last_content,
 )
 from guard_reward.faults import INVALID_INPUT, NO_ANSWER, NON_FINITE, OnError, SampleError, check_on_error
+from guard_reward.guards.batching import micro_batches
 from guard_reward.guards.common import (
     cache_kwarg,
     fit_to_context,
@@ -57,7 +58,6 @@ from guard_reward.guards.common import (
     read_config_json,
     resolve_device,
     resolve_dtype,
-    token_budget_batches,
 )
 from guard_reward.guards.gen_scoring import build_label_tree, label_log_probs, make_scoring_batch
 from guard_reward.guards.gen_verdicts import combine_parts, decode_verdicts
@@ -65,9 +65,7 @@ from guard_reward.guards.prefix_sharing import (
     attention_bias,
     block_mask,
     encode_shared,
-    ordered_budget_batches,
     plan_sharing,
-    sharing_order,
 )
 from guard_reward.types import LEVELS, Verdict
 
@@ -348,12 +346,10 @@ class GenGuard:
             len(rendered[i][0]) + self.tree.n_extra + (self.max_new_tokens if decode else 0) for i in unique
         ]
         results: dict[int, Verdict] = {}
-        if self.share_prefix:  # keep inputs that share a prefix in the same micro-batch
-            order = sharing_order([rendered[i][0] for i in unique])
-            batches = ordered_budget_batches(order, lengths, self.token_budget, self.max_batch_size)
-        else:
-            batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
-        for batch in batches:
+        token_ids = [rendered[i][0] for i in unique]
+        for batch in micro_batches(
+            token_ids, lengths, self.token_budget, self.max_batch_size, self.share_prefix
+        ):
             rows = [unique[j] for j in batch]
             verdicts = self._judge_batch([rendered[i] for i in rows], decode)
             results.update(zip(rows, verdicts))

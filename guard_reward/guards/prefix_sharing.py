@@ -356,28 +356,3 @@ def _runs(
                 continue
         runs.append(([i], len(rows[i]) - 1 - start))
     return runs
-
-
-def ordered_budget_batches(
-    order: Sequence[int], lengths: Sequence[int], token_budget: int, max_batch_size: int
-) -> list[list[int]]:
-    """Cut ``order`` into consecutive micro-batches with ``batch size x longest <= token_budget`` (an item
-    longer than the budget gets a batch of its own), as :func:`~.common.token_budget_batches` but keeping
-    the given order."""
-    if token_budget < 1 or max_batch_size < 1:
-        raise ValueError(
-            f"token_budget and max_batch_size must be >= 1, got {token_budget}, {max_batch_size}"
-        )
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in order:
-        wider = max(longest, lengths[i])
-        if current and ((len(current) + 1) * wider > token_budget or len(current) >= max_batch_size):
-            batches.append(current)
-            current, wider = [], lengths[i]
-        current.append(i)
-        longest = wider
-    if current:
-        batches.append(current)
-    return batches

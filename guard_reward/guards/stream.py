@@ -62,20 +62,18 @@ from guard_reward.faults import (
     SampleError,
     check_on_error,
 )
+from guard_reward.guards.batching import micro_batches
 from guard_reward.guards.common import (
     fit_to_context,
     hub_kwargs,
     resolve_device,
     resolve_dtype,
-    token_budget_batches,
 )
 from guard_reward.guards.offsets import token_char_offsets
 from guard_reward.guards.prefix_sharing import (
     encode_shared,
-    ordered_budget_batches,
     plan_sharing,
     run_rows,
-    sharing_order,
 )
 from guard_reward.guards.stream_heads import (
     LabelMaps,
@@ -508,13 +506,9 @@ class StreamGuard:
         results: list[TokenRisk | None] = [x if isinstance(x, TokenRisk) else None for x in items]
         todo = [k for k, x in enumerate(items) if not isinstance(x, TokenRisk)]
         encoded: list[Encoded] = [items[k] for k in todo]  # type: ignore[misc]
-        lengths = [len(e.ids) for e in encoded]
-        if self.share_prefix:  # keep inputs that share a prefix in the same micro-batch
-            order = sharing_order([e.ids for e in encoded])
-            batches = ordered_budget_batches(order, lengths, self.token_budget, self.max_batch_size)
-        else:
-            batches = token_budget_batches(lengths, self.token_budget, self.max_batch_size)
-        for batch in batches:
+        rows = [e.ids for e in encoded]
+        lengths = [len(ids) for ids in rows]
+        for batch in micro_batches(rows, lengths, self.token_budget, self.max_batch_size, self.share_prefix):
             for j, risk in zip(batch, self._forward([encoded[j] for j in batch]), strict=True):
                 finite = all(
                     bool(torch.isfinite(t).all())

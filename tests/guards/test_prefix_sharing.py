@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
+from guard_reward.guards.batching import ordered_budget_batches
 from guard_reward.guards.gen import GenGuard
 from guard_reward.guards.prefix_sharing import (
     encode_shared,
-    ordered_budget_batches,
     plan_sharing,
     run_rows,
     sharing_order,
