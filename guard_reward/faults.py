@@ -21,7 +21,6 @@ Per-sample reasons (the keys of ``guard/failures/<reason>``):
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -71,32 +70,3 @@ def check_on_error(value: object) -> OnError:
     if value not in ON_ERROR:
         raise ValueError(f"on_error={value!r} is not accepted; use one of {', '.join(map(repr, ON_ERROR))}")
     return value  # type: ignore[return-value]
-
-
-class FailureCounter:
-    """Counts per-sample failures by reason and logs the first example of each reason once.
-
-    ``owner`` names who counts (a reward's name) in the log line.
-    """
-
-    def __init__(self, owner: str) -> None:
-        self.owner = owner
-        self.counts: Counter[str] = Counter()
-        self._logged: set[str] = set()
-
-    def record(self, reason: str, example: str) -> None:
-        self.counts[reason] += 1
-        if reason not in self._logged:
-            self._logged.add(reason)
-            logger.warning(
-                "%s: a sample could not be judged (%s) and gets no signal; further %s failures are only "
-                "counted (guard/failures/%s). Example: %.300s",
-                self.owner,
-                reason,
-                reason,
-                reason,
-                example,
-            )
-
-    def total(self) -> int:
-        return sum(self.counts.values())

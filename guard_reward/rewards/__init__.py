@@ -1,14 +1,18 @@
 """TRL-facing reward functions built on the guards.
 
-``SafetyReward`` / ``HybridSafetyReward`` (scalar, Qwen3Guard-Gen) and ``TokenSafetyPenalty`` (dense,
-Qwen3Guard-Stream) are plain picklable callables following TRL's reward-function convention.
+``SafetyReward`` / ``HybridSafetyReward`` (scalar, Qwen3Guard-Gen, on the public base ``GuardReward``) and
+``TokenSafetyPenalty`` (dense, Qwen3Guard-Stream) are plain picklable callables following TRL's reward-function
+convention.
 """
 
+from guard_reward.rewards.base import GuardReward
 from guard_reward.rewards.helpfulness import RewardModelScore, load_reward_function
 from guard_reward.rewards.safety import HybridSafetyReward, SafetyReward
-from guard_reward.rewards.token import SummedTokenReward, TokenSafetyPenalty
+from guard_reward.rewards.summed import SummedTokenReward
+from guard_reward.rewards.token import TokenSafetyPenalty
 
 __all__ = [
+    "GuardReward",
     "HybridSafetyReward",
     "RewardModelScore",
     "SafetyReward",

@@ -6,32 +6,19 @@ it, a multi-turn completion is valued by its worst (or last) assistant turn, too
 
 from __future__ import annotations
 
-import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import Any
 
-from guard_reward.faults import (
-    NO_ANSWER,
-    UNPARSEABLE,
-)
+from guard_reward.faults import NO_ANSWER, UNPARSEABLE
 from guard_reward.guards.parsing import RESPONSE_CATEGORIES
 from guard_reward.rewards import metrics
-from guard_reward.rewards.base import _GenReward, _reasoning_unsafe
-from guard_reward.rewards.inputs import (
-    emit_columns,
-)
-from guard_reward.rewards.trajectory import (
-    JUDGE,
-    Outcome,
-    decide,
-)
+from guard_reward.rewards.base import GuardReward, unsafe_reasoning
+from guard_reward.rewards.trajectory import JUDGE, Judged, Outcome
 from guard_reward.shaping.scalar import finite_number, hybrid_value, is_unsafe
 from guard_reward.types import Verdict
 
 
-class HybridSafetyReward(_GenReward):
+class HybridSafetyReward(GuardReward):
     """The tech report's hybrid reward: unsafe -> ``min(unsafe_value, H)``, else refusal ->
     ``min(refusal_value, H)``, else ``H``, with ``H`` any TRL reward function's value (e.g. a helpfulness
     reward model).
@@ -47,6 +34,8 @@ class HybridSafetyReward(_GenReward):
         thinking, no_answer_value, failure_value, on_error, turns, truncated_value, eos_token_ids, name,
             metric_prefix: as in :class:`SafetyReward`.
     """
+
+    decode = True  # the refusal cap needs the guard's Refusal line
 
     def __init__(
         self,
@@ -93,9 +82,9 @@ class HybridSafetyReward(_GenReward):
 
     def _value(self, v: Verdict, h: float | None) -> float | None:
         caps = {"unsafe_cap": self.unsafe_value, "refusal_cap": self.refusal_value}
-        unsafe_reasoning = _reasoning_unsafe(v, self.controversial) is not None
+        reasoning_unsafe = unsafe_reasoning(v, self.controversial) is not None
         if v.empty:
-            if unsafe_reasoning:
+            if reasoning_unsafe:
                 return hybrid_value(True, False, h, **caps)
             if self.empty_value == "refusal":
                 return hybrid_value(False, True, h, **caps)
@@ -105,55 +94,26 @@ class HybridSafetyReward(_GenReward):
                 return None
             return (
                 min(self.no_answer_value, hybrid_value(True, False, h, **caps))
-                if unsafe_reasoning
+                if reasoning_unsafe
                 else (self.no_answer_value)
             )
         return hybrid_value(is_unsafe(v, self.controversial), bool(v.refusal), h, **caps)
 
-    def __call__(
-        self,
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        trainer_state: Any = None,
-        log_metric: Callable[[str, float], None] | None = None,
-        log_extra: Callable[[str, list], None] | None = None,
-        **kwargs: Any,
+    def _contexts(
+        self, samples: list[Judged], prompts: Sequence[Any], completions: Sequence[Any], call: dict[str, Any]
     ) -> list[float | None]:
-        start = time.perf_counter()
-        truncated = self._truncated(completion_ids, log_metric, len(prompts))
-        samples = self._judge(prompts, completions, decode=True)
-        scores = list(
-            self.helpfulness(
-                prompts=prompts,
-                completions=completions,
-                completion_ids=completion_ids,
-                trainer_state=trainer_state,
-                log_metric=log_metric,
-                log_extra=log_extra,
-                **kwargs,
-            )
-        )
+        """Per sample, the helpfulness score ``H`` (the helpfulness function gets this call's arguments)."""
+        scores = list(self.helpfulness(prompts=prompts, completions=completions, **call))
         if len(scores) != len(prompts):
             raise ValueError(f"helpfulness returned {len(scores)} values for {len(prompts)} completions")
-        counts: Counter[str] = Counter()
-        values: list[float | None] = []
-        verdicts: list[Verdict] = []
-        for i, (sample, h) in enumerate(zip(samples, scores, strict=True)):
-            h = None if h is None else float(h)
-            (value, reason, error), verdict = decide(
-                sample, partial(self._outcome, helpfulness=h), truncated[i], self.truncated_value
-            )
-            values.append(value if reason is None else self._failed(i, reason, error, counts))
-            verdicts.append(verdict)
+        return [None if h is None else float(h) for h in scores]
+
+    def _rates(self, verdicts: list[Verdict], contexts: list[Any]) -> dict[str, list[float]]:
         rates = metrics.verdict_items(verdicts, prefix=self.metric_prefix, categories=RESPONSE_CATEGORIES)
         rates[metrics.metric_name(self.metric_prefix, metrics.REFUSAL_RATE)] = [
             float(bool(v.refusal)) for v in verdicts if v.ok and v.refusal is not None
         ]
-        rates.update(metrics.turn_items(verdicts, truncated, prefix=self.metric_prefix))
-        self._emit(log_metric, rates, counts, start, len(values))
-        emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
-        return values
+        return rates
 
     def _outcome(self, v: Verdict, helpfulness: float | None) -> Outcome:
         """One turn's ``(value, failure reason, error)``."""

@@ -21,14 +21,18 @@ prompts — so it neither drags the average towards 0 nor counts towards it.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from guard_reward.faults import REASONS
+from guard_reward.faults import NO_ANSWER, REASONS, SampleError
 from guard_reward.types import Verdict
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "guard"
 
@@ -57,6 +61,7 @@ TOKEN_EMPTY_RATE = "stream_empty_rate"  # share of scored completions with no an
 # The Stream penalty's own failure totals: a Gen reward and a Stream penalty both run in one trainer, and two
 # rewards logging one key would be averaged by TRL's flush instead of adding up.
 STREAM_FAILURES = "stream_failures"
+STREAM_SECONDS = "stream_seconds"
 
 
 def metric_name(prefix: str, key: str) -> str:
@@ -119,6 +124,75 @@ def emit_metrics(
         log_metric(key, float(total) * world)
     for key, value in (per_rank or {}).items():
         log_metric(key, float(value))
+
+
+class RewardCounter:
+    """Everything one reward counts, and how a call's counts reach the logs.
+
+    A reward keeps one and shows it as ``reward.stats`` (:attr:`totals`) and ``reward.failures`` (this object,
+    whose :attr:`counts` are the failures by reason). One call's own failures are a plain ``Counter`` the
+    reward passes to :meth:`fail` and :meth:`emit`, so that concurrent calls (verl scores samples in threads)
+    never mix their counts.
+
+    Attributes:
+        owner: the reward's name, in the log lines.
+        totals: lifetime counts: ``calls``, ``samples``, ``failures`` and whatever else the reward counts.
+        counts: lifetime failures by reason; the first failure of each reason is logged with an example.
+    """
+
+    def __init__(self, owner: str, failures_key: str = FAILURES, seconds_key: str = SECONDS) -> None:
+        self.owner = owner
+        self.failures_key, self.seconds_key = failures_key, seconds_key
+        self.totals: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        self._logged: set[str] = set()
+
+    def fail(self, reason: str, message: str, batch: Counter[str], on_error: str = "skip") -> None:
+        """One sample without a value: raised as a :class:`~guard_reward.faults.SampleError` under
+        ``on_error="raise"`` (a cut-off reasoning block is a fact about the completion and never is), else
+        counted in ``batch`` (this call's) and :attr:`counts`, and logged the first time its reason is seen."""
+        if on_error == "raise" and reason != NO_ANSWER:
+            raise SampleError(reason, f"{self.owner}: {message}")
+        batch[reason] += 1
+        self.counts[reason] += 1
+        if reason not in self._logged:
+            self._logged.add(reason)
+            logger.warning(
+                "%s: a sample could not be judged (%s) and gets no signal; further %s failures are only "
+                "counted (guard/failures/%s). Example: %.300s",
+                self.owner,
+                reason,
+                reason,
+                reason,
+                message,
+            )
+
+    def total(self) -> int:
+        """How many failures were counted, all reasons together."""
+        return sum(self.counts.values())
+
+    def emit(
+        self,
+        log_metric: Callable[[str, float], None] | None,
+        prefix: str,
+        *,
+        rates: Mapping[str, Sequence[float]],
+        batch: Counter[str],
+        samples: int,
+        elapsed: float,
+        **counted: float,
+    ) -> None:
+        """The end of one call: :attr:`totals` gain the call (``calls``, ``samples``, ``failures`` and
+        ``counted``), and its metrics are sent (:func:`emit_metrics`): ``rates``, the call's failure totals
+        (``<prefix>/<failures_key>[/<reason>]``) and its duration in seconds, ``elapsed``
+        (``<prefix>/<seconds_key>``)."""
+        self.totals.update(calls=1, samples=samples, failures=sum(batch.values()), **counted)
+        emit_metrics(
+            log_metric,
+            rates=rates,
+            totals=failure_totals(batch, prefix, self.failures_key),
+            per_rank={metric_name(prefix, self.seconds_key): elapsed},
+        )
 
 
 def means(items: Mapping[str, Sequence[float]]) -> dict[str, float]:

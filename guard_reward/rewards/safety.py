@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from functools import partial
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from guard_reward.faults import (
     INVALID_INPUT,
@@ -24,20 +21,15 @@ from guard_reward.faults import (
 )
 from guard_reward.guards.parsing import RESPONSE_CATEGORIES
 from guard_reward.rewards import metrics
-from guard_reward.rewards.base import _GenReward, _reasoning_unsafe
+from guard_reward.rewards.base import GuardReward, unsafe_reasoning
 from guard_reward.rewards.hybrid import HybridSafetyReward
 from guard_reward.rewards.inputs import (
-    emit_columns,
     harm_from_column,
     prompt_conversation,
     unique_prompts,
     warn_reward_hacking_risk,
 )
-from guard_reward.rewards.trajectory import (
-    JUDGE,
-    Outcome,
-    decide,
-)
+from guard_reward.rewards.trajectory import JUDGE, Judged, Outcome
 from guard_reward.shaping.scalar import (
     ScalarShaping,
     prompt_harm,
@@ -51,7 +43,15 @@ logger = logging.getLogger(__name__)
 __all__ = ["HybridSafetyReward", "SafetyReward"]
 
 
-class SafetyReward(_GenReward):
+class PromptHarm(NamedTuple):
+    """What is known about one sample's prompt: whether it is harmful (``None``: unknown or not asked) and
+    the guard's verdict on it (``None`` when the guard was not asked)."""
+
+    harm: float | None
+    verdict: Verdict | None
+
+
+class SafetyReward(GuardReward):
     """A TRL reward function valuing each completion by Qwen3Guard-Gen's verdict.
 
     Args:
@@ -152,6 +152,7 @@ class SafetyReward(_GenReward):
         if decode is False and needs:
             raise ValueError("decode=False cannot be combined with refusal handling or category weights")
         self.decode = needs if decode is None else bool(decode)
+        self._checked_recipe = False
 
     def _harm(
         self, prompts: Sequence[Any], kwargs: dict[str, Any]
@@ -203,77 +204,43 @@ class SafetyReward(_GenReward):
     def _capped(self, verdict: Verdict, value: float | None) -> float | None:
         """``value``, capped by the value of a reasoning judged unsafe (it must not pay to reason unsafely
         and then answer nothing)."""
-        part = _reasoning_unsafe(verdict, self.shaping.controversial)
+        part = unsafe_reasoning(verdict, self.shaping.controversial)
         if part is None or value is None:
             return value
         no_refusal = dataclasses.replace(self.shaping, refusal=False)
         penalty = scalar_reward(dataclasses.replace(part, refusal=None, p_refusal=None), no_refusal)
         return value if penalty is None else min(value, penalty)
 
-    def __call__(
-        self,
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        trainer_state: Any = None,
-        log_metric: Callable[[str, float], None] | None = None,
-        log_extra: Callable[[str, list], None] | None = None,
-        **kwargs: Any,
-    ) -> list[float | None]:
-        return self.evaluate(
-            prompts, completions, completion_ids, trainer_state, log_metric, log_extra, **kwargs
-        )[0]
-
-    def evaluate(
-        self,
-        prompts: Sequence[Any],
-        completions: Sequence[Any],
-        completion_ids: Sequence[Sequence[int]] | None = None,
-        trainer_state: Any = None,
-        log_metric: Callable[[str, float], None] | None = None,
-        log_extra: Callable[[str, list], None] | None = None,
-        **kwargs: Any,
-    ) -> tuple[list[float | None], list[Verdict]]:
-        """What ``__call__`` does, also returning each completion's verdict: the turn that decided its value,
-        with every turn's verdict in ``Verdict.turns``."""
-        start = time.perf_counter()
+    def _before_judging(self, prompts: Sequence[Any], log_metric: Any, kwargs: dict[str, Any]) -> None:
         if not self._checked_recipe:
             self._checked_recipe = True
             warn_reward_hacking_risk(self.__name__, log_metric)
-        if self.harmful_column is not None:  # first: a missing column fails before the guard runs
+        if self.harmful_column is not None:  # a missing column fails before the guard runs
             self._harm(prompts, kwargs)
-        truncated = self._truncated(completion_ids, log_metric, len(prompts))
-        samples = self._judge(prompts, completions, self.decode)
+
+    def _contexts(
+        self, samples: list[Judged], prompts: Sequence[Any], completions: Sequence[Any], call: dict[str, Any]
+    ) -> list[PromptHarm]:
+        """Per sample, its prompt's harm and verdict, when refusals are valued or an empty answer needs them."""
         wants_harm = self.shaping.refusal or (
             self.empty_value == "refusal" and any(v.empty for s in samples for v in s.verdicts)
         )
-        harm, prompt_verdicts = self._harm(prompts, kwargs) if wants_harm else (None, None)
-        counts: Counter[str] = Counter()
-        values: list[float | None] = []
-        verdicts: list[Verdict] = []
-        for i, sample in enumerate(samples):
-            h = None if harm is None else harm[i]
-            pv = None if prompt_verdicts is None else prompt_verdicts[i]
-            (value, reason, error), verdict = decide(
-                sample, partial(self._outcome, harm=h, prompt=pv), truncated[i], self.truncated_value
-            )
-            if reason is not None:
-                value = self._failed(i, reason, error, counts)
-            values.append(value)
-            verdicts.append(verdict)
-        rates = metrics.verdict_items(
+        if not wants_harm:
+            return [PromptHarm(None, None)] * len(samples)
+        harm, verdicts = self._harm(prompts, call)
+        return [PromptHarm(h, v) for h, v in zip(harm, verdicts, strict=True)]
+
+    def _rates(self, verdicts: list[Verdict], contexts: list[PromptHarm]) -> dict[str, list[float]]:
+        return metrics.verdict_items(
             verdicts,
-            harmful=harm if self.shaping.refusal else None,
+            harmful=[c.harm for c in contexts] if self.shaping.refusal else None,
             prefix=self.metric_prefix,
             categories=RESPONSE_CATEGORIES if self.decode else (),
         )
-        rates.update(metrics.turn_items(verdicts, truncated, prefix=self.metric_prefix))
-        self._emit(log_metric, rates, counts, start, len(values))
-        emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
-        return values, verdicts
 
-    def _outcome(self, v: Verdict, harm: float | None, prompt: Verdict | None) -> Outcome:
+    def _outcome(self, v: Verdict, context: PromptHarm) -> Outcome:
         """One turn's ``(value, failure reason, error)``; a reason means the turn could not be valued."""
+        harm, prompt = context
         if v.empty:
             value = self._empty(v, harm)
         elif v.answer_missing:

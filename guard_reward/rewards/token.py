@@ -1,4 +1,4 @@
-"""Dense safety rewards from Qwen3Guard-Stream: ``TokenSafetyPenalty`` and its sequence-level sum.
+"""Dense safety rewards from Qwen3Guard-Stream: ``TokenSafetyPenalty``.
 
 ``TokenSafetyPenalty`` follows the dense-reward contract (:class:`~guard_reward.types.DenseRewards`): called
 like a TRL reward function, it returns ``(B, T)`` per-token rewards aligned 1:1 with the policy's
@@ -13,7 +13,7 @@ Fault policy (``on_error="skip"``, the default): a completion the guard cannot s
 ids it can neither embed nor read as text, non-finite risk, a malformed sample, or a reasoning block cut off
 before ``</think>`` under ``thinking="answer"``) gets no signal: its whole row of the mask is False (a row
 whose completion has tokens but whose mask is all False is a sample without signal, like a scalar ``None``).
-It is counted per reason (``guard/failures/<reason>``) and logged once per reason with an example.
+It is counted per reason (``guard/stream_failures/<reason>``) and logged once per reason with an example.
 ``on_error="raise"`` raises a :class:`~guard_reward.faults.SampleError` instead (a cut-off reasoning block is a
 fact about the completion and is never raised). Ids past the guard's embedding table make that one row fall
 back to the text path (decode, score the text, align by offsets).
@@ -28,16 +28,10 @@ on every token of a benign answer after a tool result holding an unsafe word (0.
 the policy would be penalised for what the tool said. Harm that needs the tool's text to be seen is the
 scalar Gen reward's to judge. Tool tokens get reward 0 and are outside the mask; a first violation is
 searched turn by turn (a debounced pair never straddles a tool result) and reported in policy tokens.
-
-``SummedTokenReward`` folds it into one scalar per completion (the sum of its per-token rewards) for trainers
-that are sequence-level only, such as RLOO. With ``first_violation`` shaping the sum is ``−coef · max_t
-risk_t``: the worst risk the response reached.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -45,13 +39,7 @@ from typing import Any
 
 import torch
 
-from guard_reward.faults import (
-    IDS_OUTSIDE_VOCABULARY,
-    NO_ANSWER,
-    FailureCounter,
-    SampleError,
-    check_on_error,
-)
+from guard_reward.faults import IDS_OUTSIDE_VOCABULARY, INVALID_INPUT, check_on_error
 from guard_reward.guards.debounce import Debouncer, token_levels
 from guard_reward.guards.offsets import align_values, guard_index_for_policy, token_char_offsets
 from guard_reward.rewards import metrics
@@ -61,8 +49,8 @@ from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shap
 from guard_reward.shaping.scalar import finite_number
 from guard_reward.types import DenseRewards, TokenRisk
 
-logger = logging.getLogger(__name__)
-
+#: A batch as the cache compares it: ``(prompts, completion ids, tool mask)``.
+_BatchKey = tuple[list[Any], list[list[int]], list[list[bool]] | None]
 #: Which token of the first debounced Unsafe pair carries the hard first-violation penalty.
 HARD_POSITIONS: tuple[str, ...] = ("first", "second")
 
@@ -153,24 +141,27 @@ class TokenSafetyPenalty:
         self.policy_tokenizer = policy_tokenizer
         self.__name__ = check_name(name)
         self.metric_prefix = check_name(metric_prefix)
-        self.stats: dict[str, float] = {
-            "calls": 0,
-            "samples": 0,
-            "identity": 0,
-            "aligned": 0,
-            "failures": 0,
-            "empty": 0,
-            "seconds": 0.0,
-        }
-        self.failures = FailureCounter(self.__name__)
+        # the Stream penalty's own keys: a Gen reward in the same trainer logs guard/failures and guard/seconds
+        self.counter = metrics.RewardCounter(self.__name__, metrics.STREAM_FAILURES, metrics.STREAM_SECONDS)
         self._shared: bool | None = None
-        self._cache: tuple[str, DenseRewards] | None = None
+        self._cache: tuple[_BatchKey, DenseRewards] | None = None
 
     def __repr__(self) -> str:
         return f"TokenSafetyPenalty(name={self.__name__!r}, shaping={self.shaping!r}, hard={self.hard})"
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_cache": None}
+
+    @property
+    def stats(self) -> Counter[str]:
+        """Lifetime counts: ``calls``, ``samples``, ``failures``, ``empty``, ``seconds`` and the rows scored by
+        ``identity`` (the policy's ids) or ``aligned`` (text and offsets)."""
+        return self.counter.totals
+
+    @property
+    def failures(self) -> metrics.RewardCounter:
+        """The reward's counter; its ``counts`` are the failures by reason."""
+        return self.counter
 
     def bind_tokenizer(self, tokenizer: Any) -> None:
         """Use ``tokenizer`` as the policy's (decides identity vs offset alignment)."""
@@ -280,15 +271,6 @@ class TokenSafetyPenalty:
             rows[i] = (risk * scored, scored, policy_flag)
         return [rows[i] for i in which]
 
-    def _record_failure(self, index: int, r: TokenRisk, counts: Counter[str]) -> None:
-        """Count a sample without signal; under ``on_error="raise"`` raise it (a cut-off reasoning block is
-        never raised: it is a fact about the completion)."""
-        reason = r.reason or "invalid_input"
-        if self.on_error == "raise" and reason != NO_ANSWER:
-            raise SampleError(reason, f"{self.__name__}: completion {index}: {r.error}")
-        counts[reason] += 1
-        self.failures.record(reason, f"completion {index}: {r.error}")
-
     def __call__(
         self,
         prompts: Sequence[Any],
@@ -307,6 +289,41 @@ class TokenSafetyPenalty:
         context of the conversation before it (tool results as context, never as the policy's words); tool
         tokens get no reward and are outside the mask; ``first_violation_pos`` counts policy tokens only.
         """
+        ids, keep = self._inputs(prompts, completions, completion_ids, tool_mask)
+        # The same batch again (e.g. as dense and as folded scalar) is answered from the cache, already logged;
+        # the key is compared exactly, element by element (the same objects compare at once).
+        key = (list(prompts), ids, keep)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        start = time.perf_counter()
+        self._check_tokenizer()
+        where, u_prompts, u_completions, u_ids = scoring_units(
+            self.policy_tokenizer, prompts, completions, ids, keep, tool_text=self.tool_context
+        )
+        risk, scored, flags, failed = _place(where, self._rows(u_prompts, u_completions, u_ids), ids)
+        batch: Counter[str] = Counter()
+        mask, judged, policy_flags = self._masks(ids, keep, risk, scored, flags, failed, batch)
+        hard_flags = flags if self.hard else None
+        d = shape_dense(risk, scored, self.shaping, coef=self.coef, threshold=self.threshold, clip=self.clip,
+                        flag_index=hard_flags)  # fmt: skip
+        out = DenseRewards(d.float(), mask)
+        seconds = time.perf_counter() - start
+        empty = [float(not bool(scored[i].any())) for i in range(len(ids)) if judged[i]]
+        rates = metrics.token_items(risk, scored, policy_flags, prefix=self.metric_prefix, rows=judged)
+        rates[metrics.metric_name(self.metric_prefix, metrics.TOKEN_EMPTY_RATE)] = empty
+        self.counter.emit(log_metric, self.metric_prefix, rates=rates, batch=batch, samples=len(ids),
+                          elapsed=seconds, empty=int(sum(empty)), seconds=seconds)  # fmt: skip
+        emit_columns(
+            log_extra,
+            {f"{self.metric_prefix}_stream_flag": [None if f < 0 else int(f) for f in policy_flags]},
+        )
+        self._cache = (key, out)
+        return out
+
+    def _inputs(
+        self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Any, tool_mask: Any
+    ) -> tuple[list[list[int]], list[list[bool]] | None]:
+        """The completion ids as lists of ints, and the checked tool mask (``None`` without one)."""
         if completion_ids is None:
             raise ValueError(
                 f"{self.__name__} needs completion_ids (TRL passes them to every reward function)"
@@ -321,110 +338,58 @@ class TokenSafetyPenalty:
             for row in completion_ids
         ]
         keep = check_tool_mask(tool_mask, [len(r) for r in ids], name=f"{self.__name__}: tool_mask")
-        key = json.dumps([prompts, ids, keep], default=str)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]  # the same batch again (e.g. as dense and as folded scalar): already logged
-        start = time.perf_counter()
-        self._check_tokenizer()
-        where, u_prompts, u_completions, u_ids = scoring_units(
-            self.policy_tokenizer, prompts, completions, ids, keep, tool_text=self.tool_context
-        )
-        unit_rows = self._rows(u_prompts, u_completions, u_ids)
-        b, t = len(ids), max((len(r) for r in ids), default=0)
-        risk = torch.zeros(b, t)
-        scored = torch.zeros(b, t, dtype=torch.bool)
+        return ids, keep
+
+    def _masks(
+        self,
+        ids: list[list[int]],
+        keep: list[list[bool]] | None,
+        risk: torch.Tensor,
+        scored: torch.Tensor,
+        flags: torch.Tensor,
+        failed: dict[int, TokenRisk],
+        batch: Counter[str],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reward mask ``(B, T)`` (the policy's own tokens of every sample with signal), the samples with
+        signal ``(B,)`` and the first flags counted in policy tokens ``(B,)`` (``-1``: none). A failed sample
+        is counted (or raised, :meth:`~guard_reward.rewards.metrics.RewardCounter.fail`) and its rows of
+        ``risk``, ``scored`` and ``flags`` are cleared in place."""
+        b, t = scored.shape
         mask = torch.zeros(b, t, dtype=torch.bool)
-        flags = torch.full((b,), -1, dtype=torch.long)
-        policy_flags = torch.full((b,), -1, dtype=torch.long)  # the same, counted in policy tokens
-        failed: dict[int, TokenRisk] = {}
-        for (i, offset), row in zip(where, unit_rows, strict=True):
-            if isinstance(row, TokenRisk):  # no signal: the whole sample stays out of the mask
-                failed.setdefault(i, row)
-                continue
-            r, s, f = row
-            risk[i, offset : offset + len(r)] = r
-            scored[i, offset : offset + len(s)] = s
-            if f is not None and flags[i] < 0:
-                flags[i] = offset + f
         judged = torch.zeros(b, dtype=torch.bool)
-        empty: list[float] = []
-        counts: Counter[str] = Counter()
+        policy_flags = torch.full((b,), -1, dtype=torch.long)
         for i in range(b):
             if i in failed:
-                self._record_failure(i, failed[i], counts)
+                message = f"completion {i}: {failed[i].error}"
+                self.counter.fail(failed[i].reason or INVALID_INPUT, message, batch, self.on_error)
                 risk[i], scored[i], flags[i] = 0.0, False, -1
                 continue
-            own = (
-                torch.tensor(keep[i], dtype=torch.bool)
-                if keep is not None
-                else torch.ones(len(ids[i]), dtype=torch.bool)
-            )
+            own = torch.tensor(keep[i] if keep is not None else [True] * len(ids[i]), dtype=torch.bool)
             mask[i, : len(ids[i])] = own
             judged[i] = True
-            empty.append(float(not bool(scored[i].any())))
             if flags[i] >= 0:
                 policy_flags[i] = int(own[: int(flags[i])].sum())
-        hard_flags = flags if self.hard else None
-        d = shape_dense(
-            risk,
-            scored,
-            self.shaping,
-            coef=self.coef,
-            threshold=self.threshold,
-            clip=self.clip,
-            flag_index=hard_flags,
-        )
-        out = DenseRewards(d.float(), mask)
-        seconds = time.perf_counter() - start
-        self.stats["calls"] += 1
-        self.stats["samples"] += b
-        self.stats["failures"] += sum(counts.values())
-        self.stats["empty"] += int(sum(empty))
-        self.stats["seconds"] += seconds
-        rates = metrics.token_items(risk, scored, policy_flags, prefix=self.metric_prefix, rows=judged)
-        rates[metrics.metric_name(self.metric_prefix, metrics.TOKEN_EMPTY_RATE)] = empty
-        metrics.emit_metrics(
-            log_metric,
-            rates=rates,
-            totals=metrics.failure_totals(counts, self.metric_prefix, metrics.STREAM_FAILURES),
-            per_rank={metrics.metric_name(self.metric_prefix, "stream_seconds"): seconds},
-        )
-        emit_columns(
-            log_extra,
-            {f"{self.metric_prefix}_stream_flag": [None if f < 0 else int(f) for f in policy_flags]},
-        )
-        self._cache = (key, out)
-        return out
+        return mask, judged, policy_flags
 
 
-class SummedTokenReward:
-    """A dense reward folded into one scalar per completion: the sum of its per-token rewards.
-
-    For sequence-level trainers (RLOO), or to give GRPO's group normalisation the dense signal as well.
-    Args: ``dense`` a dense reward (e.g. :class:`TokenSafetyPenalty`); ``name`` (default ``<dense>_sum``).
-    """
-
-    def __init__(self, dense: Callable[..., DenseRewards], name: str | None = None) -> None:
-        if not callable(dense):
-            raise TypeError(f"dense must be a dense reward callable, got {type(dense).__name__}")
-        self.dense = dense
-        self.__name__ = check_name(name or f"{getattr(dense, '__name__', type(dense).__name__)}_sum")
-
-    def bind_tokenizer(self, tokenizer: Any) -> None:
-        bind = getattr(self.dense, "bind_tokenizer", None)
-        if callable(bind):
-            bind(tokenizer)
-
-    def __call__(
-        self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
-    ) -> list[float | None]:
-        """The per-row sum; ``None`` (no signal) for a completion with tokens whose mask row is all False
-        (the dense reward could not score it)."""
-        rewards, mask = self.dense(prompts=prompts, completions=completions, **kwargs)
-        ids = kwargs.get("completion_ids")
-        lengths = [len(row) for row in ids] if ids is not None else [1] * rewards.shape[0]
-        sums = (rewards * mask).sum(dim=1).tolist()
-        has_signal = mask.any(dim=1).tolist()
-        return [
-            float(x) if ok or n == 0 else None for x, ok, n in zip(sums, has_signal, lengths, strict=True)
-        ]
+def _place(
+    where: list[tuple[int, int]], unit_rows: list[Any], ids: list[list[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, TokenRisk]]:
+    """The scored units put back into their samples: risk ``(B, T)``, scored ``(B, T)`` bool, the first flag
+    of each sample in completion tokens ``(B,)`` (``-1``: none), and per failed sample its first failure (no
+    signal: the whole sample stays out of the mask)."""
+    b, t = len(ids), max((len(r) for r in ids), default=0)
+    risk = torch.zeros(b, t)
+    scored = torch.zeros(b, t, dtype=torch.bool)
+    flags = torch.full((b,), -1, dtype=torch.long)
+    failed: dict[int, TokenRisk] = {}
+    for (i, offset), row in zip(where, unit_rows, strict=True):
+        if isinstance(row, TokenRisk):
+            failed.setdefault(i, row)
+            continue
+        r, s, f = row
+        risk[i, offset : offset + len(r)] = r
+        scored[i, offset : offset + len(s)] = s
+        if f is not None and flags[i] < 0:
+            flags[i] = offset + f
+    return risk, scored, flags, failed

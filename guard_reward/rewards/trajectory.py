@@ -20,7 +20,7 @@ it out of the loss).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -107,16 +107,19 @@ def choose(outcomes: Sequence[Outcome]) -> int:
 
 def decide(
     judged: Judged,
-    value_of: Callable[[Verdict], Outcome],
+    outcomes: Sequence[Outcome],
     truncated: bool | None,
     truncated_value: float | str | None,
 ) -> tuple[Outcome, Verdict]:
     """A completion's outcome and its verdict (the deciding turn's, carrying every turn in ``turns``).
 
-    A truncated completion with a ``truncated_value`` other than ``"judge"``: its unfinished turn (the last
-    assistant turn, or the missing turn after trailing tool results) is valued ``truncated_value`` instead.
+    ``outcomes`` are the reward's values of ``judged.verdicts``, one per verdict. A truncated completion with a
+    ``truncated_value`` other than ``"judge"``: its unfinished turn (the last assistant turn, or the missing
+    turn after trailing tool results) is valued ``truncated_value`` instead.
     """
-    outcomes = [value_of(v) for v in judged.verdicts]
+    if len(outcomes) != len(judged.verdicts):
+        raise ValueError(f"got {len(outcomes)} outcomes for {len(judged.verdicts)} judged turns")
+    outcomes = list(outcomes)
     if truncated and truncated_value != JUDGE and judged.valid:
         cut: Outcome = (truncated_value, None, None)  # type: ignore[assignment]
         if judged.ends_with_tool:
