@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+#: Exit status of a command that failed (argparse uses 2 for a bad command line).
+EXIT_FAILED = 1
+
 #: Which optional extra provides which top-level module (``pip install "guard-reward[<extra>]"``).
 EXTRAS: dict[str, str] = {
     "trl": "trl",

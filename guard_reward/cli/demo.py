@@ -1,7 +1,7 @@
 """``guard-reward demo``: the safety sandbox end to end (what ``make demo`` runs).
 
 ``add_demo_parser(subparsers)`` registers the subcommand and ``run_demo(args) -> int`` runs it;
-:func:`add_parser` does the registering for ``guard_reward.cli.PLUGIN_MODULES``.
+:func:`add_parser` does the registering for :data:`guard_reward.cli.main.PLUGIN_MODULES`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The ``guard-reward`` command: ``moderate`` (offline dataset annotation) and the subcommands other modules
-register: ``demo`` (the safety sandbox), ``train`` and ``plot``.
+"""The ``guard-reward`` command: :func:`main` and its parser; each subcommand lives in a module of its own
+(:data:`PLUGIN_MODULES`): ``moderate`` (offline dataset annotation), ``demo`` (the safety sandbox),
+``train`` and ``plot`` (recipes and their curves), ``serve`` (the guards as a service) and ``eval``
+(held-out evaluation).
 
 A failing command prints one ``error: …`` line and exits non-zero; ``--debug`` (anywhere on the command line)
 shows the traceback instead.
@@ -10,35 +12,33 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-from guard_reward.cli.args import (
-    exit_status,
-    missing_extra_message,
-    positive_int,
-    signal_name,
-    sigterm_as_interrupt,
+from guard_reward.cli.args import EXIT_FAILED, exit_status, missing_extra_message, signal_name
+
+#: The subcommands' modules, in the order ``--help`` lists them: each has ``add_parser(subparsers)``, which
+#: registers the subcommand and sets ``func`` (its runner) on the parser.
+PLUGIN_MODULES: tuple[str, ...] = (
+    "guard_reward.cli.moderate",
+    "guard_reward.cli.demo",
+    "guard_reward.cli.train",
+    "guard_reward.cli.plot",
+    "guard_reward.cli.serve",
+    "guard_reward.cli.eval",
 )
-
-#: Modules that add their own subcommand: each has ``add_parser(subparsers)`` setting ``func`` on its parser.
-PLUGIN_MODULES: tuple[str, ...] = ("guard_reward.cli.demo", "guard_reward.cli.train")
-PLUGIN_MODULES += ("guard_reward.cli.serve",)
-PLUGIN_MODULES += ("guard_reward.cli.eval",)
 
 DESCRIPTION = (
     "Qwen3Guard safety models as RL rewards. Subcommands: moderate (label a JSONL dataset with "
     "Qwen3Guard-Gen verdicts), train (GRPO, RLOO or PPO from a recipe), plot (redraw a run's safety curves), "
+    "eval (held-out safety evaluation of a policy), serve (the guards as an HTTP service on Ray Serve), "
     "demo (safety RL end to end in a synthetic sandbox). A failing command prints one 'error: ...' line and "
     "exits with a non-zero status; add --debug for the full traceback."
 )
-#: Exit status of a command that failed (argparse uses 2 for a bad command line).
-EXIT_FAILED = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``guard-reward`` on ``argv`` (default: the process' arguments); returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere, also after `train --config`, whose options swallow the rest of the line
     debug = "--debug" in args_list
@@ -77,136 +77,12 @@ def error_message(exc: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``guard-reward`` parser with every subcommand of :data:`PLUGIN_MODULES` registered."""
     parser = argparse.ArgumentParser(prog="guard-reward", description=DESCRIPTION)
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks and debug logs (accepted anywhere)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_moderate(sub)
     for name in PLUGIN_MODULES:
         importlib.import_module(name).add_parser(sub)
     return parser
-
-
-def _add_moderate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "moderate",
-        help="label a JSONL dataset with Qwen3Guard-Gen verdicts (resumable)",
-        description="Write one Qwen3Guard-Gen verdict per input record, in order. A line that cannot be read "
-        "or judged is written with an 'error' naming its line. OUTPUT.meta.json records the input and "
-        "settings (batch sizes included): an interrupted run (Ctrl-C, SIGTERM, even kill -9) resumes with the "
-        "same command; other settings, another input, or an existing file this command did not write are "
-        "refused, naming what differs.",
-    )
-    p.add_argument("input", type=Path, help="JSONL records: 'messages', or 'prompt' with optional 'response'")
-    p.add_argument(
-        "-o", "--output", type=Path, required=True, help="JSONL verdicts (created, or resumed if it is ours)"
-    )
-    p.add_argument("--guard", required=True, help="Qwen3Guard-Gen hub id or local checkpoint folder")
-    p.add_argument(
-        "--no-decode",
-        action="store_true",
-        help="label probabilities only (categories, refusal and raw text are null)",
-    )
-    p.add_argument("--thinking", default="answer", choices=("answer", "separate", "whole"))
-    p.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: a GPU if present)")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
-    p.add_argument(
-        "--token-budget",
-        type=positive_int("--token-budget"),
-        default=16384,
-        help="padded tokens per micro-batch (default 16384)",
-    )
-    p.add_argument(
-        "--chunk-size",
-        type=positive_int("--chunk-size"),
-        default=64,
-        help="records judged and flushed together (default 64)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (counts are still printed)")
-    p.set_defaults(func=_run_moderate)
-
-
-def _run_moderate(args: argparse.Namespace) -> int:
-    from guard_reward.evaluation.annotate import (
-        AnnotationInterrupted,
-        annotate,
-        prepare_output,
-        run_meta,
-        run_settings,
-    )
-    from guard_reward.guards.common import checkpoint_source, resolve_device
-
-    if not args.input.is_file():
-        print(f"error: input file {args.input} does not exist", file=sys.stderr)
-        return 2
-    # everything that can be checked without the model is checked before it loads
-    source = checkpoint_source(args.guard)
-    resolve_device(args.device)
-    guard_id = os.path.abspath(os.path.expanduser(args.guard)) if source == "local" else args.guard
-    settings = {
-        "guard": guard_id,
-        "thinking": args.thinking,
-        "dtype": args.dtype,
-        "token_budget": args.token_budget,
-    }
-    decode = not args.no_decode
-    meta = run_meta(args.input, run_settings(settings, decode=decode, chunk_size=args.chunk_size))
-    resumed = prepare_output(args.input, args.output, meta)
-
-    from guard_reward.guards.gen import GenGuard
-
-    guard = GenGuard.from_pretrained(
-        args.guard,
-        device=args.device,
-        dtype=args.dtype,
-        token_budget=args.token_budget,
-        thinking=args.thinking,
-    )
-    try:
-        with sigterm_as_interrupt():
-            counts = annotate(
-                guard,
-                args.input,
-                args.output,
-                decode=decode,
-                chunk_size=args.chunk_size,
-                settings=settings,
-                progress=not args.no_progress,
-            )
-    except AnnotationInterrupted as exc:
-        print(
-            f"interrupted by {signal_name(exc.cause)}: {_summary(exc.counts)} -> {args.output} (every row "
-            "written is complete). Run the same command again to resume from there.",
-            file=sys.stderr,
-        )
-        return exit_status(exc.cause)
-    print(f"{_summary(counts)} -> {args.output}{' (resumed)' if resumed else ''}")
-    judged = counts["written"] - counts["errors"]
-    if counts["written"] and not judged:
-        print(
-            f"error: no record could be judged ({counts['errors']} errors); see {args.output}",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    return 0
-
-
-def _summary(counts: Mapping[str, int]) -> str:
-    """The counts of a moderation run as one line; the kinds of unlabelled verdicts only when they occurred."""
-    parts = [
-        f"{counts['written']} written",
-        f"{counts['skipped_done']} already done",
-        f"{counts['errors']} errors",
-    ]
-    for key, label in (
-        ("unparsed", "unparsed verdicts"),
-        ("empty", "empty answers (not judged)"),
-        ("no_answer", "reasoning without an answer"),
-        ("failed", "other failed verdicts"),
-        ("truncated", "truncated"),
-        ("blank", "blank lines skipped"),
-    ):
-        if counts.get(key) or key in ("unparsed", "truncated"):
-            parts.append(f"{counts.get(key, 0)} {label}")
-    return ", ".join(parts)

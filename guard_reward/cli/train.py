@@ -1,39 +1,13 @@
-"""``guard-reward train`` and ``guard-reward plot`` subcommands (wired into :mod:`guard_reward.cli`).
+"""``guard-reward train``: run a GRPO, RLOO or PPO recipe (or its ``--smoke`` check on tiny stand-ins).
 
-Each subcommand is a pair: ``add_*_parser(subparsers)`` registers it, ``run_*(args) -> int`` runs it; the
-parser sets ``func`` to its runner, so the main CLI only has to call ``args.func(args)``. :func:`add_parser`
-registers both (list this module in ``guard_reward.cli.PLUGIN_MODULES``).
+:func:`add_train_parser` registers the subcommand and sets ``func`` to :func:`run_train`, so the main CLI only
+calls ``args.func(args)``; :func:`add_parser` is the hook :data:`guard_reward.cli.main.PLUGIN_MODULES` calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-
-def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """``guard-reward plot RUN_DIR [--output PNG]``: redraw a run's safety curves."""
-    parser = subparsers.add_parser(
-        "plot",
-        help="redraw safety_curves.png from a run's trainer_state.json",
-        description="Redraw the safety curves of a finished or interrupted run from "
-        "RUN_DIR/trainer_state.json (or the newest checkpoint's, or safety_curves.csv).",
-    )
-    parser.add_argument("run_dir", type=Path, help="the run's output_dir")
-    parser.add_argument(
-        "--output", type=Path, default=None, help="PNG path (default RUN_DIR/safety_curves.png)"
-    )
-    parser.set_defaults(func=run_plot)
-    return parser
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    from guard_reward.evaluation.plots import plot_run
-
-    path = plot_run(args.run_dir, args.output)
-    print(path)  # the CLI's output: where the figure went
-    return 0
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -101,6 +75,5 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register both subcommands (the hook :data:`guard_reward.cli.PLUGIN_MODULES` calls)."""
+    """Register ``train`` (the hook :data:`guard_reward.cli.main.PLUGIN_MODULES` calls)."""
     add_train_parser(subparsers)
-    add_plot_parser(subparsers)

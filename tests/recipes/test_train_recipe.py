@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from guard_reward.cli import main
-from guard_reward.cli.train import add_plot_parser, add_train_parser
+from guard_reward.cli.plot import add_plot_parser
+from guard_reward.cli.train import add_train_parser
 from guard_reward.recipes.config import load_config, resolve_recipe, shipped_recipes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
