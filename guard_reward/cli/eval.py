@@ -66,21 +66,12 @@ def _source(name: str) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from guard_reward.evaluation.checkpoint_eval import load_run
+    """``guard-reward eval``: check everything that needs no model, load the judges, evaluate the policy (and
+    the baseline, then compare them); or, with ``--compare``, compare two finished evaluations."""
     from guard_reward.evaluation.report import write_comparison
 
     if args.compare:
-        if args.policy or args.baseline:
-            raise ValueError("--compare DIR1 DIR2 compares finished evaluations; give it without --policy")
-        a, b = (load_run(d) for d in args.compare)
-        out = write_comparison(
-            a,
-            b,
-            args.output / "comparison.md",
-            names=(Path(args.compare[0]).name, Path(args.compare[1]).name),
-        )
-        print(f"comparison -> {out}")
-        return 0
+        return _compare(args)
     missing = [f"--{k}" for k in ("policy", "prompts", "judge") if not getattr(args, k)]
     if missing:
         raise ValueError(f"eval needs {', '.join(missing)} (or --compare DIR1 DIR2)")
@@ -89,19 +80,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from guard_reward.evaluation.answering import GenerationSettings
     from guard_reward.evaluation.checkpoint_eval import load_policy, prepare
     from guard_reward.evaluation.judges import load_judge
-    from guard_reward.evaluation.prompts import bundled_prompt_set, read_prompt_set
     from guard_reward.guards.common import resolve_device
 
-    prompts_path = (
-        bundled_prompt_set(args.prompts.removeprefix("bundled:"))
-        if args.prompts.startswith("bundled:")
-        else Path(args.prompts)
-    )
-    if not prompts_path.is_file():
-        raise FileNotFoundError(f"--prompts {prompts_path} does not exist")
-    prompts, bad = read_prompt_set(prompts_path)
-    for e in bad[:5]:
-        logger.warning("skipped %s", e)
+    prompts_path, prompts, bad = _read_prompts(args.prompts)
     resolve_device(args.device)
     settings = GenerationSettings(
         args.samples,
@@ -112,24 +93,12 @@ def run_eval(args: argparse.Namespace) -> int:
         args.top_p,
         args.seed,
     )
-    specs = {"judge": ("gen", args.judge)}
-    if args.judge2 or args.stream or args.remote:
-        kind = "gen" if args.judge2 else "stream" if args.stream else "remote"
-        specs["judge2"] = (kind, args.judge2 or args.stream or args.remote)
-    if args.train_guard:
-        specs["guard"] = ("gen", args.train_guard)
-    names = {k: (v if kind == "remote" else _source(v)) for k, (kind, v) in specs.items()}
+    specs = _judge_specs(args)
     policies = (
         {"policy": args.policy} if not args.baseline else {"policy": args.policy, "baseline": args.baseline}
     )
     reference = args.reference or args.baseline
-    common = {"prompts": str(prompts_path.resolve()), **{f"{k}_judge": v for k, v in names.items()}}
-    common |= {"samples": args.samples, "max_new_tokens": args.max_new_tokens, "do_sample": not args.greedy}
-    common |= {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "dtype": args.dtype}
-    common |= {"reference": _source(reference) if reference else None}
-    # batching changes which answers share a padded batch, hence low-precision logits and samples: recorded,
-    # so that a resumed file is one configuration's answers (as moderate records its batching)
-    common |= {"batch_size": args.batch_size, "chunk_size": args.chunk_size}
+    common = _recorded_settings(args, prompts_path, specs, reference)
     dirs = {k: (args.output / k if args.baseline else args.output) for k in policies}
     metas = {k: {**common, "policy": _source(v)} for k, v in policies.items()}
     for k in policies:  # refuse a foreign or mismatched output before anything loads
@@ -151,6 +120,64 @@ def run_eval(args: argparse.Namespace) -> int:
         out = write_comparison(runs["policy"], runs["baseline"], args.output / "comparison.md")
         print(f"comparison -> {out}")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``--compare DIR1 DIR2``: the comparison of two finished evaluations."""
+    from guard_reward.evaluation.checkpoint_eval import load_run
+    from guard_reward.evaluation.report import write_comparison
+
+    if args.policy or args.baseline:
+        raise ValueError("--compare DIR1 DIR2 compares finished evaluations; give it without --policy")
+    a, b = (load_run(d) for d in args.compare)
+    out = write_comparison(
+        a,
+        b,
+        args.output / "comparison.md",
+        names=(Path(args.compare[0]).name, Path(args.compare[1]).name),
+    )
+    print(f"comparison -> {out}")
+    return 0
+
+
+def _read_prompts(spec: str) -> tuple[Path, list[Any], list[str]]:
+    """The prompt file (``--prompts``, a path or ``bundled:NAME``), its prompts and its skipped lines."""
+    from guard_reward.evaluation.prompts import bundled_prompt_set, read_prompt_set
+
+    path = bundled_prompt_set(spec.removeprefix("bundled:")) if spec.startswith("bundled:") else Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts {path} does not exist")
+    prompts, bad = read_prompt_set(path)
+    for e in bad[:5]:
+        logger.warning("skipped %s", e)
+    return path, prompts, bad
+
+
+def _judge_specs(args: argparse.Namespace) -> dict[str, tuple[str, str]]:
+    """``{role: (kind, path or URL)}`` of the judges asked for: ``judge``, then ``judge2`` and ``guard``."""
+    specs = {"judge": ("gen", args.judge)}
+    if args.judge2 or args.stream or args.remote:
+        kind = "gen" if args.judge2 else "stream" if args.stream else "remote"
+        specs["judge2"] = (kind, args.judge2 or args.stream or args.remote)
+    if args.train_guard:
+        specs["guard"] = ("gen", args.train_guard)
+    return specs
+
+
+def _recorded_settings(
+    args: argparse.Namespace, prompts_path: Path, specs: dict[str, tuple[str, str]], reference: str | None
+) -> dict[str, Any]:
+    """What the results' sidecar records (besides the policy): every setting that changes an answer or a
+    judgement, so that a resumed file is one configuration's answers."""
+    names = {k: (v if kind == "remote" else _source(v)) for k, (kind, v) in specs.items()}
+    common = {"prompts": str(prompts_path.resolve()), **{f"{k}_judge": v for k, v in names.items()}}
+    common |= {"samples": args.samples, "max_new_tokens": args.max_new_tokens, "do_sample": not args.greedy}
+    common |= {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "dtype": args.dtype}
+    common |= {"reference": _source(reference) if reference else None}
+    # batching changes which answers share a padded batch, hence low-precision logits and samples: recorded,
+    # so that a resumed file is one configuration's answers (as moderate records its batching)
+    common |= {"batch_size": args.batch_size, "chunk_size": args.chunk_size}
+    return common
 
 
 def _evaluate_one(args, name, prompts, judges, out, prompts_path, settings, meta, ref_model, bad) -> Any:
