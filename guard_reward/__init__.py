@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 _MOVED: dict[str, tuple[str, ...]] = {
     "guard_reward.alignment": ("guard_reward.guards.offsets", "guard_reward.rewards.turns"),
     "guard_reward.annotate": ("guard_reward.evaluation.annotate",),
-    "guard_reward.config": ("guard_reward.recipes.config",),
+    "guard_reward.config": ("guard_reward.recipes.config", "guard_reward.recipes.arguments"),
     "guard_reward.constraint": ("guard_reward.shaping.constraint", "guard_reward.rewards.cost"),
     "guard_reward.intervention": ("guard_reward.guards.intervention",),
     "guard_reward.metrics": ("guard_reward.rewards.metrics",),
