@@ -20,11 +20,8 @@ Per-sample reasons (the keys of ``guard/failures/<reason>``):
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any, Literal
-
-logger = logging.getLogger(__name__)
 
 OnError = Literal["skip", "raise"]
 ON_ERROR: tuple[str, ...] = ("skip", "raise")

@@ -22,7 +22,7 @@ from typing import Any
 from guard_reward.conversations import check_thinking_mode
 from guard_reward.faults import NO_ANSWER, check_on_error
 from guard_reward.rewards import metrics
-from guard_reward.rewards.inputs import GuardHandle, check_name, emit_columns
+from guard_reward.rewards.inputs import GuardHandle, check_name
 from guard_reward.rewards.trajectory import (
     JUDGE,
     Judged,
@@ -160,7 +160,7 @@ class GuardReward:
         self.counter.emit(
             log_metric, self.metric_prefix, rates=rates, batch=batch, samples=len(values), elapsed=seconds
         )
-        emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
+        metrics.emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
         return values, verdicts
 
     # -- what a subclass fills in

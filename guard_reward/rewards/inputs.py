@@ -4,8 +4,7 @@ TRL 1.16 calls a reward function with keyword arguments only — ``prompts``, ``
 ``completion_ids``, ``trainer_state``, ``log_metric``, ``log_extra`` and every dataset column — and the async
 GRPO trainer calls it in a spawned child process with only ``prompts``/``completions``/``completion_ids`` and
 the columns. So every argument but ``prompts`` and ``completions`` is optional here, and a reward pickles
-without its model: a guard given as a checkpoint path is (re)loaded on first use in whichever process calls
-    it.
+without its model: a guard given as a checkpoint path is (re)loaded on first use in whichever process calls it.
 """
 
 from __future__ import annotations
@@ -178,15 +177,3 @@ def warn_reward_hacking_risk(reward_name: str, log_metric: Any) -> bool:
         )
         return True
     return False
-
-
-def emit(log_metric: Any, values: dict[str, float]) -> None:
-    if log_metric is not None:
-        for key, value in values.items():
-            log_metric(key, float(value))
-
-
-def emit_columns(log_extra: Any, columns: dict[str, list]) -> None:
-    if log_extra is not None:
-        for column, values in columns.items():
-            log_extra(column, list(values))

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from guard_reward.faults import NO_ANSWER, REASONS, SampleError
+from guard_reward.rewards.inputs import trainer_of
 from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def category_slug(category: str) -> str:
 def num_processes(log_metric: Any) -> int:
     """How many ranks log through ``log_metric``: the trainer's ``accelerator.num_processes`` when
     ``log_metric`` is a trainer's bound method, else the ``torch.distributed`` world size, else 1."""
-    trainer = getattr(log_metric, "__self__", None)
+    trainer = trainer_of(log_metric)
     n = getattr(getattr(trainer, "accelerator", None), "num_processes", None)
     if isinstance(n, int) and n >= 1:
         return n
@@ -195,11 +196,6 @@ class RewardCounter:
         )
 
 
-def means(items: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """The mean of each non-empty list of per-item values."""
-    return {key: sum(values) / len(values) for key, values in items.items() if len(values)}
-
-
 def verdict_items(
     verdicts: Sequence[Verdict],
     *,
@@ -269,23 +265,12 @@ def turn_items(
     return {key: values for key, values in out.items() if values}
 
 
-def verdict_metrics(
-    verdicts: Sequence[Verdict],
-    *,
-    harmful: Sequence[float | None] | None = None,
-    prefix: str = DEFAULT_PREFIX,
-    categories: Sequence[str] = (),
-) -> dict[str, float]:
-    """One batch of response verdicts summarised on one process: the means of :func:`verdict_items` and the
-    number of verdicts without a label or an empty answer (``failures``).
-
-    Returns:
-        ``{"<prefix>/safe_rate": ..., ...}``; see the module docstring for what is left out.
-    """
-    failed = sum(not v.ok and not v.empty for v in verdicts)
-    out: dict[str, float] = {metric_name(prefix, FAILURES): float(failed)}
-    out.update(means(verdict_items(verdicts, harmful=harmful, prefix=prefix, categories=categories)))
-    return out
+def emit_columns(log_extra: Callable[[str, list], None] | None, columns: Mapping[str, Sequence[Any]]) -> None:
+    """Send per-sample columns (``{column: one value per sample}``) through TRL's ``log_extra``, which adds
+    them to the completions table."""
+    if log_extra is not None:
+        for column, values in columns.items():
+            log_extra(column, list(values))
 
 
 def verdict_columns(verdicts: Sequence[Verdict], prefix: str = DEFAULT_PREFIX) -> dict[str, list]:
@@ -333,16 +318,6 @@ def token_items(
         metric_name(prefix, FIRST_VIOLATION_POS): flag_index[flagged].float().tolist(),
     }
     return {key: values for key, values in out.items() if values}
-
-
-def token_metrics(
-    risk: torch.Tensor, mask: torch.Tensor, flag_index: torch.Tensor, *, prefix: str = DEFAULT_PREFIX
-) -> dict[str, float]:
-    """One batch of per-token risk summarised on one process: the means of :func:`token_items`.
-
-    ``risk``, ``mask``: ``(B, T)``; ``flag_index``: ``(B,)``, ``−1`` where never flagged.
-    """
-    return means(token_items(risk, mask, flag_index, prefix=prefix))
 
 
 def curve_keys(logs: dict[str, float], prefix: str = DEFAULT_PREFIX) -> list[str]:

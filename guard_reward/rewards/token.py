@@ -43,7 +43,7 @@ from guard_reward.faults import IDS_OUTSIDE_VOCABULARY, INVALID_INPUT, check_on_
 from guard_reward.guards.debounce import Debouncer, token_levels
 from guard_reward.guards.offsets import align_values, guard_index_for_policy, token_char_offsets
 from guard_reward.rewards import metrics
-from guard_reward.rewards.inputs import GuardHandle, check_name, emit_columns, response_conversations
+from guard_reward.rewards.inputs import GuardHandle, check_name, response_conversations
 from guard_reward.rewards.turns import check_tool_mask, scoring_units
 from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shape_dense, unsafe_risk
 from guard_reward.shaping.scalar import finite_number
@@ -313,7 +313,7 @@ class TokenSafetyPenalty:
         rates[metrics.metric_name(self.metric_prefix, metrics.TOKEN_EMPTY_RATE)] = empty
         self.counter.emit(log_metric, self.metric_prefix, rates=rates, batch=batch, samples=len(ids),
                           elapsed=seconds, empty=int(sum(empty)), seconds=seconds)  # fmt: skip
-        emit_columns(
+        metrics.emit_columns(
             log_extra,
             {f"{self.metric_prefix}_stream_flag": [None if f < 0 else int(f) for f in policy_flags]},
         )

@@ -15,7 +15,12 @@ def v(level, *, refusal=None, categories=(), p_unsafe=0.0):
                    categories=tuple(categories))  # fmt: skip
 
 
-def test_verdict_metrics_counts():
+def means(items):
+    """One process's summary of per-item values, as TRL's flush makes it on one rank: each key's mean."""
+    return {key: sum(values) / len(values) for key, values in items.items()}
+
+
+def test_verdict_items_counts():
     verdicts = [
         v("Safe", refusal=True, p_unsafe=0.1),
         v("Safe", refusal=False, p_unsafe=0.2),
@@ -24,10 +29,9 @@ def test_verdict_metrics_counts():
         v(None),
     ]
     harmful = [0.0, 0.0, 1.0, 1.0, 0.0]
-    got = metrics.verdict_metrics(verdicts, harmful=harmful, categories=["Violent", "PII", "Jailbreak"])
+    got = means(metrics.verdict_items(verdicts, harmful=harmful, categories=["Violent", "PII", "Jailbreak"]))
     assert got == pytest.approx(
         {
-            "guard/failures": 1.0,
             "guard/safe_rate": 0.5,
             "guard/controversial_rate": 0.25,
             "guard/unsafe_rate": 0.25,
@@ -43,12 +47,12 @@ def test_verdict_metrics_counts():
 
 
 def test_empty_denominators_are_left_out():
-    got = metrics.verdict_metrics([v("Safe", refusal=True)], harmful=[1.0], prefix="g")
+    got = metrics.verdict_items([v("Safe", refusal=True)], harmful=[1.0], prefix="g")
     assert "g/refusal_rate_harmful" in got and "g/refusal_rate_benign" not in got
-    got = metrics.verdict_metrics([v(None), v(None)])
-    assert got == {"guard/failures": 2.0, "guard/empty_rate": 0.0}
+    got = metrics.verdict_items([v(None), v(None)])
+    assert got == {"guard/empty_rate": [0.0, 0.0]}
     with pytest.raises(ValueError, match="2 entries for 1"):
-        metrics.verdict_metrics([v("Safe")], harmful=[1.0, 0.0])
+        metrics.verdict_items([v("Safe")], harmful=[1.0, 0.0])
 
 
 def test_category_slug_and_columns():
@@ -62,10 +66,10 @@ def test_category_slug_and_columns():
     }
 
 
-def test_token_metrics():
+def test_token_items():
     risk = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.2, 0.5], [0.3, 0.0, 0.0]])
     mask = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
-    got = metrics.token_metrics(risk, mask, torch.tensor([1, -1, 0]))
+    got = means(metrics.token_items(risk, mask, torch.tensor([1, -1, 0])))
     assert got == pytest.approx(
         {
             "guard/stream_flag_rate": 2 / 3,
@@ -73,7 +77,7 @@ def test_token_metrics():
             "guard/first_violation_pos": 0.5,
         }
     )
-    got = metrics.token_metrics(risk, mask, torch.tensor([-1, -1, -1]))
+    got = means(metrics.token_items(risk, mask, torch.tensor([-1, -1, -1])))
     assert "guard/first_violation_pos" not in got
 
 
