@@ -26,6 +26,7 @@ what the policy's tokens say:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -150,6 +151,17 @@ def render_tool_responses(contents: Sequence[str]) -> str:
     """A run of tool results as the one user turn Qwen3's template writes for them: each result wrapped as
     ``<tool_response>\n...\n</tool_response>``, joined by newlines (module docstring)."""
     return "\n".join(f"{TOOL_RESPONSE_OPEN}\n{content}\n{TOOL_RESPONSE_CLOSE}" for content in contents)
+
+
+_TOOL_RESPONSE = re.compile(
+    rf"{re.escape(TOOL_RESPONSE_OPEN)}\n?(.*?)\n?{re.escape(TOOL_RESPONSE_CLOSE)}", re.S
+)
+
+
+def read_tool_responses(text: str) -> list[str]:
+    """The contents of the ``<tool_response>`` blocks in ``text``, in order (the inverse of
+    :func:`render_tool_responses`; the newlines inside the tags are optional)."""
+    return _TOOL_RESPONSE.findall(text)
 
 
 def flatten_tools(messages: Sequence[Any], where: str = "conversation") -> Conversation:

@@ -27,11 +27,11 @@ import torch
 
 from guard_reward.conversations import (
     TOOL_CALL_OPEN,
-    TOOL_RESPONSE_CLOSE,
     TOOL_RESPONSE_OPEN,
     Conversation,
     check_message,
     flatten_tools,
+    read_tool_responses,
     render_tool_calls,
     render_tool_responses,
     split_thinking,
@@ -278,9 +278,6 @@ def scoring_units(
 # -- verl's response: ids with response_mask, or text with ChatML turn markers
 # ----------------------------------------------------------------------------------------------------------
 
-_TOOL_RESPONSE = re.compile(
-    rf"{re.escape(TOOL_RESPONSE_OPEN)}\n?(.*?)\n?{re.escape(TOOL_RESPONSE_CLOSE)}", re.S
-)
 _CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?=<\|im_start\|>|$)", re.S)
 _END = re.compile(r"(?:\s*(?:<\|im_end\|>|<\|endoftext\|>))+\s*$")
 
@@ -288,7 +285,7 @@ _END = re.compile(r"(?:\s*(?:<\|im_end\|>|<\|endoftext\|>))+\s*$")
 def tool_messages(text: str) -> list[dict[str, str]]:
     """The tool results in a stretch of non-policy text: one message per ``<tool_response>`` block, or the
     whole text (end markers and role headers removed) when it has none; nothing for a bare generation prompt."""
-    blocks = _TOOL_RESPONSE.findall(text)
+    blocks = read_tool_responses(text)
     if blocks:
         return [{"role": "tool", "content": b} for b in blocks]
     bare = re.sub(r"<\|im_(?:start|end)\|>(?:\w+\n)?", "", text).strip()

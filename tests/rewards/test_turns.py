@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from guard_reward.conversations import flatten_tools, render_tool_responses
+from guard_reward.conversations import flatten_tools, read_tool_responses, render_tool_responses
 from guard_reward.rewards.turns import (
     EMPTY_TOOL_RESPONSE,
     mask_runs,
@@ -49,6 +49,9 @@ def test_tool_results_render_as_the_template_does():
         == "<tool_response>\na\n</tool_response>\n<tool_response>\nb\n</tool_response>"
     )
     assert EMPTY_TOOL_RESPONSE == "<tool_response>\n\n</tool_response>"
+    for contents in (["a"], ["multi\nline", "", "x"], []):
+        assert read_tool_responses("user\n" + render_tool_responses(contents) + "\nassistant") == contents
+    assert read_tool_responses("<tool_response>tight</tool_response>") == ["tight"]
     completion = [
         {"role": "assistant", "content": "", "tool_calls": [{"name": "f", "arguments": {}}]},
         {"role": "tool", "content": "one"},
