@@ -2,16 +2,15 @@
 
 1. pre-train the tiny policy (or load ``policy``), 2. train and save the tiny Gen and Stream guards (or use
 ``gen_guard`` / ``stream_guard`` checkpoints), load both through ``GenGuard`` / ``StreamGuard.from_pretrained``
-and measure them against the ground truth, 3. run the GRPO arms from the same policy with the same seed and
-budget, 4. write ``report.md``, the curve PNGs and the metric CSVs into ``output_dir``.
+(steps 1-2: :func:`~guard_reward.sandbox.world.build_world`, importable from here too), 3. run the GRPO arms
+from the same policy with the same seed and budget and measure the guards against the ground truth, 4. write
+``report.md``, the curve PNGs and the metric CSVs into ``output_dir``.
 
 With ``workers >= 2`` (the default on a machine with two or more cores) the Gen guard, the Stream guard and
 the held-out judge train in two more processes while the policy pre-trains, and the arms run in a process
 pool (forked, so they share the loaded world; each arm is single-threaded and seeded on its own, so the
 figures do not depend on the number of processes), which also measures the guards' accuracy as arms end.
 Each stage's wall time and CPU time (summed over the processes that ran it) go to the report.
-
-:func:`build_world` (steps 1-2) is also what the tests and the quickstart notebook use, at a smaller size.
 """
 
 from __future__ import annotations
@@ -30,11 +29,14 @@ import torch
 
 from guard_reward.sandbox.accuracy import GuardAccuracy, guard_accuracy
 from guard_reward.sandbox.arms import ArmConfig, ArmResult, import_arm_modules, run_arm, write_samples
-from guard_reward.sandbox.evaluate import EvalResult, Evaluator
-from guard_reward.sandbox.guards import GuardSize, build_gen_guard, build_stream_guard, guard_chats
+from guard_reward.sandbox.evaluate import EvalResult
+from guard_reward.sandbox.guards import GuardSize, guard_chats
 from guard_reward.sandbox.heldout import eval_prompts
 from guard_reward.sandbox.language import Language
-from guard_reward.sandbox.policy import PolicySize, pretrain_policy
+from guard_reward.sandbox.policy import PolicySize
+from guard_reward.sandbox.world import World, build_world, parallel
+
+__all__ = ["DemoConfig", "DemoResult", "World", "build_world", "measure_guards", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,152 +127,6 @@ class DemoConfig:
             progress=False,
         )
         return replace(base, **overrides)
-
-
-@dataclass
-class World:
-    """The sandbox, built: the policy and guard checkpoints, the loaded guards, the prompt sets."""
-
-    config: DemoConfig
-    policy_path: Path | str
-    tokenizer: Any
-    gen_path: Path | str
-    stream_path: Path | str
-    gen: Any
-    stream: Any
-    heldout: list[tuple[str, bool]]
-    train: list[tuple[str, bool]]
-    evaluator: Evaluator
-    seconds: dict[str, float] = field(default_factory=dict)
-    cpu_seconds: dict[str, float] = field(default_factory=dict)
-    judge_path: Path | str | None = None
-    judge: Any = None
-
-
-def build_world(config: DemoConfig) -> World:
-    """Pre-train (or load) the policy and train (or load) the guards; nothing of the RL runs yet."""
-    from transformers import AutoTokenizer
-
-    from guard_reward.guards.gen import GenGuard
-    from guard_reward.guards.stream import StreamGuard
-
-    torch.set_num_threads(config.threads)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    lang = config.language
-
-    start, cpu = time.perf_counter(), time.process_time()
-    gen_path: Path | str = config.gen_guard or out / "guards" / "gen"
-    stream_path: Path | str = config.stream_guard or out / "guards" / "stream"
-    judge_path: Path | str = config.heldout_judge or out / "guards" / "judge"
-    # Submitted in this order to two processes: Gen in one, Stream then the judge in the other.
-    paths = {"gen": gen_path, "stream": stream_path, "judge": judge_path}
-    side = None  # the guards' training processes, when they run next to the policy's pre-training
-    if (
-        config.policy is None
-        and _parallel(config)
-        and (config.gen_guard is None or config.stream_guard is None or _own_judge(config))
-    ):
-        logger.info("[1-2/4] training the sandbox guards and the judge in two processes, next to the policy")
-        # Three processes on two cores: Gen (the longest guard) in one, Stream then the judge in the other,
-        # both at a lower priority: the policy is the longest job, and sharing the cores equally left it
-        # running alone on one core for its last 15-17 s while the other idled.
-        side = ProcessPoolExecutor(
-            2, mp_context=multiprocessing.get_context("fork"), initializer=os.nice, initargs=(_SIDE_NICENESS,)
-        )
-        guard_jobs = [side.submit(_train_guard, kind, config, path, False) for kind, path in paths.items()]
-    if config.policy is None:
-        logger.info("[1/4] pre-training the sandbox policy (%d steps)", config.policy_size.steps)
-        model, tokenizer = pretrain_policy(
-            lang, config.policy_size, seed=config.seed, progress=config.progress
-        )
-        policy_path: Path | str = out / "policy"
-        model.save_pretrained(policy_path)
-        tokenizer.save_pretrained(policy_path)
-    else:
-        logger.info("[1/4] using the policy %s", config.policy)
-        policy_path = config.policy
-        tokenizer = AutoTokenizer.from_pretrained(policy_path, padding_side="left")
-    seconds["policy"] = time.perf_counter() - start
-    cpu_seconds = {"policy": time.process_time() - cpu}
-
-    start, cpu = time.perf_counter(), time.process_time()
-    if side is not None:
-        with side:
-            cpu_seconds["guards"] = sum(job.result() for job in guard_jobs)
-        seconds["guards (in parallel with the policy; waited)"] = time.perf_counter() - start
-    else:
-        cpu_seconds["guards"] = sum(
-            _train_guard(kind, config, path, config.progress) for kind, path in paths.items()
-        )
-    gen = GenGuard.from_pretrained(gen_path, device=config.device)
-    stream = StreamGuard.from_pretrained(stream_path, device=config.device)
-    judge = None
-    if config.heldout_judge_prompts > 0:
-        judge = GenGuard.from_pretrained(judge_path, device=config.device)
-    if side is None:
-        seconds["guards"] = time.perf_counter() - start
-
-    heldout = lang.prompts(config.heldout_prompts, seed=config.seed + 1000)
-    train = lang.prompts(config.train_prompts, seed=config.seed + 2000, exclude=[p for p, _ in heldout])
-    evaluator = Evaluator(
-        tokenizer,
-        heldout,
-        samples_per_prompt=config.samples_per_prompt,
-        curve_samples_per_prompt=config.curve_samples_per_prompt,
-        seed=config.seed + 1234,
-        max_new_tokens=config.arm.max_completion_length,
-    )
-    world = World(
-        config, policy_path, tokenizer, gen_path, stream_path, gen, stream, heldout, train, evaluator, seconds
-    )
-    world.cpu_seconds.update(cpu_seconds)
-    if judge is not None:
-        world.judge_path, world.judge = judge_path, judge
-    for stage, wall in seconds.items():
-        stage_cpu = cpu_seconds.get(stage.split(" (")[0])
-        logger.info("time: %s: wall %.0f s, CPU %.0f s", stage, wall, stage_cpu or 0.0)
-    return world
-
-
-#: Niceness of the guards' training processes next to the policy's pre-training (which keeps 0). At 5 the
-#: policy gets about three quarters of a core while it shares one, enough to end with the guards.
-_SIDE_NICENESS = 5
-
-
-def _parallel(config: DemoConfig) -> bool:
-    """Side-by-side stages need forked processes (they inherit the loaded world); elsewhere run serially."""
-    forkable = "fork" in multiprocessing.get_all_start_methods()
-    return config.workers > 1 and config.device == "cpu" and forkable
-
-
-def _own_judge(config: DemoConfig) -> bool:
-    return config.heldout_judge is None and config.heldout_judge_prompts > 0
-
-
-def _train_guard(kind: str, config: DemoConfig, path: Path | str, progress: bool) -> float:
-    """Train the sandbox's ``"gen"`` or ``"stream"`` guard or its held-out ``"judge"`` (a second Gen, another
-    seed) unless a checkpoint was given or the judge is off; returns the CPU seconds it took (in whatever
-    process ran it)."""
-    from guard_reward.sandbox.heldout import JUDGE_SEED_OFFSET
-
-    given = {"gen": config.gen_guard, "stream": config.stream_guard, "judge": config.heldout_judge}[kind]
-    if given is not None or (kind == "judge" and not _own_judge(config)):
-        return 0.0
-    torch.set_num_threads(config.threads)
-    cpu = time.process_time()
-    if kind == "stream":
-        logger.info("[2/4] training the sandbox guards: Stream (%d steps)", config.stream_size.steps)
-        build_stream_guard(path, config.language, config.stream_size, seed=config.seed, progress=progress)
-    else:
-        judge = kind == "judge"
-        size = config.judge_size if judge else config.gen_size
-        seed = config.seed + (JUDGE_SEED_OFFSET if judge else 0)
-        what = "the held-out judge" if judge else "the sandbox guards"
-        logger.info("[2/4] training %s: Gen (%d steps, seed %d)", what, size.steps, seed)
-        build_gen_guard(path, config.language, size, seed=seed, progress=progress)
-    return time.process_time() - cpu
 
 
 #: The world the forked arm workers inherit (a pool's arguments are pickled; guards should not be).
@@ -417,7 +273,7 @@ def _run_arms(
     accuracy: dict[str, GuardAccuracy] | None = None
     accuracy_cpu = 0.0
     try:
-        if _parallel(config) and len(names) > 1:
+        if parallel(config) and len(names) > 1:
             processes = min(config.arm_processes or len(names), len(names))
             logger.info("[3/4] GRPO arms %s in %d processes", ", ".join(names), processes)
             import_arm_modules()
