@@ -244,15 +244,11 @@ def run_arm(
     """
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import GRPOConfig, GRPOTrainer
 
     from guard_reward.integrations.trl import SafetyCurvesCallback
-    from guard_reward.integrations.trl.grpo import DenseGRPOTrainer
-    from guard_reward.rewards import SafetyReward, TokenSafetyPenalty
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    guard_only = config.name == "guard_only"
     model = AutoModelForCausalLM.from_pretrained(policy_path, attn_implementation="eager", dtype="float32")
     result = ArmResult(config, output_dir=out)
     result.history.append(initial if initial is not None else evaluator(model, step=0))
@@ -260,60 +256,15 @@ def run_arm(
     dataset = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": p}], "harmful": h} for p, h in train_prompts]
     )
-    if guard_only:  # the tech report's guard-only reward: 1 if Safe (Controversial counts as unsafe), else 0
-        reward = SafetyReward(gen_guard, refusal=False, safe_value=1.0, unsafe_value=0.0, name="guard_only")
-    elif config.name in HELPFULNESS_ARMS:
-        from guard_reward.sandbox.helpfulness import HelpfulnessReward
-
-        reward = HelpfulnessReward()
-    else:
-        reward = SafetyReward(
-            gen_guard, controversial=config.controversial_value, benign_refusal_value=0.0, name="guard_safety"
-        )
-    args = GRPOConfig(
-        output_dir=str(out),
-        max_steps=config.steps,
-        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
-        gradient_accumulation_steps=1,
-        num_generations=config.num_generations,
-        max_completion_length=config.max_completion_length,
-        learning_rate=config.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        beta=0.0 if guard_only else config.beta,
-        loss_type="dapo",
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=device == "cpu",
-        bf16=False,
-        gradient_checkpointing=False,
-        disable_dropout=True,
-        seed=config.seed,
-        data_seed=config.seed,
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-    )
+    reward = _reward(config, gen_guard)
+    args = _grpo_args(config, out, progress, device)
     callbacks = [
         SafetyCurvesCallback(out),
         _eval_callback(evaluator, config.eval_every, result, out / "eval.csv"),
     ]
     common = dict(model=model, reward_funcs=[reward], args=args, train_dataset=dataset)
     common |= dict(processing_class=tokenizer, callbacks=callbacks)
-    if config.name in HELPFULNESS_ARMS and config.name != "helpful":
-        from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer
-
-        trainer = ConstrainedGRPOTrainer(**common, constraint=_constraint(config, gen_guard))
-    elif config.name == "dense":
-        penalty = TokenSafetyPenalty(
-            stream_guard, shaping="first_violation", coef=1.0, policy_tokenizer=tokenizer
-        )
-        trainer = DenseGRPOTrainer(**common, dense_rewards=[penalty], dense_coef=config.dense_coef)
-    else:
-        trainer = GRPOTrainer(**common)
+    trainer = _trainer(config, common, gen_guard, stream_guard, tokenizer)
     # The trainer's own progress bar prints every log dict; the sandbox shows one bar per arm with the guard's
     # unsafe rate instead, and one log line per evaluation.
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -341,3 +292,76 @@ def run_arm(
         result.safety_eval, result.alarms = safety_eval.history, safety_eval.fired
     write_samples(out / "samples.jsonl", result.final)
     return result
+
+
+def _reward(config: ArmConfig, gen_guard: Any) -> Any:
+    """The arm's scalar reward: the guard's verdict (``scalar``, ``dense``), the tech report's guard-only
+    reward, or the sandbox's helpfulness (the helpfulness and constraint arms)."""
+    from guard_reward.rewards import SafetyReward
+
+    if config.name == "guard_only":
+        # the tech report's guard-only reward: 1 if Safe (Controversial counts as unsafe), else 0
+        return SafetyReward(gen_guard, refusal=False, safe_value=1.0, unsafe_value=0.0, name="guard_only")
+    if config.name in HELPFULNESS_ARMS:
+        from guard_reward.sandbox.helpfulness import HelpfulnessReward
+
+        return HelpfulnessReward()
+    return SafetyReward(
+        gen_guard, controversial=config.controversial_value, benign_refusal_value=0.0, name="guard_safety"
+    )
+
+
+def _grpo_args(config: ArmConfig, out: Path, progress: bool, device: str) -> Any:
+    """The arm's ``GRPOConfig``: constant learning rate, one log line per step, nothing saved, and no KL term
+    in the guard-only arm."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(out),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        learning_rate=config.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=0.0 if config.name == "guard_only" else config.beta,
+        loss_type="dapo",
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=False,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+
+
+def _trainer(
+    config: ArmConfig, common: dict[str, Any], gen_guard: Any, stream_guard: Any, tokenizer: Any
+) -> Any:
+    """The arm's trainer on the ``common`` keyword arguments: constrained (the λ arms), dense (Stream's
+    per-token penalty beside the scalar reward) or TRL's own ``GRPOTrainer``."""
+    if config.name in HELPFULNESS_ARMS and config.name != "helpful":
+        from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer
+
+        return ConstrainedGRPOTrainer(**common, constraint=_constraint(config, gen_guard))
+    if config.name == "dense":
+        from guard_reward.integrations.trl.grpo import DenseGRPOTrainer
+        from guard_reward.rewards import TokenSafetyPenalty
+
+        penalty = TokenSafetyPenalty(
+            stream_guard, shaping="first_violation", coef=1.0, policy_tokenizer=tokenizer
+        )
+        return DenseGRPOTrainer(**common, dense_rewards=[penalty], dense_coef=config.dense_coef)
+    from trl import GRPOTrainer
+
+    return GRPOTrainer(**common)
