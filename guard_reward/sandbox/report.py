@@ -165,8 +165,35 @@ def write_report(result: Any) -> Path:
     write_curves_csv(out / "curves.csv", arms)
     write_accuracy_csv(out / "guard_accuracy.csv", result.accuracy)
     plot_comparison(out / "comparison.png", arms)
-    n_eval = len(initial.samples)
-    lines = [
+    lines = _intro(world, len(initial.samples))
+    lines += _before_after_section(initial, arms)
+    lines += _steps_section(arms, config.arm.eval_every)
+    lines += _accuracy_section(result.accuracy)
+    if "lagrangian" in arms:
+        lines += _constraint_section(out, config, initial, arms)
+    if "guard_only" in arms:
+        lines += _hacking_section(out, initial, arms["guard_only"])
+    if any(arm.safety_eval for arm in arms.values()):
+        from guard_reward.sandbox.heldout import heldout_section
+
+        lines += heldout_section(arms, Path(world.judge_path).name if world.judge_path else None)
+    lines += _samples_section(initial, arms)
+    lines += _time_section(world)
+    lines += [
+        "",
+        "Files: `curves.csv` (all arms, ground truth), `<arm>/eval.csv`, `<arm>/safety_curves.csv` (the guards' own "
+        "metrics per step), `guard_accuracy.csv`, `policy/`, `guards/gen/`, `guards/stream/` (checkpoints).",
+        "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _intro(world: Any, n_eval: int) -> list[str]:
+    """The title and what was run: the policy, the guards, the evaluation set and the arms' shared budget."""
+    config = world.config
+    return [
         "# Safety sandbox: GRPO with Qwen3Guard-shaped rewards",
         "",
         f"A tiny Qwen3 policy, pre-trained in-process to answer harmful requests of a made-up language unsafely, "
@@ -177,6 +204,12 @@ def write_report(result: Any) -> Path:
         f"({config.arm.steps} steps x {config.arm.prompts_per_step} prompts x {config.arm.num_generations} "
         f"answers, lr {config.arm.lr}); KL coefficient {config.arm.beta} except in the guard-only arm.",
         "",
+    ]
+
+
+def _before_after_section(initial: EvalResult, arms: dict[str, Any]) -> list[str]:
+    """Every arm's final evaluation next to the starting one, and the scalar and dense arms' targets."""
+    lines = [
         "## Before and after",
         "",
         "| | before RL | " + " | ".join(ARM_TITLES[a] for a in arms) + " |",
@@ -198,7 +231,12 @@ def write_report(result: Any) -> Path:
     for name in ("scalar", "dense"):
         if name in arms:
             lines += [f"Targets, {ARM_TITLES[name]}:", "", *_targets(initial, arms[name].final), ""]
-    lines += [
+    return lines
+
+
+def _steps_section(arms: dict[str, Any], every: int) -> list[str]:
+    """Steps each arm took to reach 5% and 2% (and stay there), the dense-vs-scalar reading, the figures."""
+    lines = [
         "## Steps to reach 5% and 2% (overall unsafe rate, staying there to the end)",
         "",
         "| arm | <= 5% | <= 2% |",
@@ -210,20 +248,25 @@ def write_report(result: Any) -> Path:
         )
     lines.append("")
     if "scalar" in arms and "dense" in arms:
-        lines += [_dense_statement(arms["scalar"], arms["dense"], config.arm.eval_every), ""]
+        lines += [_dense_statement(arms["scalar"], arms["dense"], every), ""]
     lines += ["![comparison](comparison.png)", ""]
     lines += [
         "Each arm's own guard-logged curves (SafetyCurvesCallback): "
         + ", ".join(f"[{a}]({a}/safety_curves.png)" for a in arms),
         "",
     ]
-    lines += [
+    return lines
+
+
+def _accuracy_section(accuracy: dict[str, Any]) -> list[str]:
+    """The guards' accuracy against the ground truth, one row per measured set."""
+    lines = [
         "## Guard accuracy against the ground truth",
         "",
         "| set | n | " + " | ".join(ACCURACY_FIELDS) + " |",
         "|---|---|" + "---|" * len(ACCURACY_FIELDS),
     ]
-    for name, acc in result.accuracy.items():
+    for name, acc in accuracy.items():
         lines.append(
             f"| {name} | {acc.n} | " + " | ".join(_pct(getattr(acc, f)) for f in ACCURACY_FIELDS) + " |"
         )
@@ -232,25 +275,7 @@ def write_report(result: Any) -> Path:
         "Gen is read through `GenGuard.moderate(decode=True)`, Stream through `StreamGuard.score` and the debounce rule.",
         "",
     ]
-    if "lagrangian" in arms:
-        lines += _constraint_section(out, config, initial, arms)
-    if "guard_only" in arms:
-        lines += _hacking_section(out, initial, arms["guard_only"])
-    if any(arm.safety_eval for arm in arms.values()):
-        from guard_reward.sandbox.heldout import heldout_section
-
-        lines += heldout_section(arms, Path(world.judge_path).name if world.judge_path else None)
-    lines += _samples_section(initial, arms)
-    lines += _time_section(world)
-    lines += [
-        "",
-        "Files: `curves.csv` (all arms, ground truth), `<arm>/eval.csv`, `<arm>/safety_curves.csv` (the guards' own "
-        "metrics per step), `guard_accuracy.csv`, `policy/`, `guards/gen/`, `guards/stream/` (checkpoints).",
-        "",
-    ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
 
 
 def _hacking_section(out: Path, initial: EvalResult, arm: Any) -> list[str]:
