@@ -1,21 +1,22 @@
 """Qwen3Guard-Gen as a batched judge: exact label probabilities in one pass, or greedy verdict lines.
 
 Differences from the official usage (template, ``generate(max_new_tokens=128)``, regex, one conversation at a
-time): conversations are grouped into token-budget micro-batches, and token prefixes shared inside one (the
-template's ~200-270-token instruction header; a GRPO group's prompt) are encoded once and their KV cache copied
-(:mod:`guard_reward.guards.prefix_sharing`, ``share_prefix=False`` turns it off); ``decode=False`` runs one pass
+time): conversations are grouped into token-budget micro-batches (:mod:`guard_reward.guards.batching`), and
+token prefixes shared inside one (the template's ~200-270-token instruction header; a GRPO group's prompt) are
+encoded once and their KV cache copied (:mod:`guard_reward.guards.prefix_sharing`, ``share_prefix=False`` turns
+it off); ``decode=False`` runs one pass
 and returns the exact probabilities of the three labels (see :mod:`guard_reward.guards.gen_scoring`);
 ``decode=True`` reuses that pass's KV cache for a short greedy decode of the verdict lines, parsed robustly
 (:mod:`guard_reward.guards.parsing`); identical inputs in one call are judged once; inputs longer than the
 context window follow the policy in :mod:`guard_reward.guards.common`.
 
-What is judged before the guard is asked (response moderation, ``thinking`` "answer" or "separate"; "whole"
-likewise for the two cases below): an **empty answer** (empty or whitespace after removing the reasoning block
-and end-of-turn markers; also a completion that is only a reasoning block) is not sent to the guard as an
-answer: its verdict has ``empty=True`` and ``level=None``; a **cut-off reasoning block** (``<think>`` without
-``</think>``) is never judged as an answer: its verdict has ``answer_missing=True``, ``reason="no_answer"``
-and ``level=None``. In both cases, with ``thinking="separate"`` (or ``"whole"``) the reasoning is still judged,
-as reasoning, and reported in ``parts["reasoning"]``.
+What is judged (response moderation; :mod:`guard_reward.guards.gen_units`): per ``thinking``, the answer after
+``</think>``, reasoning and answer as two units, or the whole content. An **empty answer** (also a completion
+that is only a reasoning block) is not sent to the guard as an answer: its verdict has ``empty=True`` and
+``level=None``; a **cut-off reasoning block** (``<think>`` without ``</think>``) is never judged as an answer:
+its verdict has ``answer_missing=True``, ``reason="no_answer"`` and ``level=None``. In both cases, with
+``thinking="separate"`` (or ``"whole"``) the reasoning is still judged, as reasoning, and reported in
+``parts["reasoning"]``.
 
 Per-sample failures (``on_error``): with ``on_error="raise"`` (default) a malformed conversation, a judged
 message that alone does not fit the context window (``ContextTooLongError``) or non-finite label
@@ -36,19 +37,8 @@ from typing import Any
 
 import torch
 
-from guard_reward.conversations import (
-    THINK_OPEN,
-    Conversation,
-    ThinkingMode,
-    check_thinking_mode,
-    is_empty_answer,
-    moderation_of,
-    reasoning_cut_off,
-    split_thinking,
-    validate_conversation,
-    with_last_content,
-)
-from guard_reward.faults import INVALID_INPUT, NO_ANSWER, NON_FINITE, OnError, SampleError, check_on_error
+from guard_reward.conversations import Conversation, ThinkingMode, check_thinking_mode, moderation_of
+from guard_reward.faults import NON_FINITE, OnError, SampleError, check_on_error
 from guard_reward.guards.batching import micro_batches
 from guard_reward.guards.common import (
     cache_kwarg,
@@ -60,13 +50,9 @@ from guard_reward.guards.common import (
     resolve_dtype,
 )
 from guard_reward.guards.gen_scoring import build_label_tree, label_log_probs, make_scoring_batch
-from guard_reward.guards.gen_verdicts import combine_parts, decode_verdicts
-from guard_reward.guards.prefix_sharing import (
-    attention_bias,
-    block_mask,
-    encode_shared,
-    plan_sharing,
-)
+from guard_reward.guards.gen_units import checked_conversations, plan_units, sample_verdict
+from guard_reward.guards.gen_verdicts import decode_verdicts
+from guard_reward.guards.prefix_sharing import attention_bias, block_mask, encode_shared, plan_sharing
 from guard_reward.types import LEVELS, Verdict
 
 logger = logging.getLogger(__name__)
@@ -201,22 +187,8 @@ class GenGuard:
         start = time.perf_counter()
         mode = check_thinking_mode(thinking or self.thinking)
         policy = check_on_error(on_error)
-        if not isinstance(conversations, Sequence) or isinstance(conversations, (str, bytes)):
-            raise TypeError(
-                "moderate(conversations): expected a list of conversations (each a list of "
-                f"{{'role', 'content'}} messages), got {type(conversations).__name__}"
-            )
-        if len(conversations) > 0 and isinstance(conversations[0], dict):
-            raise TypeError("moderate() takes a list of conversations; wrap a single conversation in a list")
-        convs: list[Conversation | SampleError] = []
-        for i, c in enumerate(conversations):
-            try:
-                convs.append(validate_conversation(c, i))
-            except (TypeError, ValueError) as exc:
-                if policy == "raise":
-                    raise
-                convs.append(SampleError(INVALID_INPUT, str(exc)))
-        units, plans = self._plan(convs, mode)
+        convs = checked_conversations(conversations, policy)
+        units, plans = plan_units(convs, mode)
         rendered = self._render_units(units, decode, policy)
         ok_units = [u for u, r in enumerate(rendered) if not isinstance(r, SampleError)]
         judged: dict[int, Verdict] = dict(
@@ -225,7 +197,7 @@ class GenGuard:
         for u, r in enumerate(rendered):
             if isinstance(r, SampleError):
                 judged[u] = Verdict.failed(r.reason, str(r), moderation_of(units[u]))
-        verdicts = [self._verdict(plan, judged) for plan in plans]
+        verdicts = [sample_verdict(plan, judged) for plan in plans]
         if policy == "raise":
             for v in verdicts:
                 if v.reason == NON_FINITE:
@@ -240,69 +212,7 @@ class GenGuard:
         self.stats["seconds"] += time.perf_counter() - start
         return verdicts
 
-    @staticmethod
-    def _verdict(plan: dict[str, Any], judged: dict[int, Verdict]) -> Verdict:
-        """One sample's verdict from its plan (see :meth:`_plan`) and the judged units."""
-        if "error" in plan:
-            error: SampleError = plan["error"]
-            return Verdict.failed(error.reason, str(error))
-        parts = {name: judged[u] for name, u in plan.items() if name in ("reasoning", "answer")}
-        failed = [v for v in parts.values() if not v.probs]  # a unit that failed before or in the pass
-        if failed:
-            return Verdict.failed(
-                failed[0].reason or INVALID_INPUT, failed[0].error or "", failed[0].moderation
-            )
-        if plan.get("status") == "no_answer":
-            return Verdict.failed(
-                NO_ANSWER,
-                "the reasoning block was cut off before </think>: there is no answer to judge",
-                parts=parts or None,
-                answer_missing=True,
-            )
-        if plan.get("status") == "empty":
-            return Verdict.empty_answer(parts or None)
-        return combine_parts(parts)
-
-    # ------------------------------------------------------------------ planning and rendering
-
-    def _plan(
-        self, convs: list[Conversation | SampleError], mode: ThinkingMode
-    ) -> tuple[list[Conversation], list[dict[str, Any]]]:
-        """Split each conversation into the units the guard judges (``"answer"``, ``"reasoning"``) per the
-        thinking mode; an empty answer or a cut-off reasoning block gets no answer unit and a ``"status"``
-        (module docstring); a malformed sample carries its ``"error"``."""
-        units: list[Conversation] = []
-        plans: list[dict[str, Any]] = []
-        for conv in convs:
-            plan: dict[str, Any] = {}
-            plans.append(plan)
-            if isinstance(conv, SampleError):
-                plan["error"] = conv
-                continue
-            if moderation_of(conv) != "response":
-                plan["answer"] = len(units)
-                units.append(conv)
-                continue
-            content = conv[-1]["content"]
-            if reasoning_cut_off(content):
-                plan["status"] = "no_answer"
-                reasoning: str | None = content.split(THINK_OPEN, 1)[-1].strip("\n")
-                answer = ""
-            else:
-                reasoning, answer = split_thinking(content)
-                if is_empty_answer(answer):
-                    plan["status"] = "empty"
-            if mode != "answer" and reasoning and reasoning.strip() and "status" in plan:
-                plan["reasoning"] = len(units)
-                units.append(with_last_content(conv, reasoning if mode == "separate" else content))
-            if "status" in plan:
-                continue
-            if mode == "separate" and reasoning:
-                plan["reasoning"] = len(units)
-                units.append(with_last_content(conv, reasoning))
-            plan["answer"] = len(units)
-            units.append(conv if mode == "whole" else with_last_content(conv, answer))
-        return units, plans
+    # ------------------------------------------------------------------ rendering
 
     def _render_units(
         self, units: list[Conversation], decode: bool, policy: str = "raise"
