@@ -1,5 +1,7 @@
 """Held-out safety evaluation: prompt sets, batched generation, judges, rates with intervals, reward-hacking
-alarms and reports (``guard-reward eval``; ``SafetyEvalCallback`` in ``guard_reward.integrations.trl``)."""
+alarms and reports (``guard-reward eval``; ``SafetyEvalCallback`` in ``guard_reward.integrations.trl``); also
+dataset annotation (``guard-reward moderate``), the resumable JSONL files both commands write, and the plots
+of a run's safety curves."""
 
 from guard_reward.evaluation.alarms import ALARMS, AlarmConfig, Alarms
 from guard_reward.evaluation.answering import EVAL_PREFIX, GenerationSettings, answer_and_judge, eval_metrics
