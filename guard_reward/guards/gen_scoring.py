@@ -29,12 +29,12 @@ class LabelTree:
     """Token trie over the labels' token sequences after the forced prefix.
 
     Attributes:
+        labels: the label names, in the order of ``label_steps`` (and of the scores' last dimension).
         prefix_ids: the forced prefix (``Safety:``) token ids, ``F`` of them.
         node_ids: ``(N,)`` token id of each appended tree node.
         node_depth: ``(N,)`` depth of each node (0 = first label token).
-        node_ancestors: ``(N, N)`` bool, ``[i, j]`` True when node ``j`` is node ``i`` or one of its
-        ancestors. label_steps: per label, the ``(scoring position, token id)`` pairs whose log-probabilities
-        add up to the
+        node_ancestors: ``(N, N)`` bool, ``[i, j]`` True when node ``j`` is node ``i`` or one of its ancestors.
+        label_steps: per label, the ``(scoring position, token id)`` pairs whose log-probabilities add up to the
             label's; scoring position 0 is the prefix end, ``1 + i`` is node ``i``.
     """
 
