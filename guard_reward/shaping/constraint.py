@@ -37,11 +37,13 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from guard_reward.shaping.dense import check_coef
+from guard_reward.shaping.normalize import row_moments, standardize
 from guard_reward.shaping.scalar import finite_number
 
 logger = logging.getLogger(__name__)
@@ -296,7 +298,7 @@ def group_advantages(values: torch.Tensor, group_size: int, scale: str | bool = 
     * ``"none"``: centred only (Dr. GRPO).
 
     Stds are Bessel-corrected. NaN marks a missing value: it is left out of every mean and std and gets
-    advantage 0.
+    advantage 0. Returns ``(B,)``.
     """
     if isinstance(scale, bool):
         scale = "group" if scale else "none"
@@ -308,20 +310,12 @@ def group_advantages(values: torch.Tensor, group_size: int, scale: str | bool = 
         raise ValueError(
             f"values must be (B,) with B a multiple of group_size={group_size}, got {tuple(values.shape)}"
         )
-
-    def centred_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x minus its row means, 0 where missing; the rows' Bessel stds) for ``x`` ``(R, K)``."""
-        ok = ~torch.isnan(x)
-        n = ok.sum(1, keepdim=True).clamp(min=1)
-        mean = torch.where(ok, x, torch.zeros_like(x)).sum(1, keepdim=True) / n
-        c = torch.where(ok, x - mean, torch.zeros_like(x))
-        return c, (c.pow(2).sum(1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
-
-    centred, group_std = centred_std(values.view(-1, group_size))
-    if scale == "group":
-        centred = centred / (group_std + 1e-4)
-    elif scale == "batch":
-        centred = centred / (centred_std(values.view(1, -1))[1] + 1e-4)
+    ok = ~torch.isnan(values)
+    centred, var = row_moments(values.view(-1, group_size), ok.view(-1, group_size), ddof=1)
+    if scale == "batch":
+        var = row_moments(values.view(1, -1), ok.view(1, -1), ddof=1)[1]
+    if scale != "none":
+        centred = standardize(centred, var, 1e-4)
     return centred.reshape(-1)
 
 
@@ -356,13 +350,10 @@ class Constraint:
             )
         max_cost = float(getattr(self.cost, "max_cost", 1.0))
         if self.config.max_cost != max_cost:
-            from dataclasses import replace
-
             self.config = replace(self.config, max_cost=max_cost)
         if self.dense_cost is not None and not callable(self.dense_cost):
             raise TypeError("dense_cost must be a callable returning DenseRewards, or None")
-        if finite_number("dense_coef", self.dense_coef) < 0:
-            raise ValueError(f"dense_coef must be >= 0, got {self.dense_coef}")
+        check_coef("dense_coef", self.dense_coef)
         if self.dense_sign not in (-1.0, 1.0, -1, 1):
             raise ValueError(f"dense_sign must be -1 (penalties) or +1 (costs), got {self.dense_sign}")
         self.controller = LagrangeController(self.config)

@@ -29,23 +29,31 @@ with the number of tokens still to come: this variant has a length bias (answers
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-ShapingMode = Literal["first_violation", "prob", "threshold"]
-DenseAdvantage = Literal["token", "return_to_go", "process_supervision"]
+from guard_reward.shaping.normalize import check_mask, row_moments, standardize
+from guard_reward.shaping.scalar import finite_number
+
 SHAPING_MODES: tuple[str, ...] = ("first_violation", "prob", "threshold")
 DENSE_ADVANTAGES: tuple[str, ...] = ("token", "return_to_go", "process_supervision")
-CONTROVERSIAL_POLICIES: tuple[str, ...] = ("strict", "loose")
 
 
-def _check(x: torch.Tensor, mask: torch.Tensor, name: str = "risk") -> torch.Tensor:
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be a (B, T) tensor, got shape {tuple(x.shape)}")
-    if mask.shape != x.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {name} shape {tuple(x.shape)}")
-    return mask.to(torch.bool)
+def check_coef(name: str, value: object) -> float:
+    """``value`` as a float when it is a finite number >= 0: the weight of a dense term, whose sign is the
+    dense reward's own (penalties are negative). A clear ``ValueError`` naming ``name`` otherwise."""
+    coef = finite_number(name, value)
+    if coef < 0:
+        raise ValueError(f"{name} must be >= 0 (the dense rewards carry their own sign), got {value!r}")
+    return coef
+
+
+def check_dense_advantage(mode: object) -> str:
+    """``mode`` when it is one of :data:`DENSE_ADVANTAGES`; a ``ValueError`` listing them otherwise."""
+    if mode not in DENSE_ADVANTAGES:
+        raise ValueError(
+            f"dense_advantage={mode!r} is not accepted; use one of {', '.join(DENSE_ADVANTAGES)}"
+        )
+    return str(mode)
 
 
 def unsafe_risk(
@@ -84,24 +92,13 @@ def controversial_weight(controversial: str | float) -> float:
     return float(controversial)
 
 
-def running_max(risk: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``c_t = max_{j≤t, mask_j} risk_j`` (0 before the first real token); 0 at masked positions.
-
-    Args:
-        risk: ``(B, T)`` float. mask: ``(B, T)`` bool.
-    """
-    mask = _check(risk, mask)
-    filled = torch.where(mask, risk, torch.zeros_like(risk)).clamp_min(0.0)
-    return torch.cummax(filled, dim=1).values * mask
-
-
 def first_violation(risk: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Soft first-violation shaping: ``d_t = −(c_t − c_{t−1})``, ``c`` the running max, ``c_{−1} = 0``.
 
     Rows sum to ``−max_t risk_t``. ``risk``: ``(B, T)`` in [0, 1]; ``mask``: ``(B, T)`` bool.
     Returns ``(B, T)``.
     """
-    mask = _check(risk, mask)
+    mask = check_mask(risk, mask, "risk")
     filled = torch.where(mask, risk, torch.zeros_like(risk)).clamp_min(0.0)
     c = torch.cummax(filled, dim=1).values
     previous = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], dim=1)
@@ -140,7 +137,7 @@ def first_violation_hard(flag_index: torch.Tensor, mask: torch.Tensor, value: fl
 
 def prob_penalty(risk: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``d_t = −risk_t`` on every real token. ``risk``, ``mask``: ``(B, T)``. Returns ``(B, T)``."""
-    mask = _check(risk, mask)
+    mask = check_mask(risk, mask, "risk")
     return -risk * mask
 
 
@@ -148,7 +145,7 @@ def threshold_penalty(risk: torch.Tensor, mask: torch.Tensor, threshold: float =
     """Hinge: ``d_t = −max(0, risk_t − threshold)`` on real tokens. ``risk``, ``mask``: ``(B, T)``."""
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), got {threshold}")
-    mask = _check(risk, mask)
+    mask = check_mask(risk, mask, "risk")
     return -(risk - threshold).clamp_min(0.0) * mask
 
 
@@ -184,7 +181,7 @@ def shape_dense(
 
 def return_to_go(d: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``G_t = Σ_{j≥t, mask_j} d_j`` on real tokens, 0 on padding. ``d``, ``mask``: ``(B, T)``."""
-    mask = _check(d, mask, "d")
+    mask = check_mask(d, mask, "d")
     masked = d * mask
     return torch.flip(torch.cumsum(torch.flip(masked, dims=[1]), dim=1), dims=[1]) * mask
 
@@ -197,17 +194,13 @@ def group_token_normalize(
     ``σ`` is the population standard deviation. Rows of ``d`` ``(B, T)`` must come in whole groups
     (``B % group_size == 0``), as TRL's sampler lays them out. Padding stays 0.
     """
-    mask = _check(d, mask, "d")
+    mask = check_mask(d, mask, "d")
     b, t = d.shape
     if group_size < 1 or b % group_size:
         raise ValueError(f"batch of {b} rows cannot be split into groups of {group_size}")
-    m = mask.to(d.dtype).view(b // group_size, group_size * t)
-    x = d.reshape(b // group_size, group_size * t) * m
-    n = m.sum(dim=1, keepdim=True).clamp_min(1.0)
-    mean = x.sum(dim=1, keepdim=True) / n
-    var = (((x - mean) * m) ** 2).sum(dim=1, keepdim=True) / n
-    out = (x - mean) / (var.sqrt() + eps) * m
-    return out.view(b, t)
+    groups = (b // group_size, group_size * t)
+    centred, var = row_moments(d.reshape(groups), mask.reshape(groups))
+    return standardize(centred, var, eps).view(b, t)
 
 
 def dense_advantages(
@@ -231,21 +224,17 @@ def dense_advantages(
     Returns:
         ``(B, T)`` float, same dtype as ``d``.
     """
-    mask = _check(d, mask, "d")
+    mask = check_mask(d, mask, "d")
     if seq_advantages.shape != (d.shape[0],):
         raise ValueError(f"seq_advantages must be (B,) = ({d.shape[0]},), got {tuple(seq_advantages.shape)}")
-    if mode == "token":
+    if check_dense_advantage(mode) == "token":
         f = d * mask
     elif mode == "return_to_go":
         f = return_to_go(d, mask)
-    elif mode == "process_supervision":
+    else:
         if group_size is None:
             raise ValueError(
                 "dense_advantage='process_supervision' needs group_size (the number of generations)"
             )
         f = return_to_go(group_token_normalize(d, mask, group_size), mask)
-    else:
-        raise ValueError(
-            f"dense_advantage {mode!r} is not accepted; use one of {', '.join(DENSE_ADVANTAGES)}"
-        )
     return (seq_advantages.to(d.dtype)[:, None] + float(coef) * f) * mask

@@ -1,5 +1,5 @@
-"""Pure tensor functions of PPO with per-token rewards: KL estimators, reward assembly, GAE, whitening, the
-clipped value loss.
+"""Pure tensor functions of PPO with per-token rewards: KL estimators, reward assembly, GAE, explained variance,
+the clipped value loss.
 
 Everything here works on right-padded ``(B, T)`` completion tensors with a boolean ``mask`` (True on real
 completion tokens) and has no model, trainer or process group in it, so each function is tested against a
@@ -10,26 +10,18 @@ RLHF PPO code:
 * the per-token reward has a third term: a dense reward (e.g. a guard's per-token safety penalty) is added to
   ``-beta * KL_t`` at every token, and the scalar score still goes to the last token only;
 * padding is masked explicitly everywhere (values and rewards beyond a row's end are ignored, not assumed to
-  be zero), and reductions used for whitening can be summed across processes through a ``reduce`` callable.
+  be zero), and batch statistics (here the explained variance; the whitening of advantages is
+  :func:`~guard_reward.shaping.normalize.masked_whiten`) can be summed across processes through a ``reduce``
+  callable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-#: Sums a small tensor of partial statistics across processes (identity on one process).
-Reducer = Callable[[torch.Tensor], torch.Tensor]
+from guard_reward.shaping.normalize import Reducer, check_mask, masked_var, no_reduce
 
 KL_ESTIMATORS = ("k1", "k3")
-
-
-def _check_mask(x: torch.Tensor, mask: torch.Tensor, name: str) -> torch.Tensor:
-    if x.dim() != 2 or mask.shape != x.shape:
-        shapes = f"{tuple(x.shape)} and mask {tuple(mask.shape)}"
-        raise ValueError(f"{name} must be (B, T) with a mask of the same shape, got {shapes}")
-    return mask.to(dtype=torch.bool)
 
 
 def kl_penalty(
@@ -47,7 +39,7 @@ def kl_penalty(
     Returns:
         ``(B, T)`` float, zero where ``mask`` is False.
     """
-    mask = _check_mask(logps, mask, "logps")
+    mask = check_mask(logps, mask, "logps")
     if ref_logps.shape != logps.shape:
         raise ValueError(f"ref_logps {tuple(ref_logps.shape)} must match logps {tuple(logps.shape)}")
     log_ratio = ref_logps - logps
@@ -87,7 +79,7 @@ def token_rewards(
     Returns:
         ``(B, T)`` float32, zero where ``mask`` is False.
     """
-    mask = _check_mask(kl, mask, "kl")
+    mask = check_mask(kl, mask, "kl")
     if scores.shape != (kl.shape[0],):
         raise ValueError(f"scores must be (B,) = ({kl.shape[0]},), got {tuple(scores.shape)}")
     rewards = -beta * kl.float()
@@ -124,7 +116,7 @@ def gae(
         ``(advantages, returns)``, both ``(B, T)`` float32, zero where ``mask`` is False;
         ``returns = advantages + values``.
     """
-    mask = _check_mask(rewards, mask, "rewards")
+    mask = check_mask(rewards, mask, "rewards")
     if values.shape != rewards.shape:
         raise ValueError(f"values {tuple(values.shape)} must match rewards {tuple(rewards.shape)}")
     m = mask.float()
@@ -141,46 +133,8 @@ def gae(
     return advantages, returns
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity) -> torch.Tensor:
-    """Mean of ``x`` over ``mask`` (``(B, T)`` each), summed across processes by ``reduce``; 0 when empty."""
-    mask = _check_mask(x, mask, "x")
-    stats = reduce(torch.stack([(x.float() * mask).sum(), mask.sum().float()]))
-    return stats[0] / stats[1].clamp(min=1.0)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity) -> torch.Tensor:
-    """Population variance of ``x`` over ``mask`` (``(B, T)`` each), across processes by ``reduce``."""
-    mask = _check_mask(x, mask, "x")
-    xf = x.float() * mask
-    stats = reduce(torch.stack([xf.sum(), (xf * xf).sum(), mask.sum().float()]))
-    n = stats[2].clamp(min=1.0)
-    mean = stats[0] / n
-    return (stats[1] / n - mean * mean).clamp(min=0.0)
-
-
-def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity, eps: float = 1e-8
-) -> torch.Tensor:
-    """``(x - mean) / sqrt(var + eps)`` over the masked entries (population variance); zero where masked out.
-
-    Args:
-        x: ``(B, T)``.
-        mask: ``(B, T)`` bool.
-        reduce: sums partial statistics across processes, so every process whitens with the global batch.
-    """
-    mask = _check_mask(x, mask, "x")
-    mean = masked_mean(x, mask, reduce)
-    var = masked_var(x, mask, reduce)
-    out = (x.float() - mean) * torch.rsqrt(var + eps)
-    return torch.where(mask, out, torch.zeros_like(out))
-
-
 def explained_variance(
-    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reduce: Reducer = _identity
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, reduce: Reducer = no_reduce
 ) -> float:
     """``1 - Var(returns - values) / Var(returns)`` over the masked tokens (``(B, T)`` each).
 
@@ -216,28 +170,3 @@ def value_loss_terms(
     unclipped_sq = (values - returns) ** 2
     clipped_sq = (clipped_values - returns) ** 2
     return 0.5 * torch.maximum(unclipped_sq, clipped_sq), clipped_sq > unclipped_sq
-
-
-def clipped_value_loss(
-    values: torch.Tensor,
-    old_values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-    clip: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's clipped value loss (:func:`value_loss_terms`) averaged over the masked tokens.
-
-    Args:
-        values, old_values, returns: ``(B, T)`` (see :func:`value_loss_terms`).
-        mask: ``(B, T)`` bool.
-        clip: the clipping range (> 0).
-
-    Returns:
-        ``(loss, clip_fraction)``: scalar loss (local mean over this batch's masked tokens) and the fraction
-        of masked tokens where the clipped term was the larger one.
-    """
-    mask = _check_mask(values, mask, "values")
-    per_token, clipped = value_loss_terms(values, old_values, returns, clip)
-    loss = masked_mean(per_token, mask)
-    clip_fraction = masked_mean(clipped.float(), mask)
-    return loss, clip_fraction.detach()

@@ -43,6 +43,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import disable_dropout_in_model, get_config_model_id
 
 from guard_reward.shaping import ppo_math
+from guard_reward.shaping.normalize import masked_mean, masked_whiten
 from guard_reward.types import DenseRewards
 
 from .grpo import (
@@ -301,7 +302,7 @@ class GuardPPOTrainer(GRPOTrainer):
         value_mask = mask & ~unscorable.unsqueeze(1)
         policy_mask = loss_mask & ~unscorable.unsqueeze(1)
         if self.args.whiten_advantages:
-            advantages = ppo_math.masked_whiten(advantages, policy_mask, reduce=self._sum_across)
+            advantages = masked_whiten(advantages, policy_mask, reduce=self._sum_across)
         advantages = advantages * policy_mask
 
         out["advantages"] = advantages
@@ -323,8 +324,8 @@ class GuardPPOTrainer(GRPOTrainer):
         value_mask = mask & ~unscorable.unsqueeze(1)
         # KL of a completion = sum over its tokens (what the reward pays), averaged over completions.
         metrics["ppo/kl"].append(gather((kl * mask).sum(1)).float().mean().item())
-        metrics["ppo/returns_mean"].append(ppo_math.masked_mean(returns, value_mask, self._sum_across).item())
-        metrics["ppo/values_mean"].append(ppo_math.masked_mean(values, value_mask, self._sum_across).item())
+        metrics["ppo/returns_mean"].append(masked_mean(returns, value_mask, self._sum_across).item())
+        metrics["ppo/values_mean"].append(masked_mean(values, value_mask, self._sum_across).item())
         metrics["ppo/explained_variance"].append(
             ppo_math.explained_variance(values, returns, value_mask, self._sum_across)
         )
@@ -387,8 +388,8 @@ class GuardPPOTrainer(GRPOTrainer):
             # Own backward: the critic is not part of the policy's graph, optimiser or loss scaling.
             loss.backward()
         metrics, reduce = self._metrics[mode], self._sum_across
-        metrics["ppo/value_loss"].append(ppo_math.masked_mean(per_token.detach(), mask, reduce).item())
-        metrics["ppo/value_clipfrac"].append(ppo_math.masked_mean(clipped.float(), mask, reduce).item())
+        metrics["ppo/value_loss"].append(masked_mean(per_token.detach(), mask, reduce).item())
+        metrics["ppo/value_clipfrac"].append(masked_mean(clipped.float(), mask, reduce).item())
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -76,19 +76,6 @@ def test_first_violation_hand_case():
     torch.testing.assert_close(got, expected)
 
 
-def test_running_max_matches_loop():
-    risk, mask = _batch(3)
-    got = dense.running_max(risk, mask)
-    for i in range(risk.shape[0]):
-        c = 0.0
-        for t in range(risk.shape[1]):
-            if mask[i, t]:
-                c = max(c, float(risk[i, t]))
-                assert float(got[i, t]) == pytest.approx(c)
-            else:
-                assert float(got[i, t]) == 0.0
-
-
 def test_first_violation_hard_places_one_penalty():
     mask = torch.tensor([[True] * 5, [True, True, True, False, False], [True] * 5])
     flags = torch.tensor([2, -1, 4])
@@ -200,3 +187,15 @@ def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="process_supervision"):
         ones = torch.ones(2, 3, dtype=torch.bool)
         dense.dense_advantages(torch.zeros(2), torch.zeros(2, 3), ones, coef=1.0, mode="process_supervision")
+
+
+def test_coef_and_dense_advantage_checks():
+    assert dense.check_coef("dense_coef", 0) == 0.0 and dense.check_coef("dense_coef", 0.5) == 0.5
+    for bad in (-0.1, float("nan"), float("inf"), True, "0.1", None):
+        with pytest.raises(ValueError, match="dense_coef"):
+            dense.check_coef("dense_coef", bad)
+    assert [dense.check_dense_advantage(m) for m in dense.DENSE_ADVANTAGES] == list(dense.DENSE_ADVANTAGES)
+    with pytest.raises(ValueError, match=r"dense_advantage='gae'.*token, return_to_go, process_supervision"):
+        dense.check_dense_advantage("gae")
+    with pytest.raises(ValueError, match="dense_advantage='gae'"):
+        dense.dense_advantages(torch.zeros(1), torch.zeros(1, 2), torch.ones(1, 2), coef=1.0, mode="gae")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from guard_reward.shaping import ppo_math
+from guard_reward.shaping.normalize import masked_mean
 
 LENGTHS = [5, 3, 0, 4]  # one empty row (e.g. a masked truncated completion)
 T = 6
@@ -113,31 +114,10 @@ def test_token_rewards_rejects_mismatched_shapes():
         ppo_math.token_rewards(torch.zeros(4), torch.zeros(4, T), mask, 0.1, torch.zeros(4, T + 1))
 
 
-def test_masked_whiten_and_moments():
-    x, mask = _rand(8) * 3 + 2, _mask()
-    values = [float(x[i, t]) for i, n in enumerate(LENGTHS) for t in range(n)]
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / len(values)
-    assert float(ppo_math.masked_mean(x, mask)) == pytest.approx(mean, rel=1e-5)
-    assert float(ppo_math.masked_var(x, mask)) == pytest.approx(var, rel=1e-4)
-    w = ppo_math.masked_whiten(x, mask)
-    for i, n in enumerate(LENGTHS):
-        for t in range(T):
-            want = (float(x[i, t]) - mean) / math.sqrt(var + 1e-8) if t < n else 0.0
-            assert float(w[i, t]) == pytest.approx(want, rel=1e-4, abs=1e-5)
-
-
-def test_reduce_hook_sees_partial_sums():
-    # A reducer that doubles the partial sums must not change mean/var (two identical "processes").
-    x, mask = _rand(9), _mask()
-    doubled = ppo_math.masked_whiten(x, mask, reduce=lambda s: s * 2)
-    torch.testing.assert_close(doubled, ppo_math.masked_whiten(x, mask))
-
-
 def test_explained_variance():
     returns, mask = _rand(10), _mask()
     assert ppo_math.explained_variance(returns, returns, mask) == pytest.approx(1.0)
-    constant = torch.full_like(returns, float(ppo_math.masked_mean(returns, mask)))
+    constant = torch.full_like(returns, float(masked_mean(returns, mask)))
     assert ppo_math.explained_variance(constant, returns, mask) == pytest.approx(0.0, abs=1e-5)
     values = _rand(11)
     vals = [(float(returns[i, t]), float(values[i, t])) for i, n in enumerate(LENGTHS) for t in range(n)]
@@ -151,9 +131,15 @@ def test_explained_variance():
     assert math.isnan(ppo_math.explained_variance(values, torch.ones_like(returns), mask))
 
 
-def test_clipped_value_loss_matches_loop():
+def _value_loss(values, old, returns, mask, clip):
+    """The trainer's critic loss: the per-token terms averaged over the masked tokens, and the clip fraction."""
+    per_token, clipped = ppo_math.value_loss_terms(values, old, returns, clip)
+    return masked_mean(per_token, mask), masked_mean(clipped.float(), mask)
+
+
+def test_value_loss_terms_match_loop():
     values, old, returns, mask, clip = _rand(12), _rand(13), _rand(14), _mask(), 0.2
-    loss, frac = ppo_math.clipped_value_loss(values, old, returns, mask, clip)
+    loss, frac = _value_loss(values, old, returns, mask, clip)
     terms, clipped = [], 0
     for i, n in enumerate(LENGTHS):
         for t in range(n):
@@ -166,10 +152,10 @@ def test_clipped_value_loss_matches_loop():
     assert float(frac) == pytest.approx(clipped / len(terms), rel=1e-6)
 
 
-def test_clipped_value_loss_gradient_stops_outside_clip_range():
+def test_value_loss_gradient_stops_outside_clip_range():
     old = torch.zeros(1, 1)
     returns = torch.full((1, 1), 1.0)
     values = torch.full((1, 1), 0.5, requires_grad=True)  # moved 0.5 > clip towards the return: clipped wins
-    loss, frac = ppo_math.clipped_value_loss(values, old, returns, torch.ones(1, 1, dtype=torch.bool), 0.2)
+    loss, frac = _value_loss(values, old, returns, torch.ones(1, 1, dtype=torch.bool), 0.2)
     loss.backward()
     assert float(frac) == 1.0 and float(values.grad) == 0.0
