@@ -44,8 +44,18 @@ import torch
 
 from guard_reward.shaping import constraint as C
 from guard_reward.shaping.constraint import Constraint, combine_advantages, group_advantages
+from guard_reward.shaping.dense import return_to_go
+from guard_reward.shaping.normalize import masked_whiten
 
-from .grpo import DenseGRPOTrainer, show_loss_advantages
+from .batch import (
+    bind_policy_tokenizer,
+    local_rows,
+    on_completion_grid,
+    policy_token_mask,
+    reward_kwargs,
+    show_loss_advantages,
+)
+from .grpo import DenseGRPOTrainer
 from .ppo import GuardPPOTrainer
 
 logger = logging.getLogger(__name__)
@@ -76,28 +86,16 @@ class _ConstraintMixin:
         self.constraint = constraint
         self._pending_cost: torch.Tensor | None = None
         self._pending_dense_cost: torch.Tensor | None = None
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        for func in (constraint.cost, constraint.dense_cost):
-            bind = getattr(func, "bind_tokenizer", None)
-            if callable(bind):
-                bind(tokenizer)
+        bind_policy_tokenizer(self, (constraint.cost, constraint.dense_cost))
 
     @property
     def lam(self) -> float:
         """The current λ (the same on every process)."""
         return self.constraint.controller.lam
 
-    def _cost_kwargs(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
-        kwargs: dict[str, Any] = {k: [example[k] for example in inputs] for k in keys}
-        kwargs.update(
-            trainer_state=self.state, log_extra=self._log_completion_extra, log_metric=self._log_metric
-        )
-        return kwargs
-
     def _score_costs(self, inputs, prompts, completions, completion_ids_list) -> None:
         """Local per-sample costs ``(B,)`` (NaN = not judged) and per-token costs ``(B, T)`` (or None)."""
-        kwargs = self._cost_kwargs(inputs)
+        kwargs = reward_kwargs(self, inputs)
         c = self.constraint
         values = c.cost(
             prompts=prompts, completions=completions, completion_ids=completion_ids_list, **kwargs
@@ -127,14 +125,12 @@ class _ConstraintMixin:
     def _dense_on_tokens(dense: torch.Tensor, b: int, t: int, device: torch.device) -> torch.Tensor:
         """This process's per-token costs ``dense (b, T_cost)`` placed on the completions' token grid: ``(b, t)``.
 
-        Costs on tokens past the completions would belong to no token: refused, as ``GuardPPOTrainer`` refuses
-        such dense rewards (the library's dense costs are sized from ``completion_ids`` and never are).
+        Costs on tokens past the completions would belong to no token: refused, as dense rewards are (the
+        library's dense costs are sized from ``completion_ids`` and never are).
         """
-        if dense.shape[1] > t:
-            raise ValueError(f"dense costs cover {dense.shape[1]} tokens, the completions only {t}")
-        per_token = torch.zeros(b, t, device=device)
-        per_token[:, : dense.shape[1]] = dense.to(device)
-        return per_token
+        if dense.shape[0] != b:
+            raise ValueError(f"dense costs have {dense.shape[0]} rows for {b} completions")
+        return on_completion_grid(dense, t, device, what="dense costs")
 
     def _gathered_costs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """All processes' per-sample costs ``(B_total,)`` and this process's per-token costs."""
@@ -224,13 +220,10 @@ class ConstrainedGRPOTrainer(_ConstraintMixin, DenseGRPOTrainer):
         group = self.num_generations if mode == "train" else self.num_generations_eval
         cost_adv = group_advantages(all_costs, group, scale=self.scale_rewards)
         b = out["completion_ids"].shape[0]
-        rows = slice(self.accelerator.process_index * b, (self.accelerator.process_index + 1) * b)
         device = out["advantages"].device
-        cost_adv = cost_adv[rows].to(device)
+        cost_adv = cost_adv[local_rows(self, b)].to(device)
         if dense is not None:
-            mask = out["completion_mask"].bool()
-            if "tool_mask" in out:  # tool results are not the policy's: they carry no cost
-                mask = mask & out["tool_mask"].bool()
+            mask = policy_token_mask(out)  # tool results are not the policy's: they carry no cost
             per_token = self._dense_on_tokens(dense, b, mask.shape[1], device)
             cost_adv = (cost_adv.unsqueeze(1) + self.constraint.dense_coef * per_token) * mask
         combined = combine_advantages(out["advantages"], cost_adv, lam)
@@ -263,24 +256,16 @@ class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
         mask = out["completion_mask"].bool()
         b, t = mask.shape
         device = out["advantages"].device
-        rows = slice(self.accelerator.process_index * b, (self.accelerator.process_index + 1) * b)
-        local = all_costs[rows].to(device)
+        local = all_costs[local_rows(self, b)].to(device)
         judged = ~torch.isnan(local)
         # Cost-to-go per token (gamma = 1): the terminal cost, plus the per-token costs from t on.
         to_go = torch.where(judged, local, torch.zeros_like(local)).unsqueeze(1).expand(b, t).clone()
         if dense is not None:
             per_token = self._dense_on_tokens(dense, b, t, device) * self.constraint.dense_coef
-            to_go = to_go + per_token.flip(1).cumsum(1).flip(1)
+            to_go = to_go + return_to_go(per_token, mask)
         valid = mask & judged.unsqueeze(1)
         # Baseline and scale over the whole batch, all processes (sums and counts, not means of means).
-        stats = torch.stack(
-            [(to_go * valid).sum(), (to_go.pow(2) * valid).sum(), valid.sum().float()]
-        ).unsqueeze(0)
-        total = self.accelerator.gather(stats).sum(0)
-        n = total[2].clamp(min=1)
-        mean = total[0] / n
-        var = (total[1] / n - mean.pow(2)).clamp(min=0)
-        cost_adv = (to_go - mean) / (var.sqrt() + 1e-8) * valid
+        cost_adv = masked_whiten(to_go, valid, reduce=self._sum_across, eps=1e-8, eps_on="std")
         out["advantages"] = combine_advantages(out["advantages"], cost_adv, lam) * mask
         show_loss_advantages(self, out)
         return out

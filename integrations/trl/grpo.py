@@ -13,8 +13,9 @@ does, without copying TRL code:
 3. after ``super()._generate_and_score_completions``, ``advantages`` ``(B,)`` becomes
    ``A_t = A_seq + dense_coef · f(d)_t`` ``(B, T)``, 0 on padding and tool tokens
    (:func:`guard_reward.shaping.dense.dense_advantages`); the completions table's ``advantage`` column then
-   shows each completion's mean of them over its policy tokens (:func:`show_loss_advantages`), not TRL's
-   sequence advantage the loss no longer uses.
+   shows each completion's mean of them over its policy tokens
+   (:func:`~guard_reward.integrations.trl.batch.show_loss_advantages`), not TRL's sequence advantage the loss
+   no longer uses.
 
 With ``tools=`` (or a ``rollout_func`` returning ``env_mask``) a completion interleaves the policy's turns with
 tool results, and TRL passes the reward functions the whole of it as ``completion_ids`` but not its
@@ -39,18 +40,28 @@ works per token (:func:`per_token_off_policy_mask`).
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from trl import GRPOTrainer
-from trl.trainer.utils import is_async_callable
 
-from guard_reward.shaping.dense import DENSE_ADVANTAGES, dense_advantages
+from guard_reward.shaping.dense import check_coef, check_dense_advantage, dense_advantages
+from guard_reward.shaping.normalize import row_mean
 from guard_reward.types import DenseRewards
+
+from .batch import (
+    bind_policy_tokenizer,
+    check_dense_rewards,
+    check_distinct_names,
+    local_rows,
+    on_completion_grid,
+    policy_token_mask,
+    reward_kwargs,
+    score_dense,
+    show_loss_advantages,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,43 +82,6 @@ def check_dense_loss(args: Any) -> None:
             "importance_sampling_level='sequence' (GSPO) uses one ratio per sequence, so per-token "
             "advantages collapse into their sum; use importance_sampling_level='token' with dense rewards"
         )
-
-
-def check_dense_rewards(dense_rewards: Any) -> list[Callable[..., DenseRewards]]:
-    """The dense rewards as a list, refusing what cannot work: a non-callable, an async callable, one whose
-    signature takes no ``completion_ids`` (dense rewards are aligned to them), or two with one ``__name__``."""
-    if dense_rewards is None:
-        return []
-    funcs = list(dense_rewards) if isinstance(dense_rewards, (list, tuple)) else [dense_rewards]
-    for func in funcs:
-        if not callable(func):
-            raise TypeError(
-                f"dense_rewards must be callables returning DenseRewards, got {type(func).__name__}"
-            )
-        if is_async_callable(func):
-            raise TypeError(f"dense reward {_name(func)!r} is async; dense rewards must be synchronous")
-        if not _takes_completion_ids(func):
-            raise TypeError(
-                f"dense reward {_name(func)!r} does not take completion_ids: dense rewards are called as "
-                "func(prompts=..., completions=..., completion_ids=..., **kwargs) and return (B, T) rewards "
-                "aligned to completion_ids; add a completion_ids (or **kwargs) parameter"
-            )
-    names = [_name(f) for f in funcs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"dense rewards need distinct __name__s (their metrics use them), got {names}")
-    return funcs
-
-
-def _takes_completion_ids(func: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):  # no introspectable signature (a C callable): cannot tell, accept it
-        return True
-    return any(
-        p.kind is inspect.Parameter.VAR_KEYWORD
-        or (p.name == "completion_ids" and p.kind is not inspect.Parameter.POSITIONAL_ONLY)
-        for p in params
-    )
 
 
 def per_token_off_policy_mask(
@@ -135,36 +109,9 @@ def per_token_off_policy_mask(
     """
     # Tokens the sampler could not score (NaN) carry no KL evidence, as in TRL.
     kl = torch.nan_to_num(sampling_per_token_logps - per_token_logps.detach(), nan=0.0)
-    mean_kl = (kl * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean_kl = row_mean(kl, mask).unsqueeze(1)
     keep = (advantages >= 0) | (mean_kl <= off_policy_threshold)
     return keep.expand_as(mask).to(dtype=mask.dtype)
-
-
-def show_loss_advantages(trainer: Any, out: dict[str, Any]) -> None:
-    """Put the advantages the loss uses into TRL's completions table (rich print, parquet, wandb/trackio).
-
-    TRL fills the table with its own group advantages ``(B_total,)`` before a subclass replaces
-    ``out["advantages"]``; this overwrites the current generation batch's entries with ``out["advantages"]``
-    gathered over all processes: as they are when ``(B,)``, and when ``(B, T)`` each completion's mean over its
-    policy tokens (``completion_mask``, and ``tool_mask`` when present; 0 for a row without any). Every process
-    must call it (it gathers).
-    """
-    adv = out["advantages"]
-    if adv.dim() == 2:
-        mask = out["completion_mask"].bool()
-        if "tool_mask" in out:
-            mask = mask & out["tool_mask"].bool()
-        weights = mask.to(adv.dtype)
-        adv = (adv * weights).sum(1) / weights.sum(1).clamp(min=1)
-    shown = trainer.accelerator.gather(adv.float().contiguous()).tolist()
-    table = trainer._logs["advantages"]  # a deque of the last generation batch's (TRL 1.16)
-    for _ in range(min(len(table), len(shown))):
-        table.pop()
-    table.extend(shown)
-
-
-def _name(func: Any) -> str:
-    return str(getattr(func, "__name__", type(func).__name__))
 
 
 class DenseGRPOTrainer(GRPOTrainer):
@@ -192,44 +139,22 @@ class DenseGRPOTrainer(GRPOTrainer):
         **kwargs: Any,
     ) -> None:
         dense = check_dense_rewards(dense_rewards)
-        if (
-            isinstance(dense_coef, bool)
-            or not isinstance(dense_coef, (int, float))
-            or not math.isfinite(dense_coef)
-        ):
-            raise ValueError(f"dense_coef must be a finite number, got {dense_coef!r}")
-        if dense_coef < 0:
-            raise ValueError(
-                f"dense_coef must be >= 0 (dense rewards carry their own sign), got {dense_coef}"
-            )
-        if dense_advantage not in DENSE_ADVANTAGES:
-            raise ValueError(
-                f"dense_advantage={dense_advantage!r} is not accepted; "
-                f"use one of {', '.join(DENSE_ADVANTAGES)}"
-            )
+        coef = check_coef("dense_coef", dense_coef)
+        check_dense_advantage(dense_advantage)
         args_ = kwargs.get("args", args[2] if len(args) > 2 else None)
         if args_ is not None:
             check_dense_loss(args_)  # before TRL loads models: a refused config costs nothing
         super().__init__(*args, **kwargs)
         check_dense_loss(self.args)
-        if len(set(self.reward_func_names)) != len(self.reward_func_names):
-            raise ValueError(
-                f"reward functions need distinct names, got {self.reward_func_names}: TRL would silently "
-                "average their metrics and keep one completions-table column; pass name=... to the rewards"
-            )
+        check_distinct_names(self.reward_func_names)
         self.dense_rewards = dense
-        self.dense_coef = float(dense_coef)
+        self.dense_coef = coef
         self.dense_advantage = dense_advantage
-        self._dense_names = [_name(d) for d in dense]
         self._pending_dense: DenseRewards | None = None
         self._pending_scalar: torch.Tensor | None = None
         self._pending_tool_mask: list[list[int]] | None = None
         self._warned_no_signal = False
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        for d in [*dense, *self.reward_funcs]:
-            bind = getattr(d, "bind_tokenizer", None)
-            if callable(bind):
-                bind(tokenizer)
+        bind_policy_tokenizer(self, [*dense, *self.reward_funcs])
 
     # -- step 2: dense rewards next to the scalar ones
     # --------------------------------------------------------
@@ -249,46 +174,11 @@ class DenseGRPOTrainer(GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._pending_scalar = rewards_per_func  # (N, F) over all processes; NaN = the reward returned None
         if self.dense_rewards:
-            self._pending_dense = self._score_dense(inputs, prompts, completions, completion_ids_list)
+            kwargs = reward_kwargs(self, inputs)
+            self._pending_dense = score_dense(
+                self.dense_rewards, prompts, completions, completion_ids_list, kwargs
+            )
         return rewards_per_func
-
-    def _score_dense(self, inputs, prompts, completions, completion_ids_list) -> DenseRewards:
-        """Call every dense reward; ``(B, T)`` summed rewards (0 where no reward's mask is True) and the union
-        of their masks. Positions a reward masks out are never read (a NaN there is ignored); a non-finite
-        value where its mask is True is an error naming the reward."""
-        keys = [k for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")]
-        kwargs: dict[str, Any] = {k: [example[k] for example in inputs] for k in keys}
-        kwargs.update(
-            trainer_state=self.state, log_extra=self._log_completion_extra, log_metric=self._log_metric
-        )
-        b = len(prompts)
-        t = max((len(ids) for ids in completion_ids_list), default=0)
-        total = torch.zeros(b, t)
-        mask = torch.zeros(b, t, dtype=torch.bool)
-        for func, name in zip(self.dense_rewards, self._dense_names, strict=True):
-            out = func(prompts=prompts, completions=completions, completion_ids=completion_ids_list, **kwargs)
-            if not isinstance(out, tuple) or len(out) != 2:
-                raise TypeError(
-                    f"dense reward {name!r} must return DenseRewards(rewards, mask), got {type(out)}"
-                )
-            rewards, m = (torch.as_tensor(x).cpu() for x in out)
-            if rewards.shape != (b, t) or m.shape != (b, t):
-                raise ValueError(
-                    f"dense reward {name!r} returned rewards {tuple(rewards.shape)} / mask {tuple(m.shape)}; "
-                    f"expected ({b}, {t}): one row per completion, T = the longest completion_ids"
-                )
-            m = m.bool()
-            bad = m & ~torch.isfinite(rewards.float())
-            if bool(bad.any()):
-                rows = bad.any(dim=1).nonzero().flatten().tolist()
-                raise ValueError(
-                    f"dense reward {name!r} returned non-finite values (NaN/inf) at {int(bad.sum())} "
-                    f"positions its mask marks as scored (rows {rows[:8]}); return finite rewards, and "
-                    "mask out (mask False) any token or row it cannot judge"
-                )
-            total += torch.where(m, rewards.float(), torch.zeros_like(total))
-            mask |= m
-        return DenseRewards(total, mask)
 
     # -- step 3: per-token advantages
     # ---------------------------------------------------------------------------
@@ -307,20 +197,12 @@ class DenseGRPOTrainer(GRPOTrainer):
         device = seq.device
         mode = "train" if self.model.training else "eval"
         b, t = out["completion_ids"].shape
-        mask = out["completion_mask"].bool()
-        if "tool_mask" in out:
-            mask = mask & out["tool_mask"].bool()
-        t_dense = dense.rewards.shape[1]
-        if t_dense > t:
-            raise ValueError(f"dense rewards cover {t_dense} tokens but the completions only {t}")
-        d = torch.zeros(b, t, device=device)
-        d[:, :t_dense] = dense.rewards.to(device)
-        dmask = torch.zeros(b, t, dtype=torch.bool, device=device)
-        dmask[:, :t_dense] = dense.mask.to(device)
+        mask = policy_token_mask(out)
+        d = on_completion_grid(dense.rewards, t, device)
+        dmask = on_completion_grid(dense.mask, t, device)
         # A row without signal (no scalar reward, or no token the dense rewards could judge) keeps TRL's
         # advantage alone: 0 for an unscorable row, A_seq for a row only the dense reward failed on.
-        start = self.accelerator.process_index * b
-        unscorable = torch.isnan(scalar[start : start + b]).all(dim=1).to(device)
+        unscorable = torch.isnan(scalar[local_rows(self, b)]).all(dim=1).to(device)
         has_signal = (mask & dmask).any(dim=1) & ~unscorable
         dense_mask = mask & has_signal.unsqueeze(1)
         d = torch.where(dense_mask & dmask, d, torch.zeros_like(d))
@@ -382,5 +264,4 @@ class DenseGRPOTrainer(GRPOTrainer):
         m_all = self.accelerator.gather(m_pad) > 0.5
         seq_all = self.accelerator.gather(seq.float().contiguous())
         adv = dense_advantages(seq_all, d_all, m_all, **kwargs)
-        start = self.accelerator.process_index * b
-        return adv[start : start + b, :t].to(d.dtype)
+        return adv[local_rows(self, b), :t].to(d.dtype)

@@ -31,7 +31,6 @@ no dense term, the rest of its reward stands; ``off_policy_mask_threshold`` work
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -43,18 +42,32 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import disable_dropout_in_model, get_config_model_id
 
 from guard_reward.shaping import ppo_math
+from guard_reward.shaping.dense import check_coef
 from guard_reward.shaping.normalize import masked_mean, masked_whiten
 from guard_reward.types import DenseRewards
 
-from .grpo import (
-    DenseGRPOTrainer,
-    check_dense_loss,
+from .batch import (
+    bind_policy_tokenizer,
     check_dense_rewards,
-    per_token_off_policy_mask,
+    check_distinct_names,
+    local_rows,
+    on_completion_grid,
+    policy_token_mask,
+    reward_kwargs,
+    score_dense,
     show_loss_advantages,
 )
+from .grpo import check_dense_loss, per_token_off_policy_mask
 from .ppo_config import GuardPPOConfig
-from .value import check_value_model, completion_values, load_value_model, load_value_state, save_value_model
+from .value import (
+    broadcast_value_model,
+    check_value_model,
+    completion_values,
+    load_value_model,
+    load_value_state,
+    rollout_values,
+    save_value_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +126,9 @@ class GuardPPOTrainer(GRPOTrainer):
                 "GuardPPOTrainer needs at least one scalar reward function (the terminal score); to train "
                 "on dense rewards alone, pass a reward function that returns 0.0 for every completion"
             )
-        if (
-            isinstance(dense_coef, bool)
-            or not isinstance(dense_coef, (int, float))
-            or not 0 <= dense_coef < math.inf
-        ):
-            raise ValueError(f"dense_coef must be a finite number >= 0 (dense rewards carry their sign), "
-                             f"got {dense_coef!r}")  # fmt: skip
+        self.dense_coef = check_coef("dense_coef", dense_coef)
         check_dense_loss(args)  # PPO's advantages are per token: sequence-level losses cannot use them
-        # Attribute names shared with DenseGRPOTrainer, whose dense-reward caller is reused below.
         self.dense_rewards = check_dense_rewards(dense_rewards)
-        self._dense_names = [_name(f) for f in self.dense_rewards]
-        self.dense_coef = float(dense_coef)
         self._ppo_pending: dict[str, Any] = {}
         super().__init__(
             model=model,
@@ -139,13 +143,8 @@ class GuardPPOTrainer(GRPOTrainer):
             peft_config=peft_config,
             **grpo_kwargs,
         )
-        if len(set(self.reward_func_names)) != len(self.reward_func_names):
-            raise ValueError(f"reward functions need distinct names, got {self.reward_func_names}: TRL would "
-                             "average their metrics into one key")  # fmt: skip
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        for func in self.dense_rewards:
-            if callable(getattr(func, "bind_tokenizer", None)):
-                func.bind_tokenizer(tokenizer)  # a guard with another vocabulary aligns through the policy's
+        check_distinct_names(self.reward_func_names)
+        bind_policy_tokenizer(self, self.dense_rewards)
         self.value_model = self._build_value_model(model, value_model)
         params = [p for p in self.value_model.parameters() if p.requires_grad]
         self.value_optimizer = torch.optim.AdamW(
@@ -178,19 +177,8 @@ class GuardPPOTrainer(GRPOTrainer):
             value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         value_model.train()
         value_model = value_model.to(self.accelerator.device)
-        self._broadcast_critic(value_model)
+        broadcast_value_model(value_model, self.accelerator)
         return value_model
-
-    def _broadcast_critic(self, value_model: nn.Module) -> None:
-        """Copy process 0's critic onto every process (a module passed in may differ by process too)."""
-        if self.accelerator.num_processes == 1:
-            return
-        from accelerate.utils import broadcast
-
-        with torch.no_grad():
-            for tensor in value_model.state_dict().values():
-                if tensor.is_floating_point() or tensor.dtype in (torch.int64, torch.int32, torch.bool):
-                    tensor.copy_(broadcast(tensor.detach().contiguous().clone(), from_process=0))
 
     def _sum_across(self, x: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(x, reduction="sum") if self.accelerator.num_processes > 1 else x
@@ -223,11 +211,11 @@ class GuardPPOTrainer(GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._ppo_pending["rewards_per_func"] = rewards_per_func
         # Dense rewards run inside TRL's scoring, so their log_metric/log_extra calls are flushed with the
-        # scalar rewards' in the same generation batch (and can reuse a guard pass the scalar reward cached).
-        # The caller is DenseGRPOTrainer's, so both trainers call and validate dense rewards the same way.
-        if self.dense_rewards:  # the caller also refuses non-finite rewards where a mask is True, by name
-            score = DenseGRPOTrainer._score_dense
-            dense = score(self, inputs, prompts, completions, completion_ids_list)  # type: ignore[arg-type]
+        # scalar rewards' in the same generation batch (and can reuse a guard pass the scalar reward cached);
+        # score_dense refuses non-finite rewards where a mask is True, naming the reward.
+        if self.dense_rewards:
+            kwargs = reward_kwargs(self, inputs)
+            dense = score_dense(self.dense_rewards, prompts, completions, completion_ids_list, kwargs)
             self._ppo_pending["dense"] = dense
         return rewards_per_func
 
@@ -241,66 +229,20 @@ class GuardPPOTrainer(GRPOTrainer):
         pending, self._ppo_pending = self._ppo_pending, {}
         mode = "train" if self.model.training else "eval"
         device = out["completion_ids"].device
-        batch, width = out["completion_ids"].shape
         mask = out["completion_mask"].bool()
-        loss_mask = mask & out["tool_mask"].bool() if "tool_mask" in out else mask
-
-        # Scalar score: GRPOTrainer's gathered (N, F) rewards, this process's rows, weighted and summed.
-        start = self.accelerator.process_index * batch
-        local = pending["rewards_per_func"][start : start + batch].to(device)
-        unscorable = torch.isnan(local).all(dim=1)
-        scores = (local * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
-        scores = torch.where(unscorable, torch.zeros_like(scores), scores)
-
+        scores, unscorable = self._scores(pending["rewards_per_func"], mask.shape[0], device)
         dense = None
         if "dense" in pending:
-            d = pending["dense"]
-            if d.rewards.shape[1] > width:
-                raise ValueError(
-                    f"dense rewards cover {d.rewards.shape[1]} tokens, the completions only {width}"
-                )
-            dense = torch.zeros(batch, width, device=device)
-            # _score_dense returns 0 wherever no dense reward's mask is True: a row the dense rewards could
-            # not judge gets no dense term, its score and KL stand
-            dense[:, : d.rewards.shape[1]] = d.rewards.to(device)
-            dense = self.dense_coef * dense * mask
-
-        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
-        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
-        chunk = (
-            self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-        )
-        with torch.no_grad():
-            kl = torch.zeros(batch, width, device=device)
-            if self.beta != 0.0:
-                logps = out.get("old_per_token_logps")
-                if logps is None:  # GRPO skips this forward when the loss can use detached log-probs
-                    with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-                        logps, _, _ = self._get_per_token_logps_and_entropies(
-                            self.model, input_ids, attention_mask, width, batch_size=chunk
-                        )
-                kl = ppo_math.kl_penalty(logps, out["ref_per_token_logps"], mask, self.args.kl_estimator)
-            was_training = self.value_model.training
-            self.value_model.eval()  # rollout values must not depend on dropout
-            with self.accelerator.autocast():
-                values = torch.cat(
-                    [
-                        completion_values(
-                            self.value_model,
-                            out["prompt_ids"][i : i + chunk],
-                            out["prompt_mask"][i : i + chunk],
-                            out["completion_ids"][i : i + chunk],
-                            out["completion_mask"][i : i + chunk],
-                        )
-                        for i in range(0, batch, chunk)
-                    ]
-                )
-            self.value_model.train(was_training)
-        values = values * mask
+            # score_dense leaves 0 wherever no dense reward's mask is True: a row the dense rewards could not
+            # judge gets no dense term, its score and KL stand
+            dense = (
+                self.dense_coef * on_completion_grid(pending["dense"].rewards, mask.shape[1], device) * mask
+            )
+        kl, values = self._kl_and_values(out, mask, mode)
         rewards = ppo_math.token_rewards(scores, kl, mask, self.beta, dense)
         advantages, returns = ppo_math.gae(rewards, values, mask, self.args.gamma, self.args.lam)
         value_mask = mask & ~unscorable.unsqueeze(1)
-        policy_mask = loss_mask & ~unscorable.unsqueeze(1)
+        policy_mask = policy_token_mask(out) & ~unscorable.unsqueeze(1)
         if self.args.whiten_advantages:
             advantages = masked_whiten(advantages, policy_mask, reduce=self._sum_across)
         advantages = advantages * policy_mask
@@ -312,16 +254,48 @@ class GuardPPOTrainer(GRPOTrainer):
         out["ppo_value_mask"] = value_mask
         # value tokens of the generation batch over every process (0-dim: TRL's splitting keeps it whole)
         out["ppo_value_items"] = self._sum_across(value_mask.sum().float())
-        self._log_rollout(mode, scores, unscorable, kl, dense, values, returns, advantages, mask, policy_mask)
+        self._log_rollout(mode, scores, unscorable, kl, dense, values, returns, mask, value_mask)
         # The completions table shows GRPO's group advantage; show each completion's mean PPO advantage.
         show_loss_advantages(self, out)
         return out
 
-    def _log_rollout(
-        self, mode, scores, unscorable, kl, dense, values, returns, advantages, mask, policy_mask
-    ):
+    def _scores(
+        self, rewards_per_func: torch.Tensor, batch: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's scalar scores ``(B,)`` and which rows are unscorable ``(B,)`` bool: its rows of
+        GRPOTrainer's gathered ``(N, F)`` rewards, weighted and summed over the functions that returned a value;
+        0 for a row every reward function returned ``None`` for."""
+        local = rewards_per_func[local_rows(self, batch)].to(device)
+        unscorable = torch.isnan(local).all(dim=1)
+        scores = (local * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        return torch.where(unscorable, torch.zeros_like(scores), scores), unscorable
+
+    def _kl_and_values(
+        self, out: dict[str, Any], mask: torch.Tensor, mode: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token KL to the reference ``(B, T)`` (0 when ``beta`` is 0) and the critic's rollout values
+        ``(B, T)`` (0 on padding), without gradients."""
+        batch, width = mask.shape
+        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        chunk = (
+            self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        )
+        with torch.no_grad():
+            kl = torch.zeros(batch, width, device=mask.device)
+            if self.beta != 0.0:
+                logps = out.get("old_per_token_logps")
+                if logps is None:  # GRPO skips this forward when the loss can use detached log-probs
+                    with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                        logps, _, _ = self._get_per_token_logps_and_entropies(
+                            self.model, input_ids, attention_mask, width, batch_size=chunk
+                        )
+                kl = ppo_math.kl_penalty(logps, out["ref_per_token_logps"], mask, self.args.kl_estimator)
+        return kl, rollout_values(self.value_model, out, chunk, self.accelerator) * mask
+
+    def _log_rollout(self, mode, scores, unscorable, kl, dense, values, returns, mask, value_mask) -> None:
+        """The rollout's ``ppo/…`` metrics (and ``dense/…`` with dense rewards) over every process."""
         metrics, gather = self._metrics[mode], self.accelerator.gather
-        value_mask = mask & ~unscorable.unsqueeze(1)
         # KL of a completion = sum over its tokens (what the reward pays), averaged over completions.
         metrics["ppo/kl"].append(gather((kl * mask).sum(1)).float().mean().item())
         metrics["ppo/returns_mean"].append(masked_mean(returns, value_mask, self._sum_across).item())
@@ -412,7 +386,3 @@ class GuardPPOTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             load_value_state(self.value_model, self.value_optimizer, checkpoint)
-
-
-def _name(func: Any) -> str:
-    return str(getattr(func, "__name__", type(func).__name__))

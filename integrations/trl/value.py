@@ -1,4 +1,5 @@
-"""The critic of ``GuardPPOTrainer``: loading it, reading per-token values, saving and restoring it.
+"""The critic of ``GuardPPOTrainer``: loading it, making it one replica on every process, reading per-token
+values, saving and restoring it.
 
 The critic is a **separate model** with a scalar head (by default ``AutoModelForTokenClassification`` with
 ``num_labels=1``, initialised from the policy's checkpoint, as in InstructGPT-style PPO and TRL's former
@@ -120,6 +121,43 @@ def completion_values(
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
     return token_values(model, input_ids, attention_mask)[:, p - 1 : p - 1 + t]
+
+
+def rollout_values(model: nn.Module, batch: dict[str, Any], chunk: int, accelerator: Any) -> torch.Tensor:
+    """The critic's values ``(B, T)`` (see :func:`completion_values`) of a whole generation batch, ``chunk`` rows
+    at a time, under ``accelerator``'s autocast, without gradients and with the critic in eval mode (rollout
+    values must not depend on dropout); its train/eval mode is restored afterwards.
+
+    Args:
+        batch: TRL's generation batch: ``prompt_ids``, ``prompt_mask`` ``(B, P)``, ``completion_ids``,
+            ``completion_mask`` ``(B, T)``.
+    """
+    was_training = model.training
+    model.eval()
+    keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+    rows = batch["completion_ids"].shape[0]
+    with torch.no_grad(), accelerator.autocast():
+        values = torch.cat(
+            [
+                completion_values(model, *(batch[k][i : i + chunk] for k in keys))
+                for i in range(0, rows, chunk)
+            ]
+        )
+    model.train(was_training)
+    return values
+
+
+def broadcast_value_model(model: nn.Module, accelerator: Any) -> None:
+    """Copy process 0's critic onto every process (a module passed in may differ by process too), so the critic
+    is one replica everywhere."""
+    if accelerator.num_processes == 1:
+        return
+    from accelerate.utils import broadcast
+
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point() or tensor.dtype in (torch.int64, torch.int32, torch.bool):
+                tensor.copy_(broadcast(tensor.detach().contiguous().clone(), from_process=0))
 
 
 def save_value_model(model: nn.Module | None, optimizer: torch.optim.Optimizer | None, folder: str) -> None:
