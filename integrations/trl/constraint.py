@@ -53,6 +53,7 @@ from .batch import (
     on_completion_grid,
     policy_token_mask,
     reward_kwargs,
+    score_dense,
     show_loss_advantages,
 )
 from .grpo import DenseGRPOTrainer
@@ -106,12 +107,9 @@ class _ConstraintMixin:
             [math.nan if v is None else float(v) for v in values], dtype=torch.float32
         )
         self._pending_dense_cost = None
-        if c.dense_cost is not None:
-            out = c.dense_cost(
-                prompts=prompts, completions=completions, completion_ids=completion_ids_list, **kwargs
-            )
-            rewards, mask = (torch.as_tensor(x).cpu() for x in out)
-            self._pending_dense_cost = c.dense_sign * rewards.float() * mask.bool()
+        if c.dense_cost is not None:  # checked and read as dense rewards are: 0 where its mask is False
+            dense = score_dense([c.dense_cost], prompts, completions, completion_ids_list, kwargs)
+            self._pending_dense_cost = c.dense_sign * dense.rewards
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """The trainer's rewards; the costs of the same completions are scored beside them."""

@@ -268,3 +268,31 @@ def test_dense_cost_narrower_than_completions_is_padded_and_wider_is_refused():
     assert torch.equal(placed, torch.tensor([[1.0, 2.0, 0.0, 0.0], [3.0, 4.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="dense costs cover 2 tokens, the completions only 1"):
         ConstrainedPPOTrainer._dense_on_tokens(dense, 2, 1, torch.device("cpu"))
+
+
+def test_dense_cost_is_read_as_dense_rewards_are():
+    """A NaN where the dense cost's mask is False is never read; one where it is True is an error naming it."""
+    from types import SimpleNamespace
+
+    from guard_reward.integrations.trl.constraint import _ConstraintMixin
+    from guard_reward.types import DenseRewards
+
+    nan = float("nan")
+
+    def token_cost(prompts, completions, completion_ids, **kwargs):
+        return DenseRewards(
+            torch.tensor([[1.0, nan], [nan, 2.0]]), torch.tensor([[True, False], [False, True]])
+        )
+
+    token_cost.__name__ = "token_cost"
+    constraint = Constraint(long_cost, ConstraintConfig(threshold=0.1), dense_cost=token_cost, dense_sign=1.0)
+    fake = SimpleNamespace(constraint=constraint, state=None, _log_completion_extra=None, _log_metric=None)
+    completions = [[{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b" * 20}]]
+    _ConstraintMixin._score_costs(fake, [{"prompt": "p"}] * 2, ["p", "p"], completions, [[1, 2], [3, 4]])
+    assert fake._pending_cost.tolist() == [0.0, 1.0]
+    assert fake._pending_dense_cost.tolist() == [[1.0, 0.0], [0.0, 2.0]]
+    constraint.dense_cost = lambda **kw: DenseRewards(
+        torch.full((2, 2), nan), torch.ones(2, 2, dtype=torch.bool)
+    )
+    with pytest.raises(ValueError, match="returned non-finite values"):
+        _ConstraintMixin._score_costs(fake, [{"prompt": "p"}] * 2, ["p", "p"], completions, [[1, 2], [3, 4]])
