@@ -167,6 +167,25 @@ def test_summed_reward_and_cache(stream, qwen_tok, caplog):
     assert len(extra["guard_stream_flag"]) == 2, "and did not log its column twice"
 
 
+def test_the_cache_knows_a_batch_by_its_content(stream, qwen_tok):
+    prompts, completions, ids = _batch(qwen_tok)
+    penalty = TokenSafetyPenalty(stream, policy_tokenizer=qwen_tok)
+    first = penalty(prompts=prompts, completions=completions, completion_ids=ids)
+    copies = [[dict(m) for m in p] for p in prompts], completions, [torch.tensor(row) for row in ids]
+    assert penalty(prompts=copies[0], completions=copies[1], completion_ids=copies[2]) is first
+    assert penalty.stats["calls"] == 1, "equal prompts and ids (new objects, tensors) are the same batch"
+    changed = [list(ids[0]), [*ids[1][:-2], ids[1][-1]]]
+    penalty(prompts=prompts, completions=completions, completion_ids=changed)
+    penalty(prompts=prompts[::-1], completions=completions, completion_ids=changed)
+    penalty(
+        prompts=prompts[::-1],
+        completions=completions,
+        completion_ids=changed,
+        tool_mask=[[1] * len(r) for r in changed],
+    )
+    assert penalty.stats["calls"] == 4, "another id, prompt order or tool mask is another batch"
+
+
 def _other_tokenizer():
     """A byte-level BPE policy tokenizer with its own small vocabulary (not Qwen's ids)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
