@@ -115,7 +115,7 @@ def dataset():
 
 
 def failure_counts(trainer: Any) -> dict[str, dict[str, int]]:
-    """Each guard reward's failure counts so far, by reason (``FailureCounter.counts``)."""
+    """Each guard reward's failure counts so far, by reason (``reward.failures.counts``)."""
     funcs = [*trainer.reward_funcs, *getattr(trainer, "dense_rewards", [])]
     return {f.__name__: dict(f.failures.counts) for f in funcs if hasattr(f, "failures")}
 
