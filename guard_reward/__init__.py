@@ -62,7 +62,10 @@ _MOVED: dict[str, tuple[str, ...]] = {
     "guard_reward.rewards.async_form": ("guard_reward.rewards.async_reward",),
     "guard_reward.evaluation.run": ("guard_reward.evaluation.checkpoint_eval",),
     "guard_reward.evaluation.runner": ("guard_reward.evaluation.answering",),
-    "guard_reward.integrations.trl.ppo_math": ("guard_reward.shaping.ppo_math",),
+    "guard_reward.integrations.trl.ppo_math": (
+        "guard_reward.shaping.ppo_math",
+        "guard_reward.shaping.normalize",
+    ),
     "guard_reward.integrations.trl.train": ("guard_reward.recipes.train",),
 }
 
