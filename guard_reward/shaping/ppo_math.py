@@ -9,6 +9,11 @@ RLHF PPO code:
 
 * the per-token reward has a third term: a dense reward (e.g. a guard's per-token safety penalty) is added to
   ``-beta * KL_t`` at every token, and the scalar score still goes to the last token only;
+* agent trajectories: the ``mask`` of :func:`gae` may have holes. A completion of a tool loop interleaves the
+  policy's turns with tool results; those tokens are the environment's, not decisions of the policy, so the
+  running advantage and the next value carry across them and ``gamma`` and ``lambda`` count the policy's tokens
+  only (as verl's multi-turn GAE does). Rewards on them are ignored: :func:`token_rewards` puts none there and
+  :func:`kl_penalty` charges no KL on text the policy did not write;
 * padding is masked explicitly everywhere (values and rewards beyond a row's end are ignored, not assumed to
   be zero), and batch statistics (here the explained variance; the whitening of advantages is
   :func:`~guard_reward.shaping.normalize.masked_whiten`) can be summed across processes through a ``reduce``
@@ -32,7 +37,7 @@ def kl_penalty(
     Args:
         logps: ``(B, T)`` log-probabilities of the sampled tokens under the policy that sampled them.
         ref_logps: ``(B, T)`` the same tokens under the reference policy.
-        mask: ``(B, T)`` True on real completion tokens.
+        mask: ``(B, T)`` True on the tokens the policy wrote (real completion tokens, less tool results).
         estimator: ``"k1"`` (``logp - ref_logp``; unbiased, can be negative per token) or ``"k3"``
             (``exp(ref - logp) - (ref - logp) - 1``; unbiased, never negative, lower variance).
 
@@ -70,9 +75,11 @@ def token_rewards(
 
     Args:
         scores: ``(B,)`` scalar reward of each completion (already weighted and summed over reward functions);
-            placed on the row's last real token. A row with an empty mask receives no score.
+            placed on the row's last True token of ``mask`` (the policy's last token: a completion cut off
+            inside a tool result is scored at the last action it took). A row with an empty mask receives no
+            score.
         kl: ``(B, T)`` per-token KL estimate (see :func:`kl_penalty`).
-        mask: ``(B, T)`` True on real completion tokens.
+        mask: ``(B, T)`` True on the tokens the policy wrote (real completion tokens, less tool results).
         beta: KL coefficient.
         dense: ``(B, T)`` dense per-token rewards, or ``None``.
 
@@ -99,16 +106,21 @@ def token_rewards(
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over each completion.
+    """Generalised advantage estimation over the policy's tokens of each completion.
 
-    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = delta_t + gamma * lam * A_{t+1}``, where the value
-    after a row's last real token is 0 (the episode ends with the completion, as in RLHF PPO; a truncated
-    completion is scored as if it had ended).
+    Over the True tokens of a row, in order, ``delta_t = r_t + gamma * V_next - V_t`` and
+    ``A_t = delta_t + gamma * lam * A_next``, where ``next`` is the row's next True token, not ``t + 1``, and
+    the value after the row's last True token is 0 (the episode ends with the completion, as in RLHF PPO; a
+    truncated completion is scored as if it had ended). A False token inside a row is the environment's (a
+    tool result in an agent trajectory): it is no decision of the policy, so it is skipped, the running
+    advantage and the next value carry across it, and ``gamma`` and ``lam`` are not applied for it. Its
+    reward and value are ignored. For a right-padded mask (no holes) this is textbook GAE.
 
     Args:
         rewards: ``(B, T)`` per-token rewards.
         values: ``(B, T)`` value estimate of the state before each completion token.
-        mask: ``(B, T)`` True on real completion tokens (right-padded).
+        mask: ``(B, T)`` True on the tokens the policy wrote: real completion tokens, less tool results
+            (False on padding and on the environment's tokens).
         gamma: discount, in [0, 1].
         lam: GAE lambda, in [0, 1].
 
@@ -125,10 +137,12 @@ def gae(
     running = torch.zeros_like(r[:, 0])
     next_value = torch.zeros_like(r[:, 0])
     for t in reversed(range(r.shape[1])):
+        acts = mask[:, t]
         delta = r[:, t] + gamma * next_value - v[:, t]
-        running = (delta + gamma * lam * running) * m[:, t]
-        advantages[:, t] = running
-        next_value = v[:, t]
+        # An environment token (or padding) leaves both carries as they were.
+        running = torch.where(acts, delta + gamma * lam * running, running)
+        next_value = torch.where(acts, v[:, t], next_value)
+        advantages[:, t] = running * m[:, t]
     returns = (advantages + v) * m
     return advantages, returns
 

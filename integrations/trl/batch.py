@@ -35,6 +35,18 @@ def reward_name(func: Any) -> str:
     return str(getattr(func, "__name__", type(func).__name__))
 
 
+def add_tool_mask_column(inputs: Sequence[dict[str, Any]], tool_mask: Sequence[Sequence[int]] | None) -> None:
+    """Hand TRL's ``tool_mask`` (one 0/1 list per completion, 0 = a tool's token, as ``GRPOTrainer._generate``
+    returns it; ``None`` without tools) to every reward function, dense reward and cost of the batch: each
+    example of ``inputs`` gets a ``tool_mask`` column, which TRL passes on like a dataset column."""
+    if tool_mask is None:
+        return
+    if len(tool_mask) != len(inputs):
+        raise RuntimeError(f"tool_mask has {len(tool_mask)} rows for {len(inputs)} completions")
+    for example, row in zip(inputs, tool_mask, strict=True):
+        example["tool_mask"] = list(row)
+
+
 def reward_kwargs(trainer: Any, inputs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The keyword arguments TRL's ``GRPOTrainer`` passes its reward functions: every dataset column as a list
     over ``inputs``, plus ``trainer_state``, ``log_extra`` and ``log_metric``."""

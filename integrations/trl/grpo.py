@@ -52,6 +52,7 @@ from guard_reward.shaping.normalize import row_mean
 from guard_reward.types import DenseRewards
 
 from .batch import (
+    add_tool_mask_column,
     bind_policy_tokenizer,
     check_dense_rewards,
     check_distinct_names,
@@ -166,11 +167,7 @@ class DenseGRPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         tool_mask, self._pending_tool_mask = self._pending_tool_mask, None
-        if tool_mask is not None:
-            if len(tool_mask) != len(inputs):
-                raise RuntimeError(f"tool_mask has {len(tool_mask)} rows for {len(inputs)} completions")
-            for example, row in zip(inputs, tool_mask, strict=True):
-                example["tool_mask"] = list(row)  # a column like the dataset's: every reward function gets it
+        add_tool_mask_column(inputs, tool_mask)
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._pending_scalar = rewards_per_func  # (N, F) over all processes; NaN = the reward returned None
         if self.dense_rewards:

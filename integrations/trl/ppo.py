@@ -20,6 +20,12 @@ completions table — and replaces only the advantage:
   process differently at the end of its ``__init__``), and rank 0's weights are broadcast after construction,
   so every process starts from, and keeps, the same critic; the saved critic is that replica.
 
+Agent trajectories (TRL's ``tools=``): tool results inside a completion are the environment. The KL, the
+score (on the policy's last token), GAE's steps (:func:`~guard_reward.shaping.ppo_math.gae` carries the running
+advantage and the next value across tool tokens) and the critic's targets are on the policy's tokens only: a
+tool token's value is never read, so fitting it would spend the critic on text the policy does not write. The
+tool mask reaches every reward as a ``tool_mask`` column, as in ``DenseGRPOTrainer``.
+
 Differences from textbook PPO-RLHF: the KL term is in the reward (as in RLHF PPO), so GRPO's in-loss KL is
 switched off while the policy loss runs; a completion for which every reward function returned ``None`` keeps
 its dense and KL terms out of training (advantage 0, not used for the critic) and is counted in
@@ -47,6 +53,7 @@ from guard_reward.shaping.normalize import masked_mean, masked_whiten
 from guard_reward.types import DenseRewards
 
 from .batch import (
+    add_tool_mask_column,
     bind_policy_tokenizer,
     check_dense_rewards,
     check_distinct_names,
@@ -207,7 +214,13 @@ class GuardPPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ rollout: rewards, values, GAE
 
+    def _generate(self, prompts):  # type: ignore[override]
+        result = super()._generate(prompts)
+        self._ppo_pending["tool_mask"] = result[2]  # TRL 1.16: (prompt_ids, completion_ids, tool_mask, ...)
+        return result
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[override]
+        add_tool_mask_column(inputs, self._ppo_pending.pop("tool_mask", None))
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._ppo_pending["rewards_per_func"] = rewards_per_func
         # Dense rewards run inside TRL's scoring, so their log_metric/log_extra calls are flushed with the
@@ -229,7 +242,7 @@ class GuardPPOTrainer(GRPOTrainer):
         pending, self._ppo_pending = self._ppo_pending, {}
         mode = "train" if self.model.training else "eval"
         device = out["completion_ids"].device
-        mask = out["completion_mask"].bool()
+        mask = policy_token_mask(out)  # with tools, less the tool results: the environment's tokens
         scores, unscorable = self._scores(pending["rewards_per_func"], mask.shape[0], device)
         dense = None
         if "dense" in pending:
@@ -241,8 +254,8 @@ class GuardPPOTrainer(GRPOTrainer):
         kl, values = self._kl_and_values(out, mask, mode)
         rewards = ppo_math.token_rewards(scores, kl, mask, self.beta, dense)
         advantages, returns = ppo_math.gae(rewards, values, mask, self.args.gamma, self.args.lam)
-        value_mask = mask & ~unscorable.unsqueeze(1)
-        policy_mask = policy_token_mask(out) & ~unscorable.unsqueeze(1)
+        # the critic learns the states the policy acts in (a tool token's value is never read by GAE)
+        value_mask = policy_mask = mask & ~unscorable.unsqueeze(1)
         if self.args.whiten_advantages:
             advantages = masked_whiten(advantages, policy_mask, reduce=self._sum_across)
         advantages = advantages * policy_mask
@@ -274,7 +287,8 @@ class GuardPPOTrainer(GRPOTrainer):
         self, out: dict[str, Any], mask: torch.Tensor, mode: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token KL to the reference ``(B, T)`` (0 when ``beta`` is 0) and the critic's rollout values
-        ``(B, T)`` (0 on padding), without gradients."""
+        ``(B, T)``, both 0 outside ``mask`` (the policy's tokens: padding and tool results excluded), without
+        gradients."""
         batch, width = mask.shape
         input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
         attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)

@@ -26,6 +26,8 @@ DENSE_MODES = ("token", "return_to_go", "process_supervision")
 SCENARIOS = (*(f"grpo_{m}" for m in DENSE_MODES), "ppo")
 #: GRPO through TRL's tool loop (``tools=``), run in the same launch; it has its own checks (no replay).
 TOOL_SCENARIO = "grpo_tools"
+#: GuardPPOTrainer through TRL's tool loop, run in the same launch; its own checks too (no replay).
+PPO_TOOL_SCENARIO = "ppo_tools"
 
 THINK, END_THINK, IM_END, ASSISTANT, NEWLINE = 151667, 151668, 151645, 77091, 198
 PADDED_ROW_ID = 151800  # in Qwen's padded embedding rows: past the tokenizer's 151,669 tokens
@@ -120,6 +122,10 @@ def failure_counts(trainer: Any) -> dict[str, dict[str, int]]:
     return {f.__name__: dict(f.failures.counts) for f in funcs if hasattr(f, "failures")}
 
 
+#: GuardPPOTrainer's rollout tensors a record keeps when the batch has them.
+_PPO_KEYS = ("ppo_rewards", "ppo_values", "ppo_returns", "ppo_value_mask")
+
+
 class Recording:
     """Mixin: after each generation step, keep the rows, completion ids, advantages, the global scalar
     rewards, this process's new failures per reward and reason, and the completions-table columns of the
@@ -157,6 +163,7 @@ class Recording:
                 "failures": failures,
                 "tool_mask": out["tool_mask"].cpu().clone() if "tool_mask" in out else None,
                 "dense": self._recorded_dense,
+                **{k: out[k].detach().cpu().clone() for k in _PPO_KEYS if k in out},
             },
         ]
         return out
@@ -193,15 +200,15 @@ def build_trainer(
 
     from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOConfig, GuardPPOTrainer
 
-    known = (*SCENARIOS, TOOL_SCENARIO)
+    known = (*SCENARIOS, TOOL_SCENARIO, PPO_TOOL_SCENARIO)
     if scenario not in known:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(known)}")
     args = common_args(output_dir, per_device, seed=known.index(scenario))  # each its own samples
     safety, penalty = rewards
     tok = policy_tokenizer()
     mixin = Recording if replay is None else Replaying
-    if scenario == TOOL_SCENARIO:
-        return _tool_trainer(paths, args, output_dir, mixin)
+    if scenario in (TOOL_SCENARIO, PPO_TOOL_SCENARIO):
+        return _tool_trainer(paths, args, output_dir, mixin, ppo=scenario == PPO_TOOL_SCENARIO)
     if scenario.startswith("grpo_"):
         cls = type("RecordedDenseGRPO", (mixin, DenseGRPOTrainer), {})
         trainer = cls(
@@ -234,14 +241,16 @@ def build_trainer(
     return trainer
 
 
-def _tool_trainer(paths: dict[str, str], args: dict[str, Any], output_dir: Path, mixin: type) -> Any:
-    """GRPO with a real tool (:mod:`tests.integrations.tool_policy`): tool calls, results and final answers in
-    the batch; the dense reward is a Stream penalty on every policy token (``prob``) with a window wide enough
-    for whole turns."""
+def _tool_trainer(
+    paths: dict[str, str], args: dict[str, Any], output_dir: Path, mixin: type, ppo: bool = False
+) -> Any:
+    """GRPO (or GuardPPOTrainer with ``ppo``) with a real tool (:mod:`tests.integrations.tool_policy`): tool
+    calls, results and final answers in the batch; the dense reward is a Stream penalty on every policy token
+    (``prob``) with a window wide enough for whole turns."""
     from trl import GRPOConfig
 
     from guard_reward import TokenSafetyPenalty
-    from guard_reward.integrations.trl import DenseGRPOTrainer
+    from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOConfig, GuardPPOTrainer
     from tests.integrations.tool_policy import lookup, sequence_bias, tool_dataset, tool_policy_tokenizer
 
     tok = tool_policy_tokenizer()
@@ -249,16 +258,25 @@ def _tool_trainer(paths: dict[str, str], args: dict[str, Any], output_dir: Path,
     penalty = TokenSafetyPenalty(
         paths["stream"], shaping="prob", guard_kwargs={"device": "cpu", "dtype": "float32"}
     )
+    common = dict(train_dataset=tool_dataset(n_repeat=3), processing_class=tok, tools=[lookup])
+    if ppo:
+        cls = type("RecordedToolPPO", (mixin, GuardPPOTrainer), {})
+        return cls(
+            model=paths["policy"],
+            reward_funcs=[length_reward],
+            dense_rewards=[penalty],
+            dense_coef=0.5,
+            args=GuardPPOConfig(**args, beta=0.1, value_learning_rate=1e-3),
+            **common,
+        )
     cls = type("RecordedToolGRPO", (mixin, DenseGRPOTrainer), {})
     return cls(
         paths["policy"],
         [length_reward],
         args=GRPOConfig(**args, beta=0.0),
-        train_dataset=tool_dataset(n_repeat=3),
-        processing_class=tok,
-        tools=[lookup],
         dense_rewards=[penalty],
         dense_coef=0.5,
+        **common,
     )
 
 

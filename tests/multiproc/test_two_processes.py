@@ -49,7 +49,11 @@ def checkpoints(tmp_path_factory, trained_gen_path) -> dict[str, str]:
 def two_processes(checkpoints) -> dict[str, list[dict]]:
     """Launch the worker on 2 processes once; ``{scenario: [rank 0 result, rank 1 result]}``."""
     out = Path(checkpoints["root"]) / "two_processes"
-    spec = {**checkpoints, "out": str(out), "scenarios": [*sc.SCENARIOS, sc.TOOL_SCENARIO]}
+    spec = {
+        **checkpoints,
+        "out": str(out),
+        "scenarios": [*sc.SCENARIOS, sc.TOOL_SCENARIO, sc.PPO_TOOL_SCENARIO],
+    }
     spec_path = Path(checkpoints["root"]) / "spec.json"
     spec_path.write_text(json.dumps(spec))
     env = {
@@ -254,4 +258,49 @@ def test_tool_calling_run_completes_and_tool_tokens_carry_no_dense_penalty(two_p
     cpu = round(sum(r["cpu_seconds"] for r in ranks), 1)
     print(
         f"\n{sc.TOOL_SCENARIO}: {called} completions called the tool; {seconds}s wall per process, {cpu}s CPU"
+    )
+
+
+def _policy_returns_loop(rewards, values, keep, gamma=1.0, lam=0.95):
+    """GAE returns over a row's policy tokens only (tool tokens skipped), as a plain loop: ``(T,)`` lists."""
+    steps = [j for j in range(len(keep)) if keep[j]]
+    out = [0.0] * len(keep)
+    running, next_v = 0.0, 0.0
+    for j in reversed(steps):
+        running = rewards[j] + gamma * next_v - values[j] + gamma * lam * running
+        next_v = values[j]
+        out[j] = running + values[j]
+    return out
+
+
+def test_ppo_through_the_tool_loop_treats_tool_results_as_the_environment(two_processes, checkpoints):
+    """GuardPPOTrainer with TRL's ``tools=`` on 2 processes: every step trains; tool tokens get no reward (no KL,
+    no dense penalty), no value target and no advantage, and the returns are GAE over the policy's tokens
+    alone (the running advantage and the next value carried across each tool result)."""
+    out = Path(checkpoints["root"]) / "two_processes" / sc.PPO_TOOL_SCENARIO
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    called = 0
+    for rank in ranks:
+        assert len(rank["records"]) == sc.STEPS
+        for step in rank["records"]:
+            width = step["ppo_rewards"].shape[1]
+            keep = step["tool_mask"].bool()[:, :width] & step["mask"]
+            tool = step["mask"] & ~keep
+            called += int(tool.any(dim=1).sum())
+            for key in ("ppo_rewards", "ppo_returns", "advantages"):
+                assert torch.count_nonzero(step[key][tool]) == 0, key
+            assert not bool((step["ppo_value_mask"] & tool).any())
+            for i in range(keep.shape[0]):
+                if not bool(step["ppo_value_mask"][i].any()):
+                    continue  # an unscorable row: no critic target
+                want = _policy_returns_loop(
+                    step["ppo_rewards"][i].tolist(), step["ppo_values"][i].tolist(), keep[i].tolist()
+                )
+                torch.testing.assert_close(step["ppo_returns"][i], torch.tensor(want), rtol=1e-5, atol=1e-5)
+    assert len(_steps(ranks)) == sc.STEPS
+    assert called, "no completion called the tool"
+    seconds = [round(r["wall_seconds"], 1) for r in ranks]
+    cpu = round(sum(r["cpu_seconds"] for r in ranks), 1)
+    print(
+        f"\n{sc.PPO_TOOL_SCENARIO}: {called} completions called the tool; {seconds}s wall per process, {cpu}s CPU"
     )

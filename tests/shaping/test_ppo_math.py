@@ -159,3 +159,82 @@ def test_value_loss_gradient_stops_outside_clip_range():
     loss, frac = _value_loss(values, old, returns, torch.ones(1, 1, dtype=torch.bool), 0.2)
     loss.backward()
     assert float(frac) == 1.0 and float(values.grad) == 0.0
+
+
+# -- agent trajectories: tool results inside a completion are the environment's tokens
+
+
+def _agent_gae_loop(rewards, values, keep, gamma, lam):
+    """GAE over each row's policy tokens only (the True entries of ``keep``), written as a plain loop."""
+    b, t = len(keep), len(keep[0])
+    adv = [[0.0] * t for _ in range(b)]
+    for i in range(b):
+        steps = [j for j in range(t) if keep[i][j]]
+        running, next_v = 0.0, 0.0
+        for j in reversed(steps):
+            delta = float(rewards[i][j]) + gamma * next_v - float(values[i][j])
+            running = delta + gamma * lam * running
+            adv[i][j] = running
+            next_v = float(values[i][j])
+    ret = [[adv[i][j] + (float(values[i][j]) if keep[i][j] else 0.0) for j in range(t)] for i in range(b)]
+    return torch.tensor(adv), torch.tensor(ret)
+
+
+# policy turn, tool result, policy turn, padding; a row ending inside a tool result; a row without tools
+AGENT_KEEP = [
+    [1, 1, 0, 0, 0, 1, 1, 1, 0, 0],
+    [1, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+    [1, 0, 1, 0, 1, 1, 1, 1, 1, 1],
+    [1, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+]
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.5), (0.99, 0.0)])
+def test_gae_skips_environment_tokens_like_a_loop_over_policy_tokens(gamma, lam):
+    keep = torch.tensor(AGENT_KEEP, dtype=torch.bool)
+    g = torch.Generator().manual_seed(20)
+    rewards, values = torch.randn(keep.shape, generator=g), torch.randn(keep.shape, generator=g)
+    adv, ret = ppo_math.gae(rewards, values, keep, gamma, lam)
+    ref_adv, ref_ret = _agent_gae_loop(rewards, values, AGENT_KEEP, gamma, lam)
+    torch.testing.assert_close(adv, ref_adv, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ret, ref_ret, rtol=1e-5, atol=1e-6)
+    assert torch.all(adv[~keep] == 0) and torch.all(ret[~keep] == 0)
+
+
+def _first_turn_advantage(mask: torch.Tensor) -> float:
+    """The issue's example: two 10-token policy turns around a 200-token tool result, a final score of 1 on the
+    last token, a zero critic, gamma 1, lambda 0.95; the mean advantage of the first turn."""
+    keep = torch.tensor([[True] * 10 + [False] * 200 + [True] * 10])
+    rewards = torch.zeros(1, 220)
+    rewards[0, -1] = 1.0
+    adv, _ = ppo_math.gae(rewards, torch.zeros(1, 220), mask, gamma=1.0, lam=0.95)
+    assert torch.all(adv[~keep] == 0) or bool(mask.all())
+    return float(adv[0, :10].mean())
+
+
+def test_tool_result_does_not_decay_the_first_turns_advantage():
+    """Before: GAE over the completion mask (tool tokens as the policy's steps) gives the first turn
+    lambda^200-scale credit; over the policy's tokens it gets the credit of a 20-step episode."""
+    keep = torch.tensor([[True] * 10 + [False] * 200 + [True] * 10])
+    through_tools = _first_turn_advantage(torch.ones(1, 220, dtype=torch.bool))
+    policy_only = _first_turn_advantage(keep)
+    # hand-computed: the mean of 0.95**k over the first turn's distances to the score
+    assert through_tools == pytest.approx(sum(0.95**k for k in range(210, 220)) / 10, rel=1e-4)
+    assert through_tools == pytest.approx(1.7e-5, rel=0.05)
+    assert policy_only == pytest.approx(sum(0.95**k for k in range(10, 20)) / 10, rel=1e-5)
+    assert policy_only == pytest.approx(0.48, abs=0.005)
+
+
+def test_token_rewards_put_the_score_on_the_last_policy_token():
+    keep = torch.tensor(AGENT_KEEP, dtype=torch.bool)
+    kl = torch.ones(keep.shape)
+    rewards = ppo_math.token_rewards(torch.tensor([1.0, 2.0, 3.0, 4.0]), kl, keep, beta=0.5)
+    # row 1 was cut off inside its tool result: the score goes to the policy's last token (2), not to token 7
+    assert rewards[1].tolist() == [-0.5, -0.5, 1.5] + [0.0] * 7
+    assert float(rewards[0, 7]) == pytest.approx(0.5) and torch.all(rewards[~keep] == 0)
+
+
+def test_kl_penalty_charges_no_tool_token():
+    keep = torch.tensor(AGENT_KEEP, dtype=torch.bool)
+    kl = ppo_math.kl_penalty(-torch.rand(keep.shape), -torch.rand(keep.shape) - 1, keep, "k3")
+    assert torch.all(kl[~keep] == 0) and torch.all(kl[keep] > 0)
