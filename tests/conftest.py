@@ -78,7 +78,12 @@ def trained_gen_path():
     from guard_reward.tiny.gen_training import build_trained_tiny_gen
 
     package = Path(tiny.__file__).parent
-    inputs = [package / "gen.py", package / "gen_training.py", package / "tokenizer.py"]
+    inputs = [
+        package / "gen.py",
+        package / "gen_training.py",
+        package / "training.py",
+        package / "tokenizer.py",
+    ]
     inputs += [
         package / "templates" / "qwen3guard_gen.jinja",
         package.parent / "data" / "moderation_examples.jsonl",

@@ -72,7 +72,7 @@ def default_cache_dir() -> Path:
 #: The files each stand-in is built from (its cache folder changes when one of them does).
 _SOURCES = {
     "policy": ("policy.py", "gen.py", "tokenizer.py"),
-    "gen": ("gen.py", "gen_training.py", "tokenizer.py", "templates/qwen3guard_gen.jinja"),
+    "gen": ("gen.py", "gen_training.py", "training.py", "tokenizer.py", "templates/qwen3guard_gen.jinja"),
     "stream": ("stream.py", "gen.py", "tokenizer.py", "templates/qwen3_stream.jinja"),
     "helpfulness": ("policy.py", "gen.py", "tokenizer.py"),
     "data": ("smoke.py",),
