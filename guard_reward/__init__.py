@@ -26,6 +26,7 @@ _LAZY = {
     "SafetyReward": "guard_reward.rewards",
     "HybridSafetyReward": "guard_reward.rewards",
     "TokenSafetyPenalty": "guard_reward.rewards",
+    "TurnSafetyReward": "guard_reward.rewards",
 }
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "StreamGuard",
     "TokenRisk",
     "TokenSafetyPenalty",
+    "TurnSafetyReward",
     "Verdict",
 ]
 
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from guard_reward.guards.gen import GenGuard
     from guard_reward.guards.remote import RemoteGenGuard, RemoteStreamGuard
     from guard_reward.guards.stream import StreamGuard
-    from guard_reward.rewards import HybridSafetyReward, SafetyReward, TokenSafetyPenalty
+    from guard_reward.rewards import HybridSafetyReward, SafetyReward, TokenSafetyPenalty, TurnSafetyReward
 
 
 #: Modules that moved into the layer folders: the old import path still works, and warns once when imported.

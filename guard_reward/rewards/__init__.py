@@ -1,7 +1,8 @@
 """TRL-facing reward functions built on the guards.
 
 ``SafetyReward`` / ``HybridSafetyReward`` (scalar, Qwen3Guard-Gen, on the public base ``GuardReward``) and
-``TokenSafetyPenalty`` (dense, Qwen3Guard-Stream) are plain picklable callables following TRL's reward-function
+``TokenSafetyPenalty`` (dense, Qwen3Guard-Stream) and ``TurnSafetyReward`` (dense: each assistant turn's Gen value
+on its own tokens) are plain picklable callables following TRL's reward-function
 convention.
 """
 
@@ -10,6 +11,7 @@ from guard_reward.rewards.helpfulness import RewardModelScore, load_reward_funct
 from guard_reward.rewards.safety import HybridSafetyReward, SafetyReward
 from guard_reward.rewards.summed import SummedTokenReward
 from guard_reward.rewards.token import TokenSafetyPenalty
+from guard_reward.rewards.turn_level import TurnSafetyReward
 
 __all__ = [
     "GuardReward",
@@ -18,5 +20,6 @@ __all__ = [
     "SafetyReward",
     "SummedTokenReward",
     "TokenSafetyPenalty",
+    "TurnSafetyReward",
     "load_reward_function",
 ]

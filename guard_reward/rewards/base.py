@@ -27,11 +27,13 @@ from guard_reward.rewards.trajectory import (
     JUDGE,
     Judged,
     Outcome,
+    TrajectoryValues,
     check_turns,
     decide,
     end_ids,
     judge_turns,
     truncated_flags,
+    turn_outcomes,
 )
 from guard_reward.shaping.scalar import finite_number, is_unsafe
 from guard_reward.types import Verdict
@@ -133,6 +135,49 @@ class GuardReward:
     ) -> tuple[list[float | None], list[Verdict]]:
         """What ``__call__`` does, also returning each completion's verdict: the turn that decided its value,
         with every turn's verdict in ``Verdict.turns``."""
+        key = (list(prompts), list(completions), None if completion_ids is None else list(completion_ids))
+        out = self._evaluate(
+            prompts, completions, completion_ids, trainer_state, log_metric, log_extra, kwargs
+        )
+        self._last = (key, out)
+        return out.values, out.verdicts
+
+    def evaluate_turns(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
+        log_metric: Callable[[str, float], None] | None = None,
+        log_extra: Callable[[str, list], None] | None = None,
+        **kwargs: Any,
+    ) -> TrajectoryValues:
+        """What :meth:`evaluate` does, with every judged turn's own value. The batch this reward judged last
+        (the same prompts, completions and ids, e.g. as a scalar reward of the same step) is answered from
+        that call, without judging or logging it again."""
+        key = (list(prompts), list(completions), None if completion_ids is None else list(completion_ids))
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        out = self._evaluate(
+            prompts, completions, completion_ids, trainer_state, log_metric, log_extra, kwargs
+        )
+        self._last = (key, out)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_last": None}
+
+    def _evaluate(
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None,
+        trainer_state: Any,
+        log_metric: Callable[[str, float], None] | None,
+        log_extra: Callable[[str, list], None] | None,
+        kwargs: dict[str, Any],
+    ) -> TrajectoryValues:
         start = time.perf_counter()
         self._before_judging(prompts, log_metric, kwargs)
         truncated = self._truncated(completion_ids, log_metric, len(prompts))
@@ -149,11 +194,14 @@ class GuardReward:
         batch: Counter[str] = Counter()
         values: list[float | None] = []
         verdicts: list[Verdict] = []
+        per_turn: list[list[float | None]] = []
         for i, (sample, context) in enumerate(zip(samples, contexts, strict=True)):
             outcomes = [self._outcome(v, context) for v in sample.verdicts]
             (value, reason, error), verdict = decide(sample, outcomes, truncated[i], self.truncated_value)
             values.append(value if reason is None else self._failed(i, reason, error, batch))
             verdicts.append(verdict)
+            turns = turn_outcomes(sample, outcomes, truncated[i], self.truncated_value)
+            per_turn.append([v if why is None else None for v, why, _ in turns[: len(sample.verdicts)]])
         rates = self._rates(verdicts, contexts)
         rates.update(metrics.turn_items(verdicts, truncated, prefix=self.metric_prefix))
         seconds = time.perf_counter() - start
@@ -161,7 +209,7 @@ class GuardReward:
             log_metric, self.metric_prefix, rates=rates, batch=batch, samples=len(values), elapsed=seconds
         )
         metrics.emit_columns(log_extra, metrics.verdict_columns(verdicts, self.metric_prefix))
-        return values, verdicts
+        return TrajectoryValues(values, verdicts, per_turn, samples)
 
     # -- what a subclass fills in
 

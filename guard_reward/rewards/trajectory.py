@@ -105,6 +105,46 @@ def choose(outcomes: Sequence[Outcome]) -> int:
     return min(range(len(outcomes)), key=lambda k: outcomes[k][0])  # type: ignore[return-value,arg-type]
 
 
+def turn_outcomes(
+    judged: Judged,
+    outcomes: Sequence[Outcome],
+    truncated: bool | None,
+    truncated_value: float | str | None,
+) -> list[Outcome]:
+    """Each judged turn's outcome once truncation is applied: a truncated completion with a ``truncated_value``
+    other than ``"judge"`` has its unfinished turn valued ``truncated_value`` (the last assistant turn, or a
+    turn appended after trailing tool results: the missing turn, which has no tokens)."""
+    if len(outcomes) != len(judged.verdicts):
+        raise ValueError(f"got {len(outcomes)} outcomes for {len(judged.verdicts)} judged turns")
+    outcomes = list(outcomes)
+    if truncated and truncated_value != JUDGE and judged.valid:
+        cut: Outcome = (truncated_value, None, None)  # type: ignore[assignment]
+        if judged.ends_with_tool:
+            outcomes.append(cut)
+        else:
+            outcomes[-1] = cut
+    return outcomes
+
+
+@dataclass
+class TrajectoryValues:
+    """What a scalar reward found for a batch, turn by turn.
+
+    Attributes:
+        values: per sample, its value (the worst or the last turn's; ``None``: no signal).
+        verdicts: per sample, the deciding turn's verdict, every turn's in ``Verdict.turns``.
+        turn_values: per sample, per judged turn (all turns, or with ``turns="last"`` the last one), its value,
+            ``None`` where that turn could not be valued; after truncation (:func:`turn_outcomes`), with the
+            missing turn after trailing tool results left out.
+        judged: per sample, its :class:`Judged` turns.
+    """
+
+    values: list[float | None]
+    verdicts: list[Verdict]
+    turn_values: list[list[float | None]]
+    judged: list[Judged]
+
+
 def decide(
     judged: Judged,
     outcomes: Sequence[Outcome],
@@ -117,15 +157,7 @@ def decide(
     ``truncated_value`` other than ``"judge"``: its unfinished turn (the last assistant turn, or the missing
     turn after trailing tool results) is valued ``truncated_value`` instead.
     """
-    if len(outcomes) != len(judged.verdicts):
-        raise ValueError(f"got {len(outcomes)} outcomes for {len(judged.verdicts)} judged turns")
-    outcomes = list(outcomes)
-    if truncated and truncated_value != JUDGE and judged.valid:
-        cut: Outcome = (truncated_value, None, None)  # type: ignore[assignment]
-        if judged.ends_with_tool:
-            outcomes.append(cut)
-        else:
-            outcomes[-1] = cut
+    outcomes = turn_outcomes(judged, outcomes, truncated, truncated_value)
     k = choose(outcomes)
     chosen = judged.verdicts[min(k, len(judged.verdicts) - 1)]
     if judged.valid:

@@ -8,7 +8,8 @@ conversation before it, so every way a completion arrives is split here:
   conversation the Gen guard judges (:mod:`guard_reward.rewards.trajectory`);
 * **token ids and a tool mask** (TRL's ``tool_mask``, verl's ``response_mask``): :func:`check_tool_mask`,
   :func:`policy_turns`, :func:`turn_contexts` and :func:`scoring_units`, what the Stream guard scores
-  (:mod:`guard_reward.rewards.token`);
+  (:mod:`guard_reward.rewards.token`); :func:`locate_turns`, where each assistant message's tokens are
+  (:mod:`guard_reward.rewards.turn_level`);
 * **a verl response** (ids with ``response_mask``, or text with ChatML markers): :func:`turns_from_mask` and
   :func:`turns_from_chatml` rebuild its messages (:mod:`guard_reward.integrations.verl`).
 
@@ -165,6 +166,54 @@ def mask_runs(keep: Sequence[bool]) -> list[tuple[int, int, bool]]:
 def policy_turns(keep: Sequence[bool]) -> list[tuple[int, int]]:
     """The maximal runs of the policy's own tokens: ``[(start, end), ...]`` with ``keep[start:end]`` all True."""
     return [(start, end) for start, end, own in mask_runs(keep) if own]
+
+
+#: Why a completion's assistant turns could not be placed on its tokens (:func:`locate_turns`).
+TURN_COUNT_MISMATCH = "turn_count_mismatch"
+TURN_NOT_FOUND = "turn_not_found"
+
+
+def assistant_messages(completion: Any) -> list[dict[str, Any]]:
+    """The assistant turns of a TRL completion, in order: a string is one turn; a message list, its
+    ``assistant`` messages."""
+    if isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    return [m for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
+
+
+def _squeezed(text: str) -> str:
+    return "".join(text.split())
+
+
+def locate_turns(
+    tokenizer: Any, completion: Any, ids: Sequence[int], keep: Sequence[bool] | None
+) -> list[tuple[int, int]] | str:
+    """Where each assistant turn of ``completion`` lies in its token ids ``(T,)``: ``[(start, end), ...]`` in
+    turn order, or the reason it cannot be told.
+
+    The turns are the runs of policy tokens of the tool mask ``keep`` ``(T,)`` (all of ``ids`` without one). Their
+    number must equal the completion's assistant messages (else :data:`TURN_COUNT_MISMATCH`), and, with a
+    ``tokenizer``, each run decoded must hold its message's answer text and the names of its tool calls
+    (whitespace ignored; else :data:`TURN_NOT_FOUND`), so turns out of order or a mask from another completion
+    are never taken for these turns. Without a tokenizer only the count is checked.
+    """
+    messages = assistant_messages(completion)
+    runs = policy_turns(keep) if keep is not None else ([(0, len(ids))] if len(ids) else [])
+    if len(runs) != len(messages):
+        return TURN_COUNT_MISMATCH
+    if tokenizer is None:
+        return runs
+    for (start, end), message in zip(runs, messages, strict=True):
+        text = _squeezed(tokenizer.decode(list(ids[start:end]), skip_special_tokens=False))
+        content = message.get("content")
+        _, answer = split_thinking(content if isinstance(content, str) else "")
+        names = [
+            str((call.get("function") or {}).get("name", "")) if isinstance(call, dict) else ""
+            for call in message.get("tool_calls") or []
+        ]
+        if any(_squeezed(needle) not in text for needle in (answer, *names) if _squeezed(needle)):
+            return TURN_NOT_FOUND
+    return runs
 
 
 #: What a guard reads in place of a tool result it is not shown.
