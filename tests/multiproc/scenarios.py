@@ -245,11 +245,12 @@ def _tool_trainer(
     paths: dict[str, str], args: dict[str, Any], output_dir: Path, mixin: type, ppo: bool = False
 ) -> Any:
     """GRPO (or GuardPPOTrainer with ``ppo``) with a real tool (:mod:`tests.integrations.tool_policy`): tool
-    calls, results and final answers in the batch; the dense reward is a Stream penalty on every policy token
-    (``prob``) with a window wide enough for whole turns."""
+    calls, results and final answers in the batch; the dense rewards are a Stream penalty on every policy token
+    (``prob``) with a window wide enough for whole turns, and each assistant turn's own Gen value on its last
+    token (``TurnSafetyReward``)."""
     from trl import GRPOConfig
 
-    from guard_reward import TokenSafetyPenalty
+    from guard_reward import SafetyReward, TokenSafetyPenalty, TurnSafetyReward
     from guard_reward.integrations.trl import DenseGRPOTrainer, GuardPPOConfig, GuardPPOTrainer
     from tests.integrations.tool_policy import lookup, sequence_bias, tool_dataset, tool_policy_tokenizer
 
@@ -258,13 +259,18 @@ def _tool_trainer(
     penalty = TokenSafetyPenalty(
         paths["stream"], shaping="prob", guard_kwargs={"device": "cpu", "dtype": "float32"}
     )
+    turns = TurnSafetyReward(
+        SafetyReward(
+            paths["gen"], refusal=False, name="safety", guard_kwargs={"device": "cpu", "dtype": "float32"}
+        )
+    )
     common = dict(train_dataset=tool_dataset(n_repeat=3), processing_class=tok, tools=[lookup])
     if ppo:
         cls = type("RecordedToolPPO", (mixin, GuardPPOTrainer), {})
         return cls(
             model=paths["policy"],
             reward_funcs=[length_reward],
-            dense_rewards=[penalty],
+            dense_rewards=[penalty, turns],
             dense_coef=0.5,
             args=GuardPPOConfig(**args, beta=0.1, value_learning_rate=1e-3),
             **common,
@@ -274,7 +280,7 @@ def _tool_trainer(
         paths["policy"],
         [length_reward],
         args=GRPOConfig(**args, beta=0.0),
-        dense_rewards=[penalty],
+        dense_rewards=[penalty, turns],
         dense_coef=0.5,
         **common,
     )

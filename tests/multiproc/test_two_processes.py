@@ -304,3 +304,19 @@ def test_ppo_through_the_tool_loop_treats_tool_results_as_the_environment(two_pr
     print(
         f"\n{sc.PPO_TOOL_SCENARIO}: {called} completions called the tool; {seconds}s wall per process, {cpu}s CPU"
     )
+
+
+def test_turn_level_rewards_are_placed_in_both_tool_trainers(two_processes, checkpoints):
+    """``TurnSafetyReward`` next to the Stream penalty in GRPO and PPO through the tool loop: its turns are found
+    in TRL's ids and tool mask (a placed rate above 0, every failure counted by reason), and it never puts a
+    value on a tool token (checked with the summed dense rewards above)."""
+    for scenario in (sc.TOOL_SCENARIO, sc.PPO_TOOL_SCENARIO):
+        rank0 = torch.load(
+            Path(checkpoints["root"]) / "two_processes" / scenario / "rank0.pt", weights_only=False
+        )
+        steps = [row for row in rank0["log_history"] if "loss" in row]
+        placed = [row["guard/turn_placed_rate"] for row in steps if "guard/turn_placed_rate" in row]
+        assert len(placed) == sc.STEPS and max(placed) > 0, (scenario, placed)
+        unplaced = {k: v for row in steps for k, v in row.items() if k.startswith("guard/turn_unplaced/")}
+        assert unplaced, scenario
+        print(f"\n{scenario}: turn-level placed rate per step {placed}; unplaced totals {unplaced}")
