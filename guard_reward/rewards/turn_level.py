@@ -62,6 +62,36 @@ NOT_SPLIT = "not_split"
 UNPLACED_REASONS: tuple[str, ...] = (TURN_COUNT_MISMATCH, TURN_NOT_FOUND, NOT_SPLIT)
 
 
+def place_turn_values(
+    values: Sequence[float | None], policy_mask: Sequence[int] | torch.Tensor, placement: str = "last"
+) -> torch.Tensor:
+    """One trajectory's turn values on its tokens, as :class:`TurnSafetyReward` places them: ``(T,)`` float32.
+
+    For a caller that has the values and the policy mask but not the messages (a verl ``assemble_rm_scores``
+    with ``reward_extra_info["turn_values"]`` and ``response_mask``): the ``k``-th run of 1s in ``policy_mask``
+    ``(T,)`` is turn ``k``; ``None``/NaN values place nothing. With ``turns="last"`` pass the last run's value
+    alone: a list shorter than the runs is aligned to the last runs.
+
+    Raises:
+        ValueError when there are more values than runs of policy tokens (the turns cannot be located).
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement={placement!r} is not accepted; use one of {', '.join(PLACEMENTS)}")
+    keep = [bool(int(m)) for m in (policy_mask.tolist() if hasattr(policy_mask, "tolist") else policy_mask)]
+    runs = policy_turns(keep)
+    if len(values) > len(runs):
+        raise ValueError(f"{len(values)} turn values for {len(runs)} runs of policy tokens")
+    out = torch.zeros(len(keep))
+    for (start, end), value in zip(runs[len(runs) - len(values) :], values, strict=True):
+        if value is None or value != value:  # NaN: no value
+            continue
+        if placement == "last":
+            out[end - 1] = float(value)
+        else:
+            out[start:end] = float(value) / (end - start)
+    return out
+
+
 class TurnSafetyReward:
     """A dense reward: each judged assistant turn's value (from ``reward``) on that turn's own tokens.
 

@@ -16,6 +16,8 @@ from guard_reward.serving.get_reward import reward_kwargs, sample_logs
 
 #: ``SafetyReward`` fields for multi-turn samples, accepted next to the reward config's.
 TURN_FIELDS = ("turns", "truncated_value")
+#: Opt-in: ``reward_extra_info["turn_values"]``, each judged turn's own value (a list per sample).
+TURN_VALUES = "turn_values"
 
 
 class GuardScorer:
@@ -26,8 +28,14 @@ class GuardScorer:
         self, guard: Any, reward_config: Mapping[str, Any] | None, eos_token_ids: Sequence[int] | None
     ) -> None:
         config = {
-            k: v for k, v in (reward_config or {}).items() if k.removeprefix("guard_") not in TURN_FIELDS
+            k: v
+            for k, v in (reward_config or {}).items()
+            if k.removeprefix("guard_") not in (*TURN_FIELDS, TURN_VALUES)
         }
+        wanted = [v for k, v in (reward_config or {}).items() if k.removeprefix("guard_") == TURN_VALUES]
+        if wanted and not isinstance(wanted[0], bool):
+            raise ValueError(f"reward config: turn_values must be true or false, got {wanted[0]!r}")
+        self.turn_values = bool(wanted and wanted[0])
         turn_kwargs = {
             k.removeprefix("guard_"): v
             for k, v in (reward_config or {}).items()
@@ -40,15 +48,25 @@ class GuardScorer:
 
     def score(
         self, messages: list[dict[str, Any]], completion: Any, policy_ids: Sequence[int] | None = None
-    ) -> tuple[float, dict[str, float]]:
+    ) -> tuple[float, dict[str, Any]]:
         """``(score, reward_extra_info)``: the keys of ``get_reward.EXTRA_LOGS`` (0/1 indicators, ``p_unsafe``
         0 when not judged, ``tool_calls``), plus ``turns`` (assistant turns judged) and ``truncated`` (1 when the
         policy's last id is not an end id, 0 otherwise or when ``policy_ids`` is not given): values whose mean
-        over a batch, as verl logs them, means something."""
+        over a batch, as verl logs them, means something. With ``turn_values`` set, also ``turn_values``: each
+        judged turn's own value in turn order (all turns, or the last with ``turns="last"``; NaN for a turn
+        without one), for a custom ``assemble_rm_scores`` or advantage estimator to place on the turns' tokens
+        (:func:`~guard_reward.rewards.turn_level.place_turn_values`); a list, which verl's batch means cannot
+        average, hence off by default."""
         ids = None if policy_ids is None else [list(policy_ids)]
-        (value,), (v,) = self.reward.evaluate([messages], [completion], completion_ids=ids)
+        judged = self.reward.evaluate_turns([messages], [completion], completion_ids=ids)
+        (value,), (v,) = judged.values, judged.verdicts
         (truncated,) = truncated_flags(ids, self.ends or None, 1)
+        turn_values = {}
+        if self.turn_values:
+            values = judged.turn_values[0]
+            turn_values[TURN_VALUES] = [float("nan") if x is None else float(x) for x in values]
         return (self.failure_value if value is None else float(value)), {
+            **turn_values,
             **sample_logs(value, v, completion),
             # the verdict's count also sees <tool_call> blocks left in a turn's text (verl decodes text)
             "tool_calls": float(sum(v.tool_calls)),

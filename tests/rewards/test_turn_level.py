@@ -186,3 +186,17 @@ def test_constructor_errors(guard):
     with pytest.raises(ValueError, match=r"placement='first'.*last, spread"):
         TurnSafetyReward(safety(guard), placement="first")
     assert TurnSafetyReward(safety(guard)).__name__ == "guard_safety_turns"
+
+
+def test_place_turn_values_matches_the_reward_from_a_mask_alone(qwen_tok, guard):
+    from guard_reward.rewards.turn_level import place_turn_values
+
+    ids, mask, _ = token_layout(qwen_tok)
+    for placement in ("last", "spread"):
+        reward = TurnSafetyReward(safety(WordGuard()), placement=placement, policy_tokenizer=qwen_tok)
+        rewards, _ = reward([HARMFUL], [completion()], completion_ids=[ids], tool_mask=[mask])
+        placed = place_turn_values([1.0, -1.0, 1.0], mask, placement)
+        assert torch.equal(placed, rewards[0])
+    assert torch.count_nonzero(place_turn_values([float("nan"), None, 2.0], mask)) == 1
+    with pytest.raises(ValueError, match="4 turn values for 3 runs"):
+        place_turn_values([1.0] * 4, mask)
