@@ -10,6 +10,7 @@ Configure (Hydra overrides)::
     +reward.guard_reward.url=http://HOST:8000          # or $GUARD_REWARD_URL
     +reward.guard_reward.mode=soft                     # optional SafetyReward fields
     +reward.guard_reward.turns=worst                   # multi-turn: "worst" (default) or "last"
+    +reward.guard_reward.turn_values=true              # optional: each turn's own value in reward_extra_info
 
 The prompt is ``non_tensor_batch["raw_prompt"]`` (messages) when verl keeps it, else the decoded prompt tokens
 (ChatML turns parsed back into messages). The response is split into the policy's turns and the tool results
@@ -17,7 +18,8 @@ between them (:mod:`~guard_reward.integrations.verl.turns`: a kept message list,
 ChatML markers), so only the policy's words are judged, each turn in its context; a single-turn response is
 decoded without special tokens, as before. verl needs a float for every sample, so one the guard could not
 judge gets ``failure_value`` (0.0 unless set) and ``guard_failed = 1`` in ``reward_extra_info``, which also
-carries ``turns`` (assistant turns judged), ``tool_calls`` and ``truncated`` (no EOS at the end).
+carries ``turns`` (assistant turns judged), ``tool_calls`` and ``truncated`` (no EOS at the end), and with
+``turn_values`` each judged turn's value (a list; ``place_turn_values`` puts it on the turns' tokens).
 """
 
 from __future__ import annotations
