@@ -37,7 +37,7 @@ test-latest:
 	$(LATEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|trl|accelerate) '
 	$(LATEST)/bin/python -m pytest -p no:cacheprovider -m "not slow" $(LATEST_TESTS) \
 		-W error::FutureWarning -W error::DeprecationWarning:guard_reward \
-		-W "ignore::FutureWarning:transformers" -W "ignore::DeprecationWarning:torch"
+		-W "ignore::FutureWarning:transformers" -W "ignore::FutureWarning:trl" -W "ignore::DeprecationWarning:torch"
 
 bench: $(STAMP)
 	$(PYTHON) -m benchmarks

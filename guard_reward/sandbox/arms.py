@@ -336,7 +336,7 @@ def _grpo_args(config: ArmConfig, out: Path, progress: bool, device: str) -> Any
         report_to="none",
         use_cpu=device == "cpu",
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         disable_dropout=True,
         seed=config.seed,
         data_seed=config.seed,

@@ -41,7 +41,7 @@ def main(out: str) -> None:
     args = GRPOConfig(
         output_dir=out, per_device_train_batch_size=4, num_generations=2, max_completion_length=6, max_steps=3,
         learning_rate=1e-2, logging_steps=1, report_to="none", use_cpu=True, bf16=False, seed=0,
-        save_strategy="no", gradient_checkpointing=False, disable_tqdm=True,
+        save_strategy="no", activation_checkpointing=False, disable_tqdm=True,
     )  # fmt: skip
     constraint = Constraint(
         rank_cost, ConstraintConfig(threshold=0.2, lambda_init=1.0, lambda_lr=0.5, cost_window=3)

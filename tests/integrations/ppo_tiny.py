@@ -104,7 +104,7 @@ def ppo_config(output_dir: Path, **overrides):
     kwargs = dict(
         output_dir=str(output_dir), per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
         max_steps=2, learning_rate=1e-3, value_learning_rate=1e-3, bf16=False, use_cpu=True, report_to="none",
-        logging_steps=1, save_strategy="no", gradient_checkpointing=False, beta=0.1, seed=0,
+        logging_steps=1, save_strategy="no", activation_checkpointing=False, beta=0.1, seed=0,
     )  # fmt: skip
     kwargs.update(overrides)
     return GuardPPOConfig(**kwargs)

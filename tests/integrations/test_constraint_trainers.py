@@ -27,7 +27,7 @@ from tests.tiny_policy import prompt_dataset, save_tiny_policy, tiny_policy
 COMMON = dict(
     per_device_train_batch_size=4, num_generations=2, max_completion_length=8, max_steps=2,
     learning_rate=1e-2, logging_steps=1, report_to="none", use_cpu=True, bf16=False, seed=0,
-    save_strategy="no", gradient_checkpointing=False, disable_tqdm=True,
+    save_strategy="no", activation_checkpointing=False, disable_tqdm=True,
 )  # fmt: skip
 
 

@@ -30,7 +30,7 @@ COMMON = dict(
     bf16=False,
     seed=0,
     save_strategy="no",
-    gradient_checkpointing=False,
+    activation_checkpointing=False,
 )
 
 

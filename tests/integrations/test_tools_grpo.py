@@ -120,7 +120,7 @@ def trained(tmp_path_factory, stream_path, sandbox_gen_path):
         bf16=False,
         seed=0,
         save_strategy="no",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         generation_kwargs={"sequence_bias": sequence_bias(tok)},
     )
     trainer = Capturing(

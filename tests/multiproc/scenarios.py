@@ -67,7 +67,7 @@ def common_args(output_dir: Path, per_device: int, seed: int) -> dict[str, Any]:
         bf16=False,
         seed=seed,
         save_strategy="no",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         dataloader_num_workers=0,
         generation_kwargs={"sequence_bias": SEQUENCE_BIAS},
