@@ -88,7 +88,8 @@ def sandbox_gen_path():
         hidden_size=96, head_dim=24, intermediate_size=192, steps=300, min_steps=150, batch_size=16
     )
     package = Path(sandbox.__file__).parent
-    inputs = [package / f for f in ("guards.py", "language.py", "tokenizer.py", "training.py", "policy.py")]
+    files = ("guards.py", "language.py", "tokenizer.py", "word_classes.py", "policy.py")
+    inputs = [package / f for f in files] + [package.parent / "tiny" / "training.py"]
     inputs.append(package / "templates" / "gen.jinja")
 
     def build(path):
