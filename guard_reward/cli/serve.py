@@ -11,14 +11,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import shutil
 import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
-from guard_reward.serving.ray_env import PROXIES, descendants, end_leftovers, use_serve_env
+from guard_reward.serving.ray_env import (
+    HAPROXY_FOLDER_PREFIX,
+    PROXIES,
+    alive,
+    descendants,
+    end_leftovers,
+    is_loopback,
+    processes_using,
+    ray_init_kwargs,
+    use_serve_env,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +39,15 @@ logger = logging.getLogger(__name__)
 STREAM_ARCH = "Qwen3ForGuardModel"
 #: ``org/name``: a model hub id, resolved inside the replica (no hub is asked here).
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+#: The longest a stop waits for Serve's own shutdown (replicas drained, HAProxy stopped) before it stops the
+#: processes (a signal to the process group leaves it nothing to talk to).
+GRACEFUL_S = 15.0
+#: What a local Ray started for a non-loopback ``--host`` listens on beyond the service's port (docs/serving.md).
+EXPOSED = (
+    "the service's port and Ray's own ports (GCS, raylet, object manager, workers, dashboard agent, HAProxy "
+    "stats and metrics) to the network; Ray's ports run work for anyone who reaches them: firewall every port "
+    "but --port (or use --host 127.0.0.1)"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -85,7 +107,9 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.address is None:  # Ray's processes read these when they start; a joined cluster keeps its own
-        use_serve_env(args.proxy)
+        use_serve_env(args.proxy, args.host)
+        if not is_loopback(args.host):
+            print(f"warning: --host {args.host} exposes {EXPOSED}", file=sys.stderr, flush=True)
     try:
         import ray
         from ray import serve
@@ -113,11 +137,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    started = descendants()
+    ours = descendants()  # and, while it runs, every process Ray starts (HAProxy is orphaned when it stops)
     stop = threading.Event()
     try:
         # without --address: always a fresh local Ray, never one that happens to run on this machine
-        ray.init(address=args.address or "local")
+        if args.address:
+            ray.init(address=args.address)
+        else:
+            ray.init(address="local", **ray_init_kwargs(args.host))
         for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own handlers
             signal.signal(sig, lambda *_: stop.set())
         gpus = args.gpus_per_replica
@@ -129,7 +156,8 @@ def run_serve(args: argparse.Namespace) -> int:
         url = f"http://{args.host}:{args.port}"
         health = wait_healthy(url)
         print(f"guard-reward serving at {url} ({', '.join(health['guards'])})", flush=True)
-        stop.wait()
+        while not stop.wait(1.0):
+            ours.update(descendants())
         code = 0
     except Exception as exc:
         logger.debug("serve failed", exc_info=True)
@@ -137,14 +165,74 @@ def run_serve(args: argparse.Namespace) -> int:
         code = 1
     finally:
         print("shutting down", flush=True)
-        ours = {**started, **descendants()}  # HAProxy and Ray's daemons, while they are still ours
+        lost = shut_down(serve, ray, ours, local=args.address is None)
+    if lost:  # Ray's exit hooks would wait a minute for the GCS that is gone
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def shut_down(serve, ray, ours: dict[int, str], local: bool) -> bool:
+    """Stop Serve and Ray, then every process of ``ours`` (and this service's HAProxy) still running; whether
+    Ray could not be shut down in order (its exit hooks must then be skipped).
+
+    A signal to the whole process group (``kill -- -PGID``, Slurm, systemd) stops a local Ray's GCS and raylet
+    with this process: Serve's graceful shutdown would then wait 30 s for a controller that is gone, and the
+    driver a minute for the GCS. So Serve's shutdown runs aside, and once the GCS or raylet is gone, or after
+    :data:`GRACEFUL_S`, only the processes are stopped."""
+    ours.update(descendants())
+    folder = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ""))
+    marker = folder if os.path.basename(folder).startswith(HAPROXY_FOLDER_PREFIX) else ""
+    daemons = {pid: t for pid, t in ours.items() if _comm(pid) in ("gcs_server", "raylet")}
+    done = threading.Event()
+
+    def graceful() -> None:
         try:
             serve.shutdown()
         except Exception as exc:  # a failed start may leave nothing to shut down
             logger.debug("serve.shutdown: %s", exc)
-        ray.shutdown()
-        end_leftovers(ours)
-    return code
+        done.set()
+
+    threading.Thread(target=graceful, name="serve-shutdown", daemon=True).start()
+    deadline = time.monotonic() + GRACEFUL_S
+    lost = False
+    while not done.wait(0.1) and not lost:
+        lost = (local and node_stopping(ray, daemons)) or time.monotonic() > deadline
+    if lost:
+        logger.warning("Ray is stopping or did not stop within %.0f s: stopping its processes", GRACEFUL_S)
+    else:
+        try:
+            ray.shutdown()
+        except Exception as exc:
+            logger.debug("ray.shutdown: %s", exc)
+    end_leftovers({**ours, **descendants(), **processes_using(marker)})
+    if marker:  # HAProxy's config, sockets and start script, this service's alone
+        shutil.rmtree(marker, ignore_errors=True)
+    return lost
+
+
+def node_stopping(ray, daemons: dict[int, str], timeout_s: float = 1.0) -> bool:
+    """Whether the local Ray is going down by itself: its GCS or raylet has exited, or the GCS lists the node
+    as dead (a raylet that got SIGTERM says so at once, then drains for some 10 s) or does not answer."""
+    if len(alive(daemons)) < len(daemons):
+        return True
+    answer: list[bool] = []
+    probe = threading.Thread(
+        target=lambda: answer.append(all(node.get("Alive") for node in ray.nodes())), daemon=True
+    )
+    probe.start()
+    probe.join(timeout_s)
+    return not (answer and answer[0])
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def check_checkpoint(kind: str, name: str) -> None:

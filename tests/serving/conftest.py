@@ -1,6 +1,6 @@
 """One real local Ray Serve application for the whole serving test session (startup costs ~15 s).
 
-A real local Ray (``ray.init(num_cpus=2)``) on loopback, started as ``guard-reward serve`` starts it (HAProxy in
+A real local Ray (``ray.init(num_cpus=2)``), all of it on loopback, started as ``guard-reward serve`` starts it (HAProxy in
 front), with the tiny Gen and Stream checkpoints: Serve's local testing mode has neither HTTP nor replicas to kill.
 """
 
@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from guard_reward.serving.ray_env import free_port, use_serve_env
+from guard_reward.serving.ray_env import free_port, ray_init_kwargs, use_serve_env
 from tests.guards import stream_ckpt
 
-use_serve_env()  # the HTTP front `guard-reward serve` starts with; read when Ray's processes (this one too) start
+use_serve_env(
+    host="127.0.0.1"
+)  # the HTTP front `guard-reward serve` starts with; read when Ray's processes (this one too) start
 pytest.importorskip("ray.serve", reason="the serving tests need ray[serve] (the serve extra)")
 
 
@@ -50,7 +52,13 @@ def server(tiny_gen_path) -> Server:
 
     stream_path = stream_ckpt.path("single")
     port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        **ray_init_kwargs("127.0.0.1"),
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = ServeOptions(
         gen=str(tiny_gen_path),

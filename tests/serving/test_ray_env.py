@@ -4,6 +4,7 @@ processes a stopped Ray left behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -12,7 +13,10 @@ from guard_reward.serving import ray_env
 from guard_reward.serving.ray_env import alive, descendants, end_leftovers
 
 KEYS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_HAPROXY_STATS_PORT",
-        "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S")  # fmt: skip
+        "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_SERVE_HAPROXY_BINARY_PATH", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "RAY_SERVE_HAPROXY_SERVER_STATE_FILE")  # fmt: skip
 
 
 @pytest.fixture
@@ -60,3 +64,70 @@ def test_an_orphaned_grandchild_is_found_and_stopped():
     assert end_leftovers(ours, grace_s=5) == 1
     assert alive(ours) == []
     assert end_leftovers(ours) == 0  # nothing left: nothing signalled (a reused pid is not ours)
+
+
+def test_a_loopback_host_keeps_ray_and_haproxy_on_loopback(clean_env):
+    assert (
+        ray_env.is_loopback("127.0.0.1") and ray_env.is_loopback("::1") and ray_env.is_loopback("localhost")
+    )
+    assert not ray_env.is_loopback("0.0.0.0") and not ray_env.is_loopback("10.1.2.3")
+    wide = ray_env.serve_env("haproxy", "0.0.0.0")
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in wide and "RAY_SERVE_HAPROXY_BINARY_PATH" not in wide
+    local = ray_env.serve_env("haproxy", "127.0.0.1")
+    assert local["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"  # the node's address is 127.0.0.1
+    folder = os.path.dirname(local["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])
+    assert folder != os.path.dirname(wide["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"])  # one folder per service
+    assert (
+        len(folder) + 57 + len("/metrics.sock") <= 97
+    )  # HAProxy's socket path limit, with Serve's subfolder
+    assert ray_env.serve_env("python", "::1") == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
+    for env in (wide, local):
+        shutil.rmtree(os.path.dirname(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]))
+    assert ray_env.ray_init_kwargs("0.0.0.0") == {}
+    hook = ray_env.ray_init_kwargs("127.0.0.1")["runtime_env"]["worker_process_setup_hook"]
+    assert hook == "guard_reward.serving.ray_env.replica_grpc_on_loopback"
+
+
+def test_the_haproxy_start_script_moves_the_stats_and_metrics_ports_to_loopback(tmp_path):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        "frontend prometheus\n    bind :9101\nfrontend http_frontend\n    bind 127.0.0.1:8000\n"
+        "listen stats\n  bind *:8404\n"
+    )
+    script = ray_env.loopback_haproxy(str(tmp_path))
+    out = subprocess.run([script, "-f", str(config), "-v"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "HAProxy version" in out.stdout + out.stderr  # the real binary ran
+    binds = [line.split()[1] for line in config.read_text().splitlines() if "bind" in line]
+    assert binds == ["127.0.0.1:9101", "127.0.0.1:8000", "127.0.0.1:8404"]
+
+
+def test_the_replica_grpc_server_binds_loopback(monkeypatch):
+    pytest.importorskip("ray.serve")
+    from ray.serve._private import replica
+
+    bound = []
+    monkeypatch.setattr(
+        replica, "add_port_to_grpc_server", lambda server, address: bound.append(address) or 1
+    )
+    ray_env.replica_grpc_on_loopback()
+    ray_env.replica_grpc_on_loopback()  # twice (a reused worker): wrapped once
+    assert replica.add_port_to_grpc_server(None, "[::]:0") == 1
+    replica.add_port_to_grpc_server(None, "10.0.0.5:7000")  # an address asked for stays
+    assert bound == ["127.0.0.1:0", "10.0.0.5:7000"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="process command lines are read from /proc")
+def test_processes_using_a_folder_are_found_by_their_command_line(tmp_path):
+    marker = str(tmp_path / "grhap_x")
+    proc = subprocess.Popen(["sh", "-c", "sleep 300", marker])
+    try:
+        found = ray_env.processes_using(marker)
+        assert list(found) == [proc.pid]
+        assert ray_env.processes_using("") == {}
+        assert ray_env.end_leftovers(found, grace_s=5) == 1 and ray_env.alive(found) == []
+    finally:
+        proc.kill()
+        proc.wait()
