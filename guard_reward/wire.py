@@ -4,11 +4,19 @@ Shared by the server and the remote clients, so it imports neither transformers,
 JSON is also the row format of ``guard-reward moderate``. A ``TokenRisk`` travels with its tensors as lists
 (``offsets`` and ``category_probs`` as lists of rows); float32 values survive the round trip exactly (a
 float32 widened to a JSON double and narrowed back is the same number).
+
+The binary form of a list of ``TokenRisk`` (:func:`risks_to_bytes`, media type :data:`BINARY_MEDIA_TYPE`) is one
+safetensors file: every per-token field of all samples concatenated into one tensor (``p_unsafe`` ``(sum T,)``
+float32, ``category_probs`` ``(sum T, C)``, ...) with the samples' lengths ``(N,)`` int64, and the per-sample
+scalars (span, error, query verdict, ...) as JSON in its metadata. Safetensors holds tensors only (loading it
+runs no code, unlike pickle) and reads back with one copy per field; float32 stays float32, so the numbers are
+the same bits as the JSON form's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -122,3 +130,91 @@ def failed_risk(
         error=error,
         reason=reason,
     )
+
+
+#: The media type of :func:`risks_to_bytes` (a client asks for it with ``Accept``).
+BINARY_MEDIA_TYPE = "application/vnd.guard-reward.risks+safetensors"
+#: Per-token fields of a ``TokenRisk`` and their dtypes in the binary form.
+TOKEN_FIELDS = {
+    "token_ids": torch.long,
+    "offsets": torch.long,
+    "p_safe": torch.float32,
+    "p_unsafe": torch.float32,
+    "p_controversial": torch.float32,
+    "category_probs": torch.float32,
+}
+_SCALARS = ("category_names", "query_probs", "query_category_probs", "truncated", "span", "error", "reason",
+            "answer_missing")  # fmt: skip
+
+
+def risks_to_bytes(risks: Sequence[TokenRisk]) -> bytes:
+    """``risks`` as one safetensors file (module docstring): ``lengths`` ``(N,)`` int64, each per-token field
+    concatenated over the samples (``(sum T,)``, ``offsets`` ``(sum T, 2)``, ``category_probs`` ``(sum T, C)``)."""
+    from safetensors.torch import save
+
+    width = {len(r.category_names) for r in risks}
+    if len(width) > 1:
+        raise ValueError(f"risks with different category counts {sorted(width)} cannot share one tensor")
+    c = width.pop() if width else 0
+    tensors = {"lengths": torch.tensor([len(r.p_unsafe) for r in risks], dtype=torch.long)}
+    for name, dtype in TOKEN_FIELDS.items():
+        parts = [getattr(r, name).to(dtype) for r in risks]
+        empty = torch.zeros((0, 2) if name == "offsets" else (0, c) if name == "category_probs" else (0,))
+        tensors[name] = torch.cat(parts).contiguous() if parts else empty.to(dtype)
+    scalars = [{key: risk_to_json_scalar(r, key) for key in _SCALARS} for r in risks]
+    return save(tensors, metadata={"risks": json.dumps(scalars)})
+
+
+def risk_to_json_scalar(r: TokenRisk, key: str) -> Any:
+    """One non-tensor field of a ``TokenRisk`` as :func:`risk_to_json` writes it."""
+    value = getattr(r, key)
+    if key in ("category_names", "span"):
+        return None if value is None else list(value)
+    if key in ("query_probs", "query_category_probs"):
+        return None if value is None else dict(value)
+    return value
+
+
+def risks_from_bytes(data: bytes) -> list[TokenRisk]:
+    """Inverse of :func:`risks_to_bytes`. A body that is not such a file (truncated, a wrong dtype or shape, a
+    missing field, lengths that do not add up) raises ``ValueError`` naming the problem."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(bytes(data))
+        header_len = int.from_bytes(bytes(data[:8]), "little")
+        header = json.loads(bytes(data[8 : 8 + header_len]))
+        scalars = json.loads((header.get("__metadata__") or {})["risks"])
+    except (SafetensorError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a binary risks body: {exc}") from None
+    lengths = tensors.get("lengths")
+    if lengths is None or lengths.dtype != torch.long or lengths.dim() != 1 or len(lengths) != len(scalars):
+        raise ValueError("binary risks: 'lengths' must be int64 (N,), one per sample")
+    total = int(lengths.sum())
+    for name, dtype in TOKEN_FIELDS.items():
+        t = tensors.get(name)
+        if t is None or t.dtype != dtype or len(t) != total:
+            got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+            raise ValueError(f"binary risks: {name!r} must be {dtype} with {total} rows, got {got}")
+    out = []
+    split = {name: tensors[name].split(lengths.tolist()) for name in TOKEN_FIELDS}
+    for i, d in enumerate(scalars):
+        d = {**d, "category_names": tuple(d.get("category_names") or ())}
+        if split["category_probs"][i].shape[-1:] != (len(d["category_names"]),) and len(lengths):
+            raise ValueError(f"binary risks: sample {i} has {len(d['category_names'])} category names")
+        span = d.get("span")
+        out.append(
+            TokenRisk(
+                **{name: split[name][i] for name in TOKEN_FIELDS},
+                category_names=d["category_names"],
+                query_probs=d.get("query_probs"),
+                query_category_probs=d.get("query_category_probs"),
+                truncated=bool(d.get("truncated", False)),
+                span=None if span is None else (int(span[0]), int(span[1])),
+                error=d.get("error"),
+                reason=d.get("reason"),
+                answer_missing=bool(d.get("answer_missing", False)),
+            )
+        )
+    return out

@@ -1,11 +1,26 @@
-"""A verdict's JSON form: every field and back, and the fields only decoding fills as null when not decoded."""
+"""A verdict's JSON form: every field and back, and the fields only decoding fills as null when not decoded; a
+list of token risks in binary (safetensors) form: the same tensors bit for bit as the JSON form, bad bodies
+refused by name."""
 
 from __future__ import annotations
 
 import json
 
-from guard_reward.types import Verdict
-from guard_reward.wire import DECODED_FIELDS, verdict_from_json, verdict_to_json
+import pytest
+import torch
+
+from guard_reward.types import TokenRisk, Verdict
+from guard_reward.wire import (
+    DECODED_FIELDS,
+    TOKEN_FIELDS,
+    failed_risk,
+    risk_from_json,
+    risk_to_json,
+    risks_from_bytes,
+    risks_to_bytes,
+    verdict_from_json,
+    verdict_to_json,
+)
 
 
 def _verdict() -> Verdict:
@@ -33,3 +48,61 @@ def test_not_decoded_writes_null_for_the_decoded_fields_only_at_every_level():
         assert any(ref[k] is not None for k in DECODED_FIELDS)  # there was something to null
         rest = [k for k in ref if k not in (*DECODED_FIELDS, "parts")]
         assert {k: out[k] for k in rest} == {k: ref[k] for k in rest}
+
+
+NAMES = tuple(f"cat{i}" for i in range(9))
+
+
+def _risk(t: int, seed: int) -> TokenRisk:
+    g = torch.Generator().manual_seed(seed)
+    levels = torch.rand(t, 3, generator=g).softmax(-1)  # float32 values with full mantissas
+    return TokenRisk(
+        token_ids=torch.randint(0, 151_000, (t,), generator=g),
+        offsets=torch.arange(2 * t).reshape(t, 2),
+        p_safe=levels[:, 0].clone(),
+        p_unsafe=levels[:, 1].clone(),
+        p_controversial=levels[:, 2].clone(),
+        category_probs=torch.rand(t, 9, generator=g).softmax(-1),
+        category_names=NAMES,
+        query_probs={"Safe": 0.25, "Controversial": 0.5, "Unsafe": 0.25},
+        span=(1, t + 1),
+        truncated=seed % 2 == 1,
+    )
+
+
+def _same(a: TokenRisk, b: TokenRisk) -> bool:
+    scalars = ("category_names", "query_probs", "query_category_probs", "truncated", "span", "error", "reason",
+               "answer_missing")  # fmt: skip
+    return all(
+        getattr(a, f).dtype == getattr(b, f).dtype and torch.equal(getattr(a, f), getattr(b, f))
+        for f in TOKEN_FIELDS
+    ) and all(getattr(a, f) == getattr(b, f) for f in scalars)
+
+
+def test_binary_risks_equal_the_json_form_bit_for_bit():
+    risks = [_risk(17, 0), failed_risk(NAMES, "invalid_input", "bad ids", None), _risk(0, 1), _risk(300, 2)]
+    back = risks_from_bytes(risks_to_bytes(risks))
+    via_json = [risk_from_json(json.loads(json.dumps(risk_to_json(r)))) for r in risks]
+    assert len(back) == len(risks) and all(_same(a, b) for a, b in zip(back, via_json))
+    assert all(_same(a, b) for a, b in zip(back, risks))
+    assert risks_from_bytes(risks_to_bytes([])) == []
+
+
+def test_a_bad_binary_body_is_refused_by_name():
+    body = risks_to_bytes([_risk(5, 0), _risk(3, 1)])
+    with pytest.raises(ValueError, match="not a binary risks body"):
+        risks_from_bytes(body[: len(body) - 7])  # truncated
+    with pytest.raises(ValueError, match="not a binary risks body"):
+        risks_from_bytes(b"{}")
+    from safetensors.torch import load, save
+
+    tensors = load(body)
+    meta = json.loads(body[8 : 8 + int.from_bytes(body[:8], "little")])["__metadata__"]
+    wrong = {**tensors, "p_unsafe": tensors["p_unsafe"].double()}
+    with pytest.raises(ValueError, match=r"'p_unsafe' must be torch\.float32"):
+        risks_from_bytes(save(wrong, metadata=meta))
+    short = {**tensors, "offsets": tensors["offsets"][:-1].contiguous()}
+    with pytest.raises(ValueError, match=r"'offsets' must be torch\.int64 with 8 rows"):
+        risks_from_bytes(save(short, metadata=meta))
+    with pytest.raises(ValueError, match="'lengths'"):
+        risks_from_bytes(save({**tensors, "lengths": torch.tensor([5])}, metadata=meta))
