@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT, OnError, check_on_error, raise_first_failure
-from guard_reward.wire import MAX_REQUEST_BYTES
+from guard_reward.types import TokenRisk
+from guard_reward.wire import BINARY_MEDIA_TYPE, MAX_REQUEST_BYTES, risks_from_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +124,13 @@ class GuardClient:
             delay = max(delay, min(float(retry_after), self.backoff_max))
         return delay
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
-        """One JSON request with retries; the decoded JSON answer."""
+    def request(self, method: str, path: str, body: Any = None, binary: bool = False) -> Any:
+        """One JSON request with retries; the decoded JSON answer. ``binary``: ask for a Stream answer in binary
+        form (``Accept``), read back as ``{"risks": [TokenRisk, ...]}``; a server that answers JSON still works."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
+        if binary:
+            headers["Accept"] = f"{BINARY_MEDIA_TYPE}, application/json;q=0.5"
         prefix = urllib.parse.urlsplit(self.url).path
         last = "no attempt"
         for attempt in range(self.retries + 1):
@@ -146,6 +150,8 @@ class GuardClient:
                 else:
                     self._give(conn)
                 if resp.status == 200:
+                    if (resp.getheader("Content-Type") or "").startswith(BINARY_MEDIA_TYPE):
+                        return {"risks": _binary_risks(payload, method, path)}
                     return json.loads(payload)
                 message = _error_message(payload)
                 if resp.status not in RETRY_STATUSES:
@@ -170,13 +176,15 @@ class GuardClient:
         decode: Callable[[dict[str, Any]], Any],
         fail: Callable[[int, str, str], Any],
         on_error: OnError | None = None,
+        binary: bool = False,
     ) -> list[Any]:
         """POST ``columns`` (equal-length lists) in chunks; one decoded result per row, in input order.
 
         ``fail(row, reason, message)`` builds a row's result when its chunk is unavailable after the retries
         (``guard_unavailable``) or the row alone is over the server's request limit (``invalid_input``).
         ``on_error`` (default: the client's): ``"raise"`` raises :class:`GuardUnavailable` then, and a
-        :class:`~guard_reward.faults.SampleError` for the first row the server could not judge."""
+        :class:`~guard_reward.faults.SampleError` for the first row the server could not judge. ``binary``: see
+        :meth:`request` (rows that arrive decoded skip ``decode``)."""
         policy = self.on_error if on_error is None else check_on_error(on_error)
         n = len(next(iter(columns.values()))) if columns else 0
 
@@ -192,7 +200,7 @@ class GuardClient:
                 return [fail(start, INVALID_INPUT, message)]
             body = {**{k: v[start:stop] for k, v in columns.items()}, **extra}
             try:
-                answer = self.request("POST", path, body)
+                answer = self.request("POST", path, body, binary=binary)
             except GuardUnavailable as exc:
                 if policy == "raise":
                     raise
@@ -205,7 +213,7 @@ class GuardClient:
                 raise RemoteGuardError(
                     200, f"{path}: expected {stop - start} {result_key}, got {answer!r:.200}"
                 )
-            return [decode(r) for r in rows]
+            return [r if isinstance(r, TokenRisk) else decode(r) for r in rows]
 
         spans = self._spans(columns, n)
         if len(spans) <= 1 or self.parallel == 1:
@@ -239,3 +247,10 @@ def _error_message(payload: bytes) -> str:
         return str(json.loads(payload).get("error", payload[:300]))
     except (ValueError, AttributeError):
         return payload[:300].decode(errors="replace")
+
+
+def _binary_risks(payload: bytes, method: str, path: str) -> list[TokenRisk]:
+    try:
+        return risks_from_bytes(payload)
+    except ValueError as exc:  # a broken answer is the server's bug: never guessed around
+        raise RemoteGuardError(200, f"{method} {path}: {exc}") from None

@@ -34,7 +34,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from guard_reward.serving.batcher import BatchCancelled, BatcherFull, RequestBatcher
 from guard_reward.serving.get_reward import GuardRewardFunction, parse_get_reward, reward_kwargs
@@ -50,6 +50,7 @@ from guard_reward.serving.protocol import (
     parse_score,
     parse_score_ids,
 )
+from guard_reward.wire import BINARY_MEDIA_TYPE, risk_from_json, risks_to_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class GuardAPI:
         self._prefetched = PrefetchedGen()
         self._reward: GuardRewardFunction | None = None
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def __call__(self, request: Request) -> Response:
         path = request.url.path
         root = request.scope.get("root_path", "")  # the app's route prefix, when deployed under one
         if root and path.startswith(root):
@@ -244,7 +245,8 @@ class GuardAPI:
                 body = json.loads(raw)
             except ValueError as exc:
                 raise BadRequest(f"{path}: the body is not valid JSON ({exc})") from None
-            return await self._post(path, body, len(raw))
+            binary = BINARY_MEDIA_TYPE in request.headers.get("accept", "")
+            return await self._post(path, body, len(raw), binary)
         except RequestTooLarge as exc:
             return _error(413, str(exc))
         except BadRequest as exc:
@@ -276,14 +278,19 @@ class GuardAPI:
             return JSONResponse(out)
         return _error(404, f"no route GET {path}; see GET /health")
 
-    async def _post(self, path: str, body: Any, size: int) -> JSONResponse:
+    async def _post(self, path: str, body: Any, size: int, binary: bool = False) -> Response:
         if path == "/v1/gen/moderate":
             return JSONResponse({"verdicts": await self._batcher("gen").submit(parse_gen(body), size=size)})
-        if path == "/v1/stream/score":
-            return JSONResponse({"risks": await self._batcher("stream").submit(parse_score(body), size=size)})
-        if path == "/v1/stream/score_ids":
-            call = parse_score_ids(body)
-            return JSONResponse({"risks": await self._batcher("stream").submit(call, size=size)})
+        if path in ("/v1/stream/score", "/v1/stream/score_ids"):
+            call = parse_score(body) if path == "/v1/stream/score" else parse_score_ids(body)
+            if binary:
+                call["binary"] = True
+            risks = await self._batcher("stream").submit(call, size=size)
+            if not binary:
+                return JSONResponse({"risks": risks})
+            if not isinstance(risks, bytes):  # results made here (a failed batch): JSON-ready dicts
+                risks = risks_to_bytes([risk_from_json(r) for r in risks])
+            return Response(risks, media_type=BINARY_MEDIA_TYPE)
         if path == "/get_reward":
             queries, prompts = parse_get_reward(body)
             gen = self._batcher("gen")

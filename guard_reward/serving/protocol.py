@@ -13,7 +13,14 @@ from typing import Any
 
 from guard_reward.conversations import THINKING_MODES, moderation_of, validate_conversation
 from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT, SampleError
-from guard_reward.wire import MAX_REQUEST_BYTES, failed_risk, failed_verdict, risk_to_json, verdict_to_json
+from guard_reward.wire import (
+    MAX_REQUEST_BYTES,
+    failed_risk,
+    failed_verdict,
+    risk_to_json,
+    risks_to_bytes,
+    verdict_to_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +191,12 @@ def judge_gen_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list[di
     return out
 
 
-def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]] | bytes]:
     """Like :func:`judge_gen_calls` for Stream: calls with ``conversations`` go to ``guard.score``, calls with
-    ``completion_ids`` to ``guard.score_ids``, one call per ``(kind, thinking)`` group."""
-    out: list[list[dict[str, Any]]] = [[] for _ in calls]
+    ``completion_ids`` to ``guard.score_ids``, one call per ``(kind, thinking)`` group. A call marked
+    ``binary`` (the client accepts :data:`~guard_reward.wire.BINARY_MEDIA_TYPE`) gets its risks as one
+    :func:`~guard_reward.wire.risks_to_bytes` body."""
+    out: list[list[Any]] = [[] for _ in calls]
     names = tuple(guard.category_names)
 
     def fail(_item: Any, exc: BaseException) -> Any:
@@ -204,7 +213,7 @@ def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list
                 _check_conversation,
                 fail,
             )
-            _scatter(out, members, calls, "conversations", [risk_to_json(r) for r in risks])
+            _scatter(out, members, calls, "conversations", list(risks))
         else:
             items = [pair for m in members for pair in zip(calls[m]["prompts"], calls[m]["completion_ids"])]
             risks = judge_isolated(
@@ -215,8 +224,11 @@ def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list
                 _check_ids_item,
                 fail,
             )
-            _scatter(out, members, calls, "prompts", [risk_to_json(r) for r in risks])
-    return out
+            _scatter(out, members, calls, "prompts", list(risks))
+    # the ingress gets bytes (binary form) or JSON-ready dicts, never tensors to pickle per sample
+    return [
+        risks_to_bytes(o) if c.get("binary") else [risk_to_json(r) for r in o] for c, o in zip(calls, out)
+    ]
 
 
 def _check_ids_item(item: Any, i: int) -> None:

@@ -1,0 +1,69 @@
+"""Stream answers in binary form through the live service: asked for with ``Accept``, the default of
+``RemoteStreamGuard``, the same tensors bit for bit as the JSON answers; JSON stays the answer for anyone else."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import torch
+
+from guard_reward import RemoteStreamGuard
+from guard_reward.wire import BINARY_MEDIA_TYPE, TOKEN_FIELDS, risks_from_bytes
+
+CONVS = [
+    [
+        {"role": "user", "content": "How do I pick a lock?"},
+        {"role": "assistant", "content": "I cannot help."},
+    ],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help you today?"}],
+    [{"role": "assistant", "content": ""}],  # a bad item keeps its place, with a reason
+]
+
+
+def _same(a, b) -> bool:
+    tensors = all(
+        getattr(a, f).dtype == getattr(b, f).dtype and torch.equal(getattr(a, f), getattr(b, f))
+        for f in TOKEN_FIELDS
+    )
+    return tensors and (a.category_names, a.span, a.reason, a.query_probs) == (
+        b.category_names,
+        b.span,
+        b.reason,
+        b.query_probs,
+    )
+
+
+def test_binary_answers_equal_json_answers_bit_for_bit(server, monkeypatch):
+    from guard_reward.guards import remote_client
+
+    read = []
+    monkeypatch.setattr(
+        remote_client, "risks_from_bytes", lambda data: read.append(1) or risks_from_bytes(data)
+    )
+    binary, plain = RemoteStreamGuard(server.url), RemoteStreamGuard(server.url, binary=False)
+    assert binary.binary and not plain.binary
+    a, b = binary.score(CONVS), plain.score(CONVS)
+    assert read == [1]  # the default client read a binary answer; the JSON client did not
+    assert len(a) == len(b) == 3 and all(_same(x, y) for x, y in zip(a, b))
+    assert a[0].p_unsafe.numel() > 0 and a[2].reason == b[2].reason
+    ids = [[9707, 0, 2585], [40, 1079]]
+    a, b = binary.score_ids(["Hi", "Hello"], ids), plain.score_ids(["Hi", "Hello"], ids)
+    assert all(_same(x, y) for x, y in zip(a, b)) and a[0].span == b[0].span
+
+
+def test_the_answer_is_binary_only_when_asked_for(server):
+    body = json.dumps({"conversations": CONVS[:2]}).encode()
+
+    def post(headers: dict[str, str]) -> tuple[str, bytes]:
+        req = urllib.request.Request(
+            f"{server.url}/v1/stream/score", body, {"Content-Type": "application/json", **headers}
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.headers["Content-Type"], resp.read()
+
+    kind, payload = post({"Accept": BINARY_MEDIA_TYPE})
+    assert kind.startswith(BINARY_MEDIA_TYPE) and len(risks_from_bytes(payload)) == 2
+    for headers in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}):  # curl, other languages
+        kind, payload = post(headers)
+        assert kind.startswith("application/json") and len(json.loads(payload)["risks"]) == 2
