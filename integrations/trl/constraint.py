@@ -24,7 +24,9 @@ helpfulness side: any TRL reward function, a reward model, ``HybridSafetyReward`
      critic: the terminal cost (plus the per-token costs still ahead, for a dense cost), minus its batch mean,
      whitened over the batch. With gamma = lambda = 1 GAE is the Monte-Carlo return minus the baseline, and any
      baseline that does not depend on the action keeps the estimate unbiased; a constant one costs variance,
-     which the whitening over a whole batch of rollouts keeps in check. No second critic is trained.
+     which the whitening over a whole batch of rollouts keeps in check. No second critic is trained. As in
+     GuardPPOTrainer, only the policy's own tokens count: tool results (outside ``tool_mask``) carry no cost-to-go
+     and take no part in the baseline.
 
 ``constraint/lambda``, ``constraint/cost`` (the window mean the update used), ``constraint/threshold``,
 ``constraint/violation`` (cost - threshold), ``constraint/batch_cost`` and ``constraint/skipped_updates`` are
@@ -251,7 +253,7 @@ class ConstrainedPPOTrainer(_ConstraintMixin, GuardPPOTrainer):
         mode = "train" if self.model.training else "eval"
         all_costs, dense = self._gathered_costs()
         lam = self._constraint_step(all_costs, mode)
-        mask = out["completion_mask"].bool()
+        mask = policy_token_mask(out)  # tool results are the environment's: no cost-to-go, no baseline there
         b, t = mask.shape
         device = out["advantages"].device
         local = all_costs[local_rows(self, b)].to(device)
