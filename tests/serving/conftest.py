@@ -7,11 +7,12 @@ front), with the tiny Gen and Stream checkpoints: Serve's local testing mode has
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import pytest
 
-from guard_reward.serving.ray_env import free_port, ray_init_kwargs, use_serve_env
+from guard_reward.serving.ray_env import HAPROXY_FOLDER_PREFIX, free_port, ray_init_kwargs, use_serve_env
 from tests.guards import stream_ckpt
 
 use_serve_env(
@@ -78,3 +79,6 @@ def server(tiny_gen_path) -> Server:
     yield Server(url, str(tiny_gen_path), str(stream_path), options, port)
     serve.shutdown()
     ray.shutdown()
+    folder = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ""))
+    if os.path.basename(folder).startswith(HAPROXY_FOLDER_PREFIX):  # this session's HAProxy files
+        shutil.rmtree(folder, ignore_errors=True)

@@ -30,6 +30,7 @@ def test_haproxy_front_with_its_own_stats_ports(clean_env):
     env = ray_env.serve_env("haproxy")
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
     ports = {int(env["RAY_SERVE_HAPROXY_STATS_PORT"]), int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])}
+    shutil.rmtree(os.path.dirname(env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]))
     assert len(ports) == 2 and not ports & {8404, 9101}  # not the fixed defaults two services would share
 
 
