@@ -197,7 +197,7 @@ def processes_using(marker: str) -> dict[int, str]:
     is no descendant of anything of ours (Linux ``/proc``; empty elsewhere)."""
     out: dict[int, str] = {}
     for entry in os.listdir("/proc") if marker and os.path.isdir("/proc") else ():
-        if entry.isdigit():
+        if entry.isdigit() and int(entry) != os.getpid():  # never this process
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     found = marker.encode() in f.read()
