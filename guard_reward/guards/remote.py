@@ -125,7 +125,7 @@ class RemoteStreamGuard(_Remote):
     with ``reason="guard_unavailable"``; from ``score_ids`` with ``span=(0, 0)``).
 
     ``binary=True`` (the default) asks for answers in the binary form (``guard_reward.wire``: safetensors,
-    float32 as it is, some 300 times cheaper to encode and decode than JSON lists); ``False`` asks for JSON."""
+    float32 as it is, some 200-300 times cheaper to encode and decode than JSON lists); ``False`` asks for JSON."""
 
     def __init__(self, url: str, *, binary: bool = True, **kw: Any) -> None:
         super().__init__(url, **kw)
