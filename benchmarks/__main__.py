@@ -1,7 +1,7 @@
 """The whole benchmark suite in one run: ``python -m benchmarks`` (or ``make bench``).
 
 Runs, in this order and in one process (so every table's ratios are measured side by side): Gen judging paths,
-Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes. Writes one markdown and one JSON
+Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes, serving, the Stream wire alone. Writes one markdown and one JSON
 file per part under ``benchmarks/results/`` plus ``summary.md`` (every target: measured figure, met or missed).
 ``--gpu-size`` runs the Qwen3-0.6B-shaped configuration in bf16 on CUDA and writes ``*_gpu`` files instead;
 ``--only`` runs some parts and writes their files to ``runs/benchmarks/`` (``--out`` to choose); only a full run
@@ -18,7 +18,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import bench_gen, bench_groups, bench_growth, bench_memory, bench_serving, bench_stream
+from benchmarks import (
+    bench_gen,
+    bench_groups,
+    bench_growth,
+    bench_memory,
+    bench_serving,
+    bench_stream,
+    bench_wire,
+)
 from benchmarks.common import (
     CPU_SIZE,
     GPU_SIZE,
@@ -39,6 +47,7 @@ PARTS = {
     "memory": ("Peak memory", bench_memory.run),
     "groups": ("GRPO groups: shared prefixes", bench_groups.run),
     "serving": ("Serving: the guards on Ray Serve", bench_serving.run),
+    "wire": ("The Stream answer's wire alone: JSON against binary", bench_wire.suite_part),
 }
 
 

@@ -66,6 +66,21 @@ def run(samples: int = 64, tokens: int = 1024, repeats: int = 3) -> dict[str, fl
     }  # fmt: skip
 
 
+def suite_part(setup: object = None) -> tuple[str, dict[str, float]]:
+    """The suite's ``wire`` part (``python -m benchmarks``): 64 x 1,024 tokens, its table and figures.
+
+    The wire costs the same on every device, so ``setup`` (the suite's size and device) is not read.
+    """
+    r = run()
+    rows = [
+        f"| {form} | {r[f'{form}_encode_s']:.3f} | {r[f'{form}_decode_s']:.3f} | "
+        f"{r[f'{form}_tokens_per_s']:,.0f} | {r[f'{form}_bytes_per_token']:.1f} |"
+        for form in ("json", "binary")
+    ]
+    head = "| form | encode s | decode s | tokens/s | bytes/token |\n|---|---|---|---|---|"
+    return "\n".join([head, *rows]), r
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=int, default=64)
