@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -125,6 +126,9 @@ def test_processes_using_a_folder_are_found_by_their_command_line(tmp_path):
     marker = str(tmp_path / "grhap_x")
     proc = subprocess.Popen(["sh", "-c", "sleep 300", marker])
     try:
+        deadline = time.monotonic() + 10  # the child's command line is the new one only once it has exec'd
+        while not ray_env.processes_using(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
         found = ray_env.processes_using(marker)
         assert list(found) == [proc.pid]
         assert ray_env.processes_using("") == {}
