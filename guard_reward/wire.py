@@ -94,7 +94,6 @@ def risk_from_json(d: Mapping[str, Any]) -> TokenRisk:
     """Inverse of :func:`risk_to_json`: ``(T,)`` float32 probabilities, ``(T, 2)`` long offsets, ``(T, C)``
     float32 category probabilities (also for ``T == 0``)."""
     names = tuple(d.get("category_names") or ())
-    span = d.get("span")
     return TokenRisk(
         token_ids=torch.tensor(d["token_ids"], dtype=torch.long),
         offsets=torch.tensor(d["offsets"], dtype=torch.long).reshape(-1, 2),
@@ -103,13 +102,7 @@ def risk_from_json(d: Mapping[str, Any]) -> TokenRisk:
         p_controversial=torch.tensor(d["p_controversial"], dtype=torch.float32),
         category_probs=torch.tensor(d["category_probs"], dtype=torch.float32).reshape(-1, len(names)),
         category_names=names,
-        query_probs=d.get("query_probs"),
-        query_category_probs=d.get("query_category_probs"),
-        truncated=bool(d.get("truncated", False)),
-        span=None if span is None else (int(span[0]), int(span[1])),
-        error=d.get("error"),
-        reason=d.get("reason"),
-        answer_missing=bool(d.get("answer_missing", False)),
+        **_sample_fields(d),
     )
 
 
@@ -203,18 +196,25 @@ def risks_from_bytes(data: bytes) -> list[TokenRisk]:
         d = {**d, "category_names": tuple(d.get("category_names") or ())}
         if split["category_probs"][i].shape[-1:] != (len(d["category_names"]),) and len(lengths):
             raise ValueError(f"binary risks: sample {i} has {len(d['category_names'])} category names")
-        span = d.get("span")
         out.append(
             TokenRisk(
                 **{name: split[name][i] for name in TOKEN_FIELDS},
                 category_names=d["category_names"],
-                query_probs=d.get("query_probs"),
-                query_category_probs=d.get("query_category_probs"),
-                truncated=bool(d.get("truncated", False)),
-                span=None if span is None else (int(span[0]), int(span[1])),
-                error=d.get("error"),
-                reason=d.get("reason"),
-                answer_missing=bool(d.get("answer_missing", False)),
+                **_sample_fields(d),
             )
         )
     return out
+
+
+def _sample_fields(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-sample (non-tensor) fields of a ``TokenRisk`` from its JSON form or binary metadata."""
+    span = d.get("span")
+    return {
+        "query_probs": d.get("query_probs"),
+        "query_category_probs": d.get("query_category_probs"),
+        "truncated": bool(d.get("truncated", False)),
+        "span": None if span is None else (int(span[0]), int(span[1])),
+        "error": d.get("error"),
+        "reason": d.get("reason"),
+        "answer_missing": bool(d.get("answer_missing", False)),
+    }
