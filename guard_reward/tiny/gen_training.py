@@ -174,10 +174,12 @@ def bundled_examples() -> list[tuple[Conversation, str]]:
 
 
 def build_trained_tiny_gen(
-    path: str | os.PathLike, *, steps: int = 300, seed: int = 0, progress: bool = False
+    path: str | os.PathLike, *, steps: int = 300, seed: int = 0, progress: bool = False, **config_kw: object
 ) -> Path:
-    """A tiny Gen stand-in that has learned the bundled examples' verdicts (for demos and decode tests)."""
+    """A tiny Gen stand-in that has learned the bundled examples' verdicts (for demos and decode tests).
+    ``config_kw`` overrides sizes as in :func:`~guard_reward.tiny.gen.build_tiny_gen` (e.g. ``head_dim=32``,
+    the smallest head size vLLM's CPU attention takes)."""
     from guard_reward.tiny.gen import build_tiny_gen
 
-    build_tiny_gen(path, seed=seed)
+    build_tiny_gen(path, seed=seed, **config_kw)
     return train_tiny_gen(path, bundled_examples(), steps=steps, seed=seed, progress=progress)
