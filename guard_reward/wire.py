@@ -11,6 +11,9 @@ float32, ``category_probs`` ``(sum T, C)``, ...) with the samples' lengths ``(N,
 scalars (span, error, query verdict, ...) as JSON in its metadata. Safetensors holds tensors only (loading it
 runs no code, unlike pickle) and reads back with one copy per field; float32 stays float32, so the numbers are
 the same bits as the JSON form's.
+
+Either form may carry only some per-token fields (:func:`check_fields`, e.g. :data:`SHAPING_FIELDS`); the others
+read back as :func:`placeholder` s: the right shape and dtype, NaN or -1, no memory.
 """
 
 from __future__ import annotations
@@ -70,40 +73,33 @@ def failed_verdict(moderation: str, reason: str, error: str) -> Verdict:
     return Verdict(level=None, probs={}, moderation=moderation, error=error, reason=reason)  # type: ignore[arg-type]
 
 
-def risk_to_json(r: TokenRisk) -> dict[str, Any]:
-    """All fields of a ``TokenRisk``, tensors as (nested) lists."""
-    return {
-        "token_ids": r.token_ids.tolist(),
-        "offsets": r.offsets.tolist(),
-        "p_safe": r.p_safe.tolist(),
-        "p_unsafe": r.p_unsafe.tolist(),
-        "p_controversial": r.p_controversial.tolist(),
-        "category_probs": r.category_probs.tolist(),
-        "category_names": list(r.category_names),
-        "query_probs": None if r.query_probs is None else dict(r.query_probs),
-        "query_category_probs": None if r.query_category_probs is None else dict(r.query_category_probs),
-        "truncated": r.truncated,
-        "span": None if r.span is None else list(r.span),
-        "error": r.error,
-        "reason": r.reason,
-        "answer_missing": r.answer_missing,
-    }
+def risk_to_json(r: TokenRisk, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """All fields of a ``TokenRisk``, tensors as (nested) lists; ``fields`` (checked names of
+    :data:`TOKEN_FIELDS`): only these per-token fields (the per-sample ones always)."""
+    wanted = TOKEN_FIELDS if fields is None else fields
+    out: dict[str, Any] = {name: getattr(r, name).tolist() for name in TOKEN_FIELDS if name in wanted}
+    out.update({key: risk_to_json_scalar(r, key) for key in _SCALARS})
+    return out
 
 
 def risk_from_json(d: Mapping[str, Any]) -> TokenRisk:
     """Inverse of :func:`risk_to_json`: ``(T,)`` float32 probabilities, ``(T, 2)`` long offsets, ``(T, C)``
-    float32 category probabilities (also for ``T == 0``)."""
+    float32 category probabilities (also for ``T == 0``); a per-token field the answer leaves out (it was not
+    asked for) is a :func:`placeholder`. An answer with none of them raises ``ValueError``."""
     names = tuple(d.get("category_names") or ())
-    return TokenRisk(
-        token_ids=torch.tensor(d["token_ids"], dtype=torch.long),
-        offsets=torch.tensor(d["offsets"], dtype=torch.long).reshape(-1, 2),
-        p_safe=torch.tensor(d["p_safe"], dtype=torch.float32),
-        p_unsafe=torch.tensor(d["p_unsafe"], dtype=torch.float32),
-        p_controversial=torch.tensor(d["p_controversial"], dtype=torch.float32),
-        category_probs=torch.tensor(d["category_probs"], dtype=torch.float32).reshape(-1, len(names)),
-        category_names=names,
-        **_sample_fields(d),
-    )
+    present = [name for name in TOKEN_FIELDS if name in d]
+    if not present:
+        raise ValueError(f"a risk needs at least one of {', '.join(TOKEN_FIELDS)}; got keys {sorted(d)}")
+    shapes = {"offsets": (-1, 2), "category_probs": (-1, len(names))}
+    tensors = {
+        name: torch.tensor(d[name], dtype=TOKEN_FIELDS[name]).reshape(shapes.get(name, (-1,)))
+        for name in present
+    }
+    t = len(tensors[present[0]])
+    for name in TOKEN_FIELDS:
+        if name not in tensors:
+            tensors[name] = placeholder(name, t, len(names))
+    return TokenRisk(**tensors, category_names=names, **_sample_fields(d))
 
 
 def failed_risk(
@@ -138,24 +134,64 @@ TOKEN_FIELDS = {
 }
 _SCALARS = ("category_names", "query_probs", "query_category_probs", "truncated", "span", "error", "reason",
             "answer_missing")  # fmt: skip
+#: The per-token fields ``TokenSafetyPenalty`` reads: the three levels (its value and the debounced flag) and,
+#: when it scores text, ``offsets`` (to carry the risk onto the policy's tokens). 28 of 72 bytes per token.
+SHAPING_FIELDS = ("offsets", "p_safe", "p_unsafe", "p_controversial")
 
 
-def risks_to_bytes(risks: Sequence[TokenRisk]) -> bytes:
+def check_fields(fields: Any) -> tuple[str, ...]:
+    """``fields`` (``None``: every per-token field) as a tuple in :data:`TOKEN_FIELDS` order; anything else than
+    a non-empty list of those names raises ``ValueError`` naming what was wrong and what is accepted."""
+    if fields is None:
+        return tuple(TOKEN_FIELDS)
+    if isinstance(fields, (str, bytes)) or not isinstance(fields, (list, tuple)) or not fields:
+        raise ValueError(f"fields must be a non-empty list of field names, got {fields!r}; accepted: "
+                         f"{', '.join(TOKEN_FIELDS)}")  # fmt: skip
+    unknown = [f for f in fields if not isinstance(f, str) or f not in TOKEN_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(TOKEN_FIELDS)}"
+        )
+    return tuple(name for name in TOKEN_FIELDS if name in fields)
+
+
+def placeholder(name: str, tokens: int, categories: int) -> torch.Tensor:
+    """What a per-token field not asked for holds: the right dtype and shape (``(T,)``, ``(T, 2)`` or ``(T, C)``),
+    every value NaN (float fields) or -1 (long fields), so reading it by mistake shows; an expanded scalar, so it
+    costs no memory."""
+    shape = (
+        (tokens, 2) if name == "offsets" else (tokens, categories) if name == "category_probs" else (tokens,)
+    )
+    dtype = TOKEN_FIELDS[name]
+    fill = float("nan") if dtype.is_floating_point else -1
+    return torch.full((), fill, dtype=dtype).expand(shape)
+
+
+def risks_to_bytes(risks: Sequence[TokenRisk], fields: Sequence[str] | None = None) -> bytes:
     """``risks`` as one safetensors file (module docstring): ``lengths`` ``(N,)`` int64, each per-token field
-    concatenated over the samples (``(sum T,)``, ``offsets`` ``(sum T, 2)``, ``category_probs`` ``(sum T, C)``)."""
+    concatenated over the samples (``(sum T,)``, ``offsets`` ``(sum T, 2)``, ``category_probs`` ``(sum T, C)``);
+    ``fields`` (checked names of :data:`TOKEN_FIELDS`, default all): only these per-token fields."""
     from safetensors.torch import save
 
     width = {len(r.category_names) for r in risks}
     if len(width) > 1:
         raise ValueError(f"risks with different category counts {sorted(width)} cannot share one tensor")
     c = width.pop() if width else 0
+    wanted = tuple(TOKEN_FIELDS) if fields is None else tuple(fields)
     tensors = {"lengths": torch.tensor([len(r.p_unsafe) for r in risks], dtype=torch.long)}
-    for name, dtype in TOKEN_FIELDS.items():
+    for name in wanted:
+        dtype = TOKEN_FIELDS[name]
         parts = [getattr(r, name).to(dtype) for r in risks]
         empty = torch.zeros((0, 2) if name == "offsets" else (0, c) if name == "category_probs" else (0,))
         tensors[name] = torch.cat(parts).contiguous() if parts else empty.to(dtype)
     scalars = [{key: risk_to_json_scalar(r, key) for key in _SCALARS} for r in risks]
-    return save(tensors, metadata={"risks": json.dumps(scalars)})
+    return save(tensors, metadata={"risks": json.dumps(scalars), "fields": json.dumps(list(wanted))})
+
+
+def risks_to_json_bytes(risks: Sequence[TokenRisk], fields: Sequence[str] | None = None) -> bytes:
+    """The JSON array of :func:`risk_to_json` of ``risks``, encoded: what a replica hands the ingress for a JSON
+    answer (bytes, so the hop between them pickles no lists of floats)."""
+    return json.dumps([risk_to_json(r, fields) for r in risks]).encode()
 
 
 def risk_to_json_scalar(r: TokenRisk, key: str) -> Any:
@@ -169,8 +205,9 @@ def risk_to_json_scalar(r: TokenRisk, key: str) -> Any:
 
 
 def risks_from_bytes(data: bytes) -> list[TokenRisk]:
-    """Inverse of :func:`risks_to_bytes`. A body that is not such a file (truncated, a wrong dtype or shape, a
-    missing field, lengths that do not add up) raises ``ValueError`` naming the problem."""
+    """Inverse of :func:`risks_to_bytes` (fields left out are :func:`placeholder` s). A body that is not such a
+    file (truncated, a wrong dtype or shape, a missing or unknown field, lengths that do not add up) raises
+    ``ValueError`` naming the problem."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -178,31 +215,32 @@ def risks_from_bytes(data: bytes) -> list[TokenRisk]:
         tensors = load(bytes(data))
         header_len = int.from_bytes(bytes(data[:8]), "little")
         header = json.loads(bytes(data[8 : 8 + header_len]))
-        scalars = json.loads((header.get("__metadata__") or {})["risks"])
+        meta = header.get("__metadata__") or {}
+        scalars = json.loads(meta["risks"])
+        fields = check_fields(json.loads(meta["fields"]) if "fields" in meta else None)
     except (SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"not a binary risks body: {exc}") from None
     lengths = tensors.get("lengths")
     if lengths is None or lengths.dtype != torch.long or lengths.dim() != 1 or len(lengths) != len(scalars):
         raise ValueError("binary risks: 'lengths' must be int64 (N,), one per sample")
     total = int(lengths.sum())
-    for name, dtype in TOKEN_FIELDS.items():
-        t = tensors.get(name)
+    for name in fields:
+        t, dtype = tensors.get(name), TOKEN_FIELDS[name]
         if t is None or t.dtype != dtype or len(t) != total:
             got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
             raise ValueError(f"binary risks: {name!r} must be {dtype} with {total} rows, got {got}")
     out = []
-    split = {name: tensors[name].split(lengths.tolist()) for name in TOKEN_FIELDS}
+    sizes = lengths.tolist()
+    split = {name: tensors[name].split(sizes) for name in fields}
     for i, d in enumerate(scalars):
-        d = {**d, "category_names": tuple(d.get("category_names") or ())}
-        if split["category_probs"][i].shape[-1:] != (len(d["category_names"]),) and len(lengths):
-            raise ValueError(f"binary risks: sample {i} has {len(d['category_names'])} category names")
-        out.append(
-            TokenRisk(
-                **{name: split[name][i] for name in TOKEN_FIELDS},
-                category_names=d["category_names"],
-                **_sample_fields(d),
-            )
-        )
+        names = tuple(d.get("category_names") or ())
+        if "category_probs" in split and split["category_probs"][i].shape[-1:] != (len(names),):
+            raise ValueError(f"binary risks: sample {i} has {len(names)} category names")
+        per_token = {
+            name: split[name][i] if name in split else placeholder(name, sizes[i], len(names))
+            for name in TOKEN_FIELDS
+        }
+        out.append(TokenRisk(**per_token, category_names=names, **_sample_fields(d)))
     return out
 
 

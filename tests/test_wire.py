@@ -12,7 +12,9 @@ import torch
 from guard_reward.types import TokenRisk, Verdict
 from guard_reward.wire import (
     DECODED_FIELDS,
+    SHAPING_FIELDS,
     TOKEN_FIELDS,
+    check_fields,
     failed_risk,
     risk_from_json,
     risk_to_json,
@@ -106,3 +108,35 @@ def test_a_bad_binary_body_is_refused_by_name():
         risks_from_bytes(save(short, metadata=meta))
     with pytest.raises(ValueError, match="'lengths'"):
         risks_from_bytes(save({**tensors, "lengths": torch.tensor([5])}, metadata=meta))
+
+
+def test_only_the_fields_asked_for_travel_and_the_rest_are_placeholders():
+    risks = [_risk(17, 0), failed_risk(NAMES, "invalid_input", "bad ids", None), _risk(300, 2)]
+    asked = SHAPING_FIELDS
+    blob, full = risks_to_bytes(risks, check_fields(list(asked))), risks_to_bytes(risks)
+    assert len(blob) < 0.45 * len(full)  # 28 of 72 bytes a token
+    text = json.dumps([risk_to_json(r, asked) for r in risks])
+    for back in (risks_from_bytes(blob), [risk_from_json(d) for d in json.loads(text)]):
+        for got, want in zip(back, risks, strict=True):
+            assert len(got) == len(want) and got.span == want.span and got.reason == want.reason
+            for name in TOKEN_FIELDS:
+                g, w = getattr(got, name), getattr(want, name)
+                assert g.dtype == w.dtype and g.shape == w.shape, name
+                if name in asked:
+                    assert torch.equal(g, w), name  # the same bits
+                elif w.numel():  # not asked for: visibly not a value, and no memory
+                    assert (g.isnan().all() if g.is_floating_point() else (g == -1).all()) and g.stride()[
+                        0
+                    ] == 0
+
+
+def test_unknown_or_empty_field_lists_are_refused_naming_the_accepted_ones():
+    assert check_fields(None) == tuple(TOKEN_FIELDS)
+    assert check_fields(["p_unsafe", "p_safe", "p_unsafe"]) == ("p_safe", "p_unsafe")  # wire order, once
+    for bad in (["p_unsafe", "unsafe"], [], "p_unsafe", [3]):
+        with pytest.raises(ValueError, match="accepted: token_ids, offsets, p_safe"):
+            check_fields(bad)
+    with pytest.raises(ValueError, match=r"unknown field\(s\) 'unsafe'"):
+        check_fields(["unsafe"])
+    with pytest.raises(ValueError, match="at least one of"):
+        risk_from_json({"category_names": []})

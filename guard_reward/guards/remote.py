@@ -22,7 +22,7 @@ from guard_reward.conversations import moderation_of
 from guard_reward.faults import OnError
 from guard_reward.guards.remote_client import GuardClient, GuardUnavailable, RemoteGuardError
 from guard_reward.types import TokenRisk, Verdict
-from guard_reward.wire import failed_risk, failed_verdict, risk_from_json, verdict_from_json
+from guard_reward.wire import check_fields, failed_risk, failed_verdict, risk_from_json, verdict_from_json
 
 __all__ = ["GuardUnavailable", "RemoteGenGuard", "RemoteGuardError", "RemoteStreamGuard"]
 
@@ -125,11 +125,19 @@ class RemoteStreamGuard(_Remote):
     with ``reason="guard_unavailable"``; from ``score_ids`` with ``span=(0, 0)``).
 
     ``binary=True`` (the default) asks for answers in the binary form (``guard_reward.wire``: safetensors,
-    float32 as it is, some 200-300 times cheaper to encode and decode than JSON lists); ``False`` asks for JSON."""
+    float32 as it is, some 200-300 times cheaper to encode and decode than JSON lists); ``False`` asks for JSON.
 
-    def __init__(self, url: str, *, binary: bool = True, **kw: Any) -> None:
+    ``fields``: the per-token fields to fetch (names of ``wire.TOKEN_FIELDS``; default all of them). The others
+    come back as ``wire.placeholder`` s (right shape, NaN or -1, no memory). For ``TokenSafetyPenalty`` give
+    ``fields=wire.SHAPING_FIELDS`` (28 of 72 bytes a token; its rewards are the same bits). A call's own
+    ``fields=`` overrides it. An unknown name raises ``ValueError`` naming the accepted ones."""
+
+    def __init__(
+        self, url: str, *, binary: bool = True, fields: Sequence[str] | None = None, **kw: Any
+    ) -> None:
         super().__init__(url, **kw)
         self.binary = binary
+        self.fields = None if fields is None else check_fields(fields)
         self._names: tuple[str, ...] | None = None
         self._vocab: dict[str, int] | None = None
         self._rows: int | None = None
@@ -154,14 +162,23 @@ class RemoteStreamGuard(_Remote):
         except Exception:  # the server is down: the failure still needs a (possibly empty) label list
             return ()
 
+    def _extra(self, thinking: str | None, fields: Sequence[str] | None) -> dict[str, Any]:
+        wanted = self.fields if fields is None else check_fields(fields)
+        return {"thinking": thinking, **({} if wanted is None else {"fields": list(wanted)})}
+
     def score(
-        self, conversations: Sequence[Any], *, thinking: str | None = None, on_error: OnError | None = None
+        self,
+        conversations: Sequence[Any],
+        *,
+        thinking: str | None = None,
+        on_error: OnError | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[TokenRisk]:
         """Per-token risk of the last assistant message of each conversation (see ``StreamGuard.score``)."""
         return self.client.chunked(
             "/v1/stream/score",
             {"conversations": list(conversations)},
-            {"thinking": thinking},
+            self._extra(thinking, fields),
             "risks",
             risk_from_json,
             lambda i, reason, m: failed_risk(self._fail_names(), reason, m, None),
@@ -176,6 +193,7 @@ class RemoteStreamGuard(_Remote):
         *,
         thinking: str | None = None,
         on_error: OnError | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[TokenRisk]:
         """Per-token risk of completions given as guard token ids (see ``StreamGuard.score_ids``)."""
         if len(prompts) != len(completion_ids):
@@ -186,7 +204,7 @@ class RemoteStreamGuard(_Remote):
         return self.client.chunked(
             "/v1/stream/score_ids",
             {"prompts": list(prompts), "completion_ids": ids},
-            {"thinking": thinking},
+            self._extra(thinking, fields),
             "risks",
             risk_from_json,
             lambda i, reason, m: failed_risk(self._fail_names(), reason, m, (0, 0)),

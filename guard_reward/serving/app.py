@@ -50,7 +50,7 @@ from guard_reward.serving.protocol import (
     parse_score,
     parse_score_ids,
 )
-from guard_reward.wire import BINARY_MEDIA_TYPE, risk_from_json, risks_to_bytes
+from guard_reward.wire import BINARY_MEDIA_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -286,11 +286,10 @@ class GuardAPI:
             if binary:
                 call["binary"] = True
             risks = await self._batcher("stream").submit(call, size=size)
-            if not binary:
-                return JSONResponse({"risks": risks})
-            if not isinstance(risks, bytes):  # results made here (a failed batch): JSON-ready dicts
-                risks = risks_to_bytes([risk_from_json(r) for r in risks])
-            return Response(risks, media_type=BINARY_MEDIA_TYPE)
+            if binary:
+                return Response(risks, media_type=BINARY_MEDIA_TYPE)
+            # the replica encoded the JSON array: spliced in as it is, never decoded and encoded again here
+            return Response(b'{"risks": ' + risks + b"}", media_type="application/json")
         if path == "/get_reward":
             queries, prompts = parse_get_reward(body)
             gen = self._batcher("gen")

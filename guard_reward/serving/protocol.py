@@ -15,10 +15,11 @@ from guard_reward.conversations import THINKING_MODES, moderation_of, validate_c
 from guard_reward.faults import GUARD_UNAVAILABLE, INVALID_INPUT, SampleError
 from guard_reward.wire import (
     MAX_REQUEST_BYTES,
+    check_fields,
     failed_risk,
     failed_verdict,
-    risk_to_json,
     risks_to_bytes,
+    risks_to_json_bytes,
     verdict_to_json,
 )
 
@@ -91,25 +92,42 @@ def parse_gen(body: Any) -> dict[str, Any]:
     }
 
 
+def _fields(body: dict[str, Any], route: str) -> tuple[str, ...] | None:
+    """The per-token fields a Stream request asks for (``None``: all of them)."""
+    if body.get("fields") is None:
+        return None
+    try:
+        return check_fields(body["fields"])
+    except ValueError as exc:
+        raise BadRequest(f"{route}: {exc}") from None
+
+
 def parse_score(body: Any) -> dict[str, Any]:
-    """``{"conversations": [...], "thinking": str | null}``."""
+    """``{"conversations": [...], "thinking": str | null, "fields": [str, ...] | null}``."""
     route = "/v1/stream/score"
-    body = _object(body, route, ("conversations", "thinking"))
+    body = _object(body, route, ("conversations", "thinking", "fields"))
     return {
         "conversations": _items(body, "conversations", route),
         "thinking": _thinking(body, route, STREAM_THINKING),
+        "fields": _fields(body, route),
     }
 
 
 def parse_score_ids(body: Any) -> dict[str, Any]:
-    """``{"prompts": [...], "completion_ids": [[int, ...], ...], "thinking": str | null}``."""
+    """``{"prompts": [...], "completion_ids": [[int, ...], ...], "thinking": str | null, "fields": [str, ...] |
+    null}``."""
     route = "/v1/stream/score_ids"
-    body = _object(body, route, ("prompts", "completion_ids", "thinking"))
+    body = _object(body, route, ("prompts", "completion_ids", "thinking", "fields"))
     prompts = _items(body, "prompts", route)
     ids = _items(body, "completion_ids", route)
     if len(prompts) != len(ids):
         raise BadRequest(f"{route}: {len(prompts)} prompts but {len(ids)} completion_ids; one per sample")
-    return {"prompts": prompts, "completion_ids": ids, "thinking": _thinking(body, route, STREAM_THINKING)}
+    return {
+        "prompts": prompts,
+        "completion_ids": ids,
+        "thinking": _thinking(body, route, STREAM_THINKING),
+        "fields": _fields(body, route),
+    }
 
 
 # --------------------------------------------------------------------------------------------- judging
@@ -191,11 +209,13 @@ def judge_gen_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list[di
     return out
 
 
-def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]] | bytes]:
+def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[bytes]:
     """Like :func:`judge_gen_calls` for Stream: calls with ``conversations`` go to ``guard.score``, calls with
-    ``completion_ids`` to ``guard.score_ids``, one call per ``(kind, thinking)`` group. A call marked
-    ``binary`` (the client accepts :data:`~guard_reward.wire.BINARY_MEDIA_TYPE`) gets its risks as one
-    :func:`~guard_reward.wire.risks_to_bytes` body."""
+    ``completion_ids`` to ``guard.score_ids``, one call per ``(kind, thinking)`` group. Each call gets its risks
+    encoded, with the per-token ``fields`` it asked for: one :func:`~guard_reward.wire.risks_to_bytes` body when
+    marked ``binary`` (the client accepts :data:`~guard_reward.wire.BINARY_MEDIA_TYPE`), else the JSON array of
+    :func:`~guard_reward.wire.risks_to_json_bytes`. Bytes either way: the hop back to the ingress carries one
+    buffer per request, never lists of Python floats."""
     out: list[list[Any]] = [[] for _ in calls]
     names = tuple(guard.category_names)
 
@@ -225,9 +245,9 @@ def judge_stream_calls(guard: Any, calls: Sequence[dict[str, Any]]) -> list[list
                 fail,
             )
             _scatter(out, members, calls, "prompts", list(risks))
-    # the ingress gets bytes (binary form) or JSON-ready dicts, never tensors to pickle per sample
     return [
-        risks_to_bytes(o) if c.get("binary") else [risk_to_json(r) for r in o] for c, o in zip(calls, out)
+        (risks_to_bytes if c.get("binary") else risks_to_json_bytes)(o, c.get("fields"))
+        for c, o in zip(calls, out)
     ]
 
 

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 
+import pytest
 import torch
 
 from guard_reward import RemoteStreamGuard
@@ -67,3 +69,37 @@ def test_the_answer_is_binary_only_when_asked_for(server):
     for headers in ({}, {"Accept": "application/json"}, {"Accept": "*/*"}):  # curl, other languages
         kind, payload = post(headers)
         assert kind.startswith("application/json") and len(json.loads(payload)["risks"]) == 2
+
+
+def test_a_penalty_fetching_only_the_shaping_fields_gives_the_same_rewards(server):
+    from guard_reward import TokenSafetyPenalty
+    from guard_reward.wire import SHAPING_FIELDS
+    from tests.guards import stream_ckpt
+
+    prompts = ["How do I pick a lock?", "Hi"]
+    completions = ["I cannot help with that, sorry.", "Hello! How can I help you today?"]
+    full, lean = RemoteStreamGuard(server.url), RemoteStreamGuard(server.url, fields=SHAPING_FIELDS)
+    for tok in (stream_ckpt.guard("single").tokenizer, stream_ckpt.qwen36_tokenizer()):  # ids, then text
+        ids = [tok.encode(c, add_special_tokens=False) for c in completions]
+        want, got = (
+            TokenSafetyPenalty(g, policy_tokenizer=tok, hard=True, coef=1.0)(prompts, completions, ids)
+            for g in (full, lean)
+        )
+        assert torch.equal(want.rewards, got.rewards) and torch.equal(want.mask, got.mask)
+        assert want.rewards.abs().sum() > 0
+    risks = lean.score_ids(prompts, [[9707, 0, 2585], [40, 1079]])
+    assert risks[0].p_unsafe.numel() > 0 and risks[0].category_probs.isnan().all()  # not fetched: not a value
+
+
+def test_an_unknown_field_is_a_400_naming_it_and_the_accepted_ones(server):
+    body = json.dumps({"conversations": CONVS[:1], "fields": ["p_unsafe", "unsafe"]}).encode()
+    req = urllib.request.Request(f"{server.url}/v1/stream/score", body, {"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=60)
+        raise AssertionError("expected a 400")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 400
+        message = json.loads(exc.read())["error"]
+    assert "'unsafe'" in message and "accepted: token_ids, offsets, p_safe" in message
+    with pytest.raises(ValueError, match="accepted"):
+        RemoteStreamGuard(server.url, fields=["unsafe"])
