@@ -71,10 +71,18 @@ def default_cache_dir() -> Path:
 
 #: The files each stand-in is built from (its cache folder changes when one of them does).
 _SOURCES = {
-    "policy": ("policy.py", "gen.py", "tokenizer.py"),
+    "policy": ("policy.py", "gen.py", "tokenizer.py", "templates/qwen3_tools.jinja"),
+    "tool_policy": (
+        "tool_policy.py",
+        "policy.py",
+        "gen.py",
+        "training.py",
+        "tokenizer.py",
+        "templates/qwen3_tools.jinja",
+    ),
     "gen": ("gen.py", "gen_training.py", "training.py", "tokenizer.py", "templates/qwen3guard_gen.jinja"),
     "stream": ("stream.py", "gen.py", "tokenizer.py", "templates/qwen3_stream.jinja"),
-    "helpfulness": ("policy.py", "gen.py", "tokenizer.py"),
+    "helpfulness": ("policy.py", "gen.py", "tokenizer.py", "templates/qwen3_tools.jinja"),
     "data": ("smoke.py",),
 }
 
@@ -96,6 +104,7 @@ def _examples_text() -> str:
 #: What each stand-in is, for the log line of a first run that builds it.
 _WHAT = {
     "policy": "tiny Qwen3 policy (random weights)",
+    "tool_policy": "tiny Qwen3 policy, trained to call the lookup tool for some prompts",
     "gen": "tiny Qwen3Guard-Gen, trained until it writes the bundled examples' verdicts",
     "stream": "tiny Qwen3Guard-Stream (random weights)",
     "helpfulness": "tiny one-logit reward model (random weights)",
@@ -152,17 +161,19 @@ def smoke_assets(
     progress: bool = True,
 ) -> dict[str, str]:
     """Build (or reuse) the stand-ins ``recipe`` needs; ``{"policy", "gen", "data", ["stream"],
-    ["helpfulness"]}`` as paths. ``gen`` uses an existing tiny Gen folder instead of the cached one;
+    ["helpfulness"], ["tool_policy"]}`` as paths. ``gen`` uses an existing tiny Gen folder instead of the cached one;
     ``progress`` shows a bar while the Gen stand-in trains (each build is also logged with its time).
 
     For a script of your own, pass the keys that decide which stand-ins are built: ``{}`` gives the policy,
     the Gen guard and the prompts, ``{"guard_stream": "x"}`` adds the Stream guard, ``{"guard_reward":
-    "hybrid"}`` the helpfulness model. The Stream stand-in has random weights: its per-token risks exercise
+    "hybrid"}`` the helpfulness model, ``{"tools": True}`` a policy that calls a tool
+    (:mod:`guard_reward.tiny.tool_policy`: about a minute of CPU to train, once). The Stream stand-in has random weights: its per-token risks exercise
     the code, they judge nothing.
     """
     from guard_reward.tiny.gen_training import build_trained_tiny_gen
     from guard_reward.tiny.policy import build_tiny_policy, build_tiny_reward_model
     from guard_reward.tiny.stream import build_tiny_stream
+    from guard_reward.tiny.tool_policy import build_tool_policy
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     assets = {
@@ -176,6 +187,10 @@ def smoke_assets(
         assets["stream"] = _cached(_folder(root, "stream"), lambda p: build_tiny_stream(p, seed=3))
     if recipe.get("guard_reward") == "hybrid" or recipe.get("guard_helpfulness") or _model_reward(recipe):
         assets["helpfulness"] = _cached(_folder(root, "helpfulness"), build_tiny_reward_model)
+    if recipe.get("tools"):
+        assets["tool_policy"] = _cached(
+            _folder(root, "tool_policy"), lambda p: build_tool_policy(p, progress=progress)
+        )
     return {k: str(v) for k, v in assets.items()}
 
 
