@@ -31,7 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", type=Path, required=True, help="JSONL verdicts (created, or resumed if it is ours)"
     )
-    p.add_argument("--guard", required=True, help="Qwen3Guard-Gen hub id or local checkpoint folder")
+    p.add_argument(
+        "--guard",
+        required=True,
+        help="Qwen3Guard-Gen hub id or local checkpoint folder, or a served one: openai+http://HOST:PORT/v1?model=NAME",
+    )
     p.add_argument(
         "--no-decode",
         action="store_true",
@@ -66,12 +70,13 @@ def run_moderate(args: argparse.Namespace) -> int:
         run_settings,
     )
     from guard_reward.guards.common import checkpoint_source, resolve_device
+    from guard_reward.guards.gen_spec import is_server_spec, load_gen_guard
 
     if not args.input.is_file():
         print(f"error: input file {args.input} does not exist", file=sys.stderr)
         return 2
     # everything that can be checked without the model is checked before it loads
-    source = checkpoint_source(args.guard)
+    source = "server" if is_server_spec(args.guard) else checkpoint_source(args.guard)
     resolve_device(args.device)
     guard_id = os.path.abspath(os.path.expanduser(args.guard)) if source == "local" else args.guard
     settings = {
@@ -84,9 +89,7 @@ def run_moderate(args: argparse.Namespace) -> int:
     meta = run_meta(args.input, run_settings(settings, decode=decode, chunk_size=args.chunk_size))
     resumed = prepare_output(args.input, args.output, meta)
 
-    from guard_reward.guards.gen import GenGuard
-
-    guard = GenGuard.from_pretrained(
+    guard = load_gen_guard(
         args.guard,
         device=args.device,
         dtype=args.dtype,

@@ -83,9 +83,11 @@ def load_judge(
 
             guard = StreamGuard.from_pretrained(name, device=device, dtype=dtype)
         elif kind == "gen":
-            from guard_reward.guards.gen import GenGuard
+            from guard_reward.guards.gen_spec import is_server_spec, load_gen_guard
 
-            guard = GenGuard.from_pretrained(name, device=device, dtype=dtype)
+            guard = load_gen_guard(name, device=device, dtype=dtype)  # a checkpoint or openai+http://…
+            if is_server_spec(name):
+                guard.connect()  # reach and check the server now, not after generating every answer
         else:
             raise ValueError(f"judge kind {kind!r} is not accepted; use one of {', '.join(JUDGE_KINDS)}")
     except Exception as exc:

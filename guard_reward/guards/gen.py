@@ -42,15 +42,20 @@ from guard_reward.faults import NON_FINITE, OnError, SampleError, check_on_error
 from guard_reward.guards.batching import micro_batches
 from guard_reward.guards.common import (
     cache_kwarg,
-    fit_to_context,
     hub_kwargs,
     output_cache,
     read_config_json,
     resolve_device,
     resolve_dtype,
 )
-from guard_reward.guards.gen_scoring import build_label_tree, label_log_probs, make_scoring_batch
-from guard_reward.guards.gen_units import checked_conversations, plan_units, sample_verdict
+from guard_reward.guards.gen_scoring import LabelTree, build_label_tree, label_log_probs, make_scoring_batch
+from guard_reward.guards.gen_units import (
+    checked_conversations,
+    encode_conversation,
+    plan_units,
+    render_units,
+    sample_verdict,
+)
 from guard_reward.guards.gen_verdicts import decode_verdicts
 from guard_reward.guards.prefix_sharing import attention_bias, block_mask, encode_shared, plan_sharing
 from guard_reward.types import LEVELS, Verdict
@@ -116,10 +121,9 @@ class GenGuard:
         self.share_prefix = share_prefix
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.end_ids = _end_of_turn_ids(tokenizer, model)
-        encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-        self.tree = build_label_tree(encode(FORCED_PREFIX), {label: encode(" " + label) for label in LEVELS})
+        self.tree = gen_label_tree(tokenizer)
         self.stats: Counter[str] = Counter()
-        self._check_template()
+        check_gen_template(tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -217,29 +221,12 @@ class GenGuard:
     def _render_units(
         self, units: list[Conversation], decode: bool, policy: str = "raise"
     ) -> list[tuple[tuple[int, ...], bool, str] | SampleError]:
-        """Render and tokenize each unit, fitting it to the context window: ``(ids, truncated,
-        moderation)``, or (``policy="skip"``) the :class:`SampleError` of a unit that does not fit."""
+        """Render and tokenize each unit, fitting it to the context window (:func:`render_units`)."""
         limit = self.max_length - self.tree.n_extra - (self.max_new_tokens if decode else 0)
-        out: list[tuple[tuple[int, ...], bool, str] | SampleError] = []
-        for conv in units:
-            ids = self._encode(conv)
-            truncated = False
-            if len(ids) > limit:
-                try:
-                    conv, truncated = fit_to_context(conv, lambda c: len(self._encode(c)), limit)
-                except SampleError as exc:
-                    if policy == "raise":
-                        raise
-                    out.append(exc)
-                    continue
-                ids = self._encode(conv)
-                self.stats["truncated"] += 1
-            out.append((tuple(ids), truncated, moderation_of(conv)))
-        return out
+        return render_units(self.tokenizer, units, limit, policy, self.stats)
 
     def _encode(self, conv: Conversation) -> list[int]:
-        text = self.tokenizer.apply_chat_template(conv, tokenize=False)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return encode_conversation(self.tokenizer, conv)
 
     # ------------------------------------------------------------------ judging
 
@@ -321,13 +308,21 @@ class GenGuard:
             for v, ok in zip(verdicts, finite, strict=True)
         ]
 
-    def _check_template(self) -> None:
-        probe = self.tokenizer.apply_chat_template([{"role": "user", "content": "probe"}], tokenize=False)
-        if FORCED_PREFIX not in probe:
-            raise ValueError(
-                "this checkpoint's chat template does not ask for a 'Safety:' verdict; it is not a "
-                "Qwen3Guard-Gen checkpoint (for Qwen3Guard-Stream use StreamGuard)"
-            )
+
+def gen_label_tree(tokenizer: Any) -> LabelTree:
+    """The label trie of a Gen tokenizer: ``Safety:`` then each label with its leading space."""
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    return build_label_tree(encode(FORCED_PREFIX), {label: encode(" " + label) for label in LEVELS})
+
+
+def check_gen_template(tokenizer: Any) -> None:
+    """Refuse a chat template that does not ask for a ``Safety:`` verdict (not a Qwen3Guard-Gen template)."""
+    probe = tokenizer.apply_chat_template([{"role": "user", "content": "probe"}], tokenize=False)
+    if FORCED_PREFIX not in probe:
+        raise ValueError(
+            "this checkpoint's chat template does not ask for a 'Safety:' verdict; it is not a "
+            "Qwen3Guard-Gen checkpoint (for Qwen3Guard-Stream use StreamGuard)"
+        )
 
 
 def _end_of_turn_ids(tokenizer: Any, model: Any) -> list[int]:

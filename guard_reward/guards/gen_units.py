@@ -11,6 +11,7 @@ cases ``"separate"`` and ``"whole"`` still judge the reasoning, reported in ``pa
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from guard_reward.conversations import (
     with_last_content,
 )
 from guard_reward.faults import INVALID_INPUT, NO_ANSWER, OnError, SampleError
+from guard_reward.guards.common import fit_to_context
 from guard_reward.guards.gen_verdicts import combine_parts
 from guard_reward.types import Verdict
 
@@ -115,3 +117,36 @@ def sample_verdict(plan: dict[str, Any], judged: dict[int, Verdict]) -> Verdict:
     if plan.get("status") == "empty":
         return Verdict.empty_answer(parts or None)
     return combine_parts(parts)
+
+
+def encode_conversation(tokenizer: Any, conv: Conversation) -> list[int]:
+    """A unit's guard token ids: the Gen chat template rendered as text, then tokenized without special tokens
+    (what the official usage feeds ``generate``)."""
+    text = tokenizer.apply_chat_template(conv, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def render_units(
+    tokenizer: Any, units: list[Conversation], limit: int, policy: str, stats: Counter[str]
+) -> list[tuple[tuple[int, ...], bool, str] | SampleError]:
+    """Render and tokenize each unit, fitting it to ``limit`` tokens (the context policy of
+    :func:`~guard_reward.guards.common.fit_to_context`): ``(ids, truncated, moderation)``, or (``policy="skip"``)
+    the :class:`SampleError` of a unit that does not fit. Counts ``stats["truncated"]``."""
+    out: list[tuple[tuple[int, ...], bool, str] | SampleError] = []
+    for conv in units:
+        ids = encode_conversation(tokenizer, conv)
+        truncated = False
+        if len(ids) > limit:
+            try:
+                conv, truncated = fit_to_context(
+                    conv, lambda c: len(encode_conversation(tokenizer, c)), limit
+                )
+            except SampleError as exc:
+                if policy == "raise":
+                    raise
+                out.append(exc)
+                continue
+            ids = encode_conversation(tokenizer, conv)
+            stats["truncated"] += 1
+        out.append((tuple(ids), truncated, moderation_of(conv)))
+    return out

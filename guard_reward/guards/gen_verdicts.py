@@ -3,7 +3,7 @@ verdicts of reasoning and answer judged separately."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,36 +57,63 @@ def decode_verdicts(
         **{cache_kwarg(guard.model): cache},
     )
     generated = out.sequences[:, width:].cpu()
-    yes_id = guard.tokenizer.encode(" Yes", add_special_tokens=False)[0]
-    no_id = guard.tokenizer.encode(" No", add_special_tokens=False)[0]
+    yes_id, no_id = refusal_token_ids(guard.tokenizer)
     verdicts = []
     for row, (p, (_, truncated, moderation)) in enumerate(zip(probs, items)):
         ids = _until_end(generated[row].tolist(), guard.end_ids)
-        raw = guard.tokenizer.decode(ids, skip_special_tokens=True)
-        categories = PROMPT_CATEGORIES if moderation == "prompt" else RESPONSE_CATEGORIES
-        parsed = parse_verdict(raw, categories)
-        refusal, p_refusal = None, None
-        if moderation == "response":
-            refusal = parsed.refusal
-            step = _step_after(guard.tokenizer, ids, REFUSAL_PREFIX)
-            if step is not None and step < len(out.logits):
-                two = out.logits[step][row, [yes_id, no_id]].float()
-                p_refusal = float(torch.softmax(two, dim=-1)[0])
-        verdicts.append(
-            Verdict(
-                level=parsed.level,
-                probs=p,
-                moderation=moderation,  # type: ignore[arg-type]
-                categories=parsed.categories if parsed.level not in (None, "Safe") else (),
-                refusal=refusal,
-                p_refusal=p_refusal,
-                raw=raw,
-                truncated=truncated,
-                error=parsed.error,
-                reason=UNPARSEABLE if parsed.level is None else None,
-            )
-        )
+
+        def yes_no(step: int, row: int = row) -> tuple[float, float] | None:
+            if step >= len(out.logits):
+                return None
+            two = out.logits[step][row, [yes_id, no_id]].float()
+            return float(two[0]), float(two[1])
+
+        verdicts.append(decoded_verdict(guard.tokenizer, ids, yes_no, p, truncated, moderation))
     return verdicts
+
+
+def refusal_token_ids(tokenizer: Any) -> tuple[int, int]:
+    """The first tokens of ``" Yes"`` and ``" No"`` (what follows ``Refusal:``)."""
+    yes_id = tokenizer.encode(" Yes", add_special_tokens=False)[0]
+    no_id = tokenizer.encode(" No", add_special_tokens=False)[0]
+    return yes_id, no_id
+
+
+def decoded_verdict(
+    tokenizer: Any,
+    ids: list[int],
+    yes_no: Callable[[int], tuple[float, float] | None],
+    probs: dict[str, float],
+    truncated: bool,
+    moderation: str,
+) -> Verdict:
+    """One verdict from greedily generated ids (up to the end of turn) and the label probabilities.
+
+    ``yes_no(step)``: the scores of ``" Yes"`` and ``" No"`` at generation step ``step`` (logits or
+    log-probabilities of one distribution: only their difference counts), ``None`` past the last step;
+    ``p_refusal`` is their two-way softmax at the step right after ``Refusal:``."""
+    raw = tokenizer.decode(ids, skip_special_tokens=True)
+    categories = PROMPT_CATEGORIES if moderation == "prompt" else RESPONSE_CATEGORIES
+    parsed = parse_verdict(raw, categories)
+    refusal, p_refusal = None, None
+    if moderation == "response":
+        refusal = parsed.refusal
+        step = _step_after(tokenizer, ids, REFUSAL_PREFIX)
+        pair = None if step is None else yes_no(step)
+        if pair is not None:
+            p_refusal = float(torch.softmax(torch.tensor(pair, dtype=torch.float32), dim=-1)[0])
+    return Verdict(
+        level=parsed.level,
+        probs=probs,
+        moderation=moderation,  # type: ignore[arg-type]
+        categories=parsed.categories if parsed.level not in (None, "Safe") else (),
+        refusal=refusal,
+        p_refusal=p_refusal,
+        raw=raw,
+        truncated=truncated,
+        error=parsed.error,
+        reason=UNPARSEABLE if parsed.level is None else None,
+    )
 
 
 def _until_end(ids: list[int], end_ids: list[int]) -> list[int]:

@@ -576,9 +576,9 @@ def _worst_risk(risk: Any) -> float | None:
 
 
 def _load_gen(path: str, **kw: Any) -> Any:
-    from guard_reward.guards.gen import GenGuard
+    from guard_reward.guards.gen_spec import load_gen_guard
 
-    return GenGuard.from_pretrained(path, **kw)
+    return load_gen_guard(path, **kw)  # a checkpoint, or a served model (openai+http://…)
 
 
 def _load_stream(path: str, **kw: Any) -> Any:

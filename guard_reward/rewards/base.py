@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 
 def _load_gen(path: str, **kw: Any) -> Any:
-    from guard_reward.guards.gen import GenGuard
+    from guard_reward.guards.gen_spec import load_gen_guard
 
-    return GenGuard.from_pretrained(path, **kw)
+    return load_gen_guard(path, **kw)  # a checkpoint, or a served model (openai+http://…)
 
 
 class GuardReward:

@@ -58,7 +58,7 @@ class World:
 
 def build_world(config: DemoConfig) -> World:
     """Pre-train (or load) the policy and train (or load) the guards; nothing of the RL runs yet."""
-    from guard_reward.guards.gen import GenGuard
+    from guard_reward.guards.gen_spec import load_gen_guard
     from guard_reward.guards.stream import StreamGuard
 
     torch.set_num_threads(config.threads)
@@ -87,11 +87,12 @@ def build_world(config: DemoConfig) -> World:
         cpu_seconds["guards"] = sum(
             _train_guard(kind, config, path, config.progress) for kind, path in paths.items()
         )
-    gen = GenGuard.from_pretrained(paths["gen"], device=config.device)
+    # a checkpoint, or a served model (openai+http://…)
+    gen = load_gen_guard(paths["gen"], device=config.device)
     stream = StreamGuard.from_pretrained(paths["stream"], device=config.device)
     judge = None
     if config.heldout_judge_prompts > 0:
-        judge = GenGuard.from_pretrained(paths["judge"], device=config.device)
+        judge = load_gen_guard(paths["judge"], device=config.device)
     if side is None:
         seconds["guards"] = time.perf_counter() - start
 
