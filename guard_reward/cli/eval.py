@@ -78,10 +78,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.samples < 1:
         raise ValueError(f"-n/--samples must be >= 1, got {args.samples}")
     from guard_reward.evaluation.answering import GenerationSettings
-    from guard_reward.evaluation.checkpoint_eval import load_policy, prepare
+    from guard_reward.evaluation.checkpoint_eval import check_output_folder, load_policy, prepare
     from guard_reward.evaluation.judges import load_judge
-    from guard_reward.guards.common import resolve_device
+    from guard_reward.guards.common import hub_kwargs, resolve_device
 
+    check_output_folder(args.output)
     prompts_path, prompts, bad = _read_prompts(args.prompts)
     resolve_device(args.device)
     settings = GenerationSettings(
@@ -98,6 +99,9 @@ def run_eval(args: argparse.Namespace) -> int:
         {"policy": args.policy} if not args.baseline else {"policy": args.policy, "baseline": args.baseline}
     )
     reference = args.reference or args.baseline
+    for role, name in {**policies, "reference": reference}.items():
+        if name:  # a missing folder, or a hub id while the hub is unreachable, fails before any load
+            hub_kwargs(name, what=f"--{role} model")
     common = _recorded_settings(args, prompts_path, specs, reference)
     dirs = {k: (args.output / k if args.baseline else args.output) for k in policies}
     metas = {k: {**common, "policy": _source(v)} for k, v in policies.items()}
@@ -124,11 +128,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     """``--compare DIR1 DIR2``: the comparison of two finished evaluations."""
-    from guard_reward.evaluation.checkpoint_eval import load_run
+    from guard_reward.evaluation.checkpoint_eval import check_output_folder, load_run
     from guard_reward.evaluation.report import write_comparison
 
     if args.policy or args.baseline:
         raise ValueError("--compare DIR1 DIR2 compares finished evaluations; give it without --policy")
+    check_output_folder(args.output, writes="comparison.md")
     a, b = (load_run(d) for d in args.compare)
     out = write_comparison(
         a,

@@ -50,11 +50,15 @@ def load_policy(name: str, device: str | None = None, dtype: str | None = None) 
     """A causal LM and its tokenizer (left padding), named in the error when it cannot load."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from guard_reward.guards.common import resolve_device
+    from guard_reward.guards.common import hub_errors, hub_kwargs, resolve_device
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto")
+        kw = hub_kwargs(
+            name, what="policy"
+        )  # a local folder never touches the network; an unreachable hub fails at once
+        with hub_errors(name, "policy"):
+            tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left", **kw)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto", **kw)
     except Exception as exc:
         raise RuntimeError(f"the policy {name} could not be loaded: {exc}") from exc
     if tokenizer.pad_token_id is None:
@@ -71,8 +75,39 @@ def prepare(
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file; a row that is not JSON is named by its line and column."""
+    rows = []
     with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{path}, line {number}: not a row of {COMMAND} ({exc.msg}, column {exc.colno}); delete "
+                    f"the file and its {path.name}.meta.json to start over"
+                ) from None
+    return rows
+
+
+def check_output_folder(
+    output_dir: str | os.PathLike,
+    option: str = "-o/--output",
+    writes: str = "results.jsonl, summary.json, report.md, eval.png",
+) -> Path:
+    """``output_dir`` as a path, if it is (or can become) a folder; raises ``NotADirectoryError`` naming the
+    option and the path when it, or a folder above it, is a file (instead of ``mkdir``'s ``[Errno 17]``)."""
+    out = Path(output_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == out else f"cannot be made: {p} is a file"
+                raise NotADirectoryError(
+                    f"{option} {out} {where}; {COMMAND} writes a folder ({writes}): give a folder path"
+                )
+            break
+    return out
 
 
 def evaluate(

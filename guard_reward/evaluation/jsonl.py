@@ -55,10 +55,22 @@ def read_records(path: Path, counts: Counter[str] | None = None) -> Iterator[tup
                 if counts is not None:
                     counts["blank"] += 1
                 continue
-            try:
-                yield number, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"line {number}: invalid JSON: {exc.msg} (column {exc.colno})"
+            yield number, *_parse_line(line, number)
+
+
+def _parse_line(line: str, number: int) -> tuple[Any, str | None]:
+    """``(record, None)`` or ``(None, "line N: invalid JSON: ... (column C)")`` for one decoded line.
+
+    The line ending is cut off first: parsed with it, a line cut short (``{"prompt": "a"`` without its ``}``)
+    is reported at column 1 of the *next* line, and an unterminated string at the newline. Columns count
+    characters from 1, as editors do; a problem found past the last character is said to be at the end.
+    """
+    text = line.rstrip("\r\n")
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        where = f"column {exc.colno}" + (", at the end of the line" if exc.pos >= len(text) else "")
+        return None, f"line {number}: invalid JSON: {exc.msg} ({where})"
 
 
 def fingerprint(path: Path) -> dict[str, Any]:

@@ -71,14 +71,79 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
-def hub_kwargs(name_or_path: str | os.PathLike, **kw: Any) -> dict[str, Any]:
+def hub_kwargs(name_or_path: str | os.PathLike, *, what: str = "model", **kw: Any) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained``: a local folder is loaded with ``local_files_only=True`` so it
     never touches the network; a well-formed hub id goes to the hub; a path that looks local but does not
-    exist raises ``FileNotFoundError("no such folder: …")`` (see :func:`checkpoint_source`)."""
+    exist raises ``FileNotFoundError("no such folder: …")`` (see :func:`checkpoint_source`).
+
+    A hub id while the hub cannot be reached (:func:`hub_unreachable`, one probe a minute) is loaded from
+    the local cache when it is there, and otherwise raises :class:`HubUnreachableError` (naming it as ``what``)
+    at once — instead of the hub client's retries, about 30 s of backoff before the same answer.
+    """
     out = dict(kw)
     if checkpoint_source(name_or_path) == "local":
         out.setdefault("local_files_only", True)
+    elif not out.get("local_files_only") and not _offline_mode():
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        why = hub_unreachable(constants.ENDPOINT)
+        if why is not None:
+            name = os.fspath(name_or_path)
+            if not isinstance(try_to_load_from_cache(name, "config.json", revision=out.get("revision")), str):
+                raise HubUnreachableError(
+                    f"cannot load the {what} {name!r}: the model hub ({constants.ENDPOINT}) is unreachable ({why}) "
+                    "and the model is not in the local cache; download it where the hub is reachable, or pass "
+                    "a local checkpoint folder"
+                )
+            logger.warning("the model hub is unreachable: %s is loaded from the local cache", name)
+            out["local_files_only"] = True
     return out
+
+
+#: Seconds the hub's address has to accept a connection before a hub id is called unreachable.
+HUB_CONNECT_TIMEOUT = 5.0
+
+
+def _offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+#: ``{endpoint: (monotonic time, answer)}`` of :func:`hub_unreachable`: one probe serves every load of a command.
+_HUB_PROBES: dict[str, tuple[float, str | None]] = {}
+#: Seconds an answer of :func:`hub_unreachable` is reused (a long-lived process sees a network come back).
+HUB_PROBE_TTL = 60.0
+
+
+def hub_unreachable(endpoint: str, timeout: float = HUB_CONNECT_TIMEOUT) -> str | None:
+    """Why the hub at ``endpoint`` (a URL) cannot be reached — no TCP connection within ``timeout`` seconds
+    — or ``None`` when it can; the answer is reused for :data:`HUB_PROBE_TTL` seconds. Behind a proxy
+    (``HTTPS_PROXY`` …) the answer is ``None``: only the hub client, through the proxy, can tell."""
+    import time
+
+    now = time.monotonic()
+    if endpoint in _HUB_PROBES and now - _HUB_PROBES[endpoint][0] < HUB_PROBE_TTL:
+        return _HUB_PROBES[endpoint][1]
+    answer = _probe(endpoint, timeout)
+    _HUB_PROBES[endpoint] = (now, answer)
+    return answer
+
+
+def _probe(endpoint: str, timeout: float) -> str | None:
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(endpoint)
+    if not parts.hostname or urllib.request.getproxies().get(parts.scheme):
+        return None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except TimeoutError:
+        return f"no connection to {parts.hostname}:{port} within {timeout:g} s"
+    except OSError as exc:  # no route, refused, name not resolved
+        return f"{parts.hostname}:{port}: {exc.strerror or exc}"
 
 
 def checkpoint_source(name_or_path: str | os.PathLike) -> str:
@@ -174,6 +239,7 @@ def read_config_json(name_or_path: str | os.PathLike, **kw: Any) -> dict[str, An
         return json.loads(file.read_text())
     from huggingface_hub import hf_hub_download
 
+    kw = hub_kwargs(name_or_path, **kw)  # fails at once when the hub is unreachable and nothing is cached
     with hub_errors(name_or_path):
         return json.loads(Path(hf_hub_download(str(name_or_path), "config.json", **kw)).read_text())
 
