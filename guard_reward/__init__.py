@@ -23,6 +23,7 @@ _LAZY = {
     "StreamGuard": "guard_reward.guards.stream",
     "RemoteGenGuard": "guard_reward.guards.remote",
     "RemoteStreamGuard": "guard_reward.guards.remote",
+    "OpenAIGenGuard": "guard_reward.guards.openai_gen",
     "SafetyReward": "guard_reward.rewards",
     "HybridSafetyReward": "guard_reward.rewards",
     "TokenSafetyPenalty": "guard_reward.rewards",
@@ -33,6 +34,7 @@ __all__ = [
     "LEVELS",
     "GenGuard",
     "HybridSafetyReward",
+    "OpenAIGenGuard",
     "RemoteGenGuard",
     "RemoteStreamGuard",
     "SafetyReward",
@@ -45,6 +47,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from guard_reward.guards.gen import GenGuard
+    from guard_reward.guards.openai_gen import OpenAIGenGuard
     from guard_reward.guards.remote import RemoteGenGuard, RemoteStreamGuard
     from guard_reward.guards.stream import StreamGuard
     from guard_reward.rewards import HybridSafetyReward, SafetyReward, TokenSafetyPenalty, TurnSafetyReward
