@@ -77,6 +77,12 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "--quick", action="store_true", help="a seconds-sized run (smoke test, not meaningful)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    parser.add_argument(
+        "--red-team",
+        action="store_true",
+        help="instead of the default arms: a defender trained with an attacker in the loop against the scalar "
+        "arm, on held-out attacks (writes OUT/red_team/red_team.md; about 2-3x the default demo's time)",
+    )
     parser.set_defaults(func=run_demo)
     return parser
 
@@ -130,10 +136,33 @@ def run_demo(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     for noisy in ("httpx", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.red_team:
+        return _run_red_team(args)
     result = run(config_from_args(args))
     cpu = result.world.cpu_seconds
     for stage, wall in result.seconds.items():  # the command's output: each stage's time, then where to look
         cpu_s = f", CPU {cpu[stage]:.0f} s" if stage in cpu else ""
         print(f"time: {stage}: wall {wall:.0f} s{cpu_s}")
+    print(f"report: {result.report_path}")
+    return 0
+
+
+def _run_red_team(args: argparse.Namespace) -> int:
+    """``--red-team``: the self-play arm against the scalar arm (:mod:`guard_reward.sandbox.red_team`)."""
+    from guard_reward.sandbox.red_team import RedTeamConfig, run_red_team
+
+    out = str(args.out / "red_team")
+    config = RedTeamConfig.small(out) if args.quick else RedTeamConfig(output_dir=out)
+    demo = replace(
+        config.demo,
+        output_dir=out,
+        seed=args.seed,
+        threads=args.threads,
+        progress=config.demo.progress and not args.no_progress,
+        workers=config.demo.workers if args.workers is None else args.workers,
+    )
+    result = run_red_team(replace(config, demo=demo))
+    for stage, wall in result.seconds.items():
+        print(f"time: {stage}: wall {wall:.0f} s")
     print(f"report: {result.report_path}")
     return 0

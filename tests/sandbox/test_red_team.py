@@ -1,0 +1,71 @@
+"""The sandbox's attack surface (framings), the attacker's pre-training task, and the red-team arm end to end at
+a seconds size (report, figure, per-round table, ``guard-reward demo --red-team``)."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import pytest
+
+from guard_reward.sandbox.framings import (
+    HELDOUT_FRAMINGS,
+    TRAIN_FRAMINGS,
+    AttackerTask,
+    FramedLanguage,
+    framed_attacks,
+)
+from guard_reward.sandbox.language import Language
+from guard_reward.sandbox.rules import judge, prompt_is_harmful
+
+
+def test_held_out_framings_share_no_template_with_the_training_ones():
+    assert {f.context for f in TRAIN_FRAMINGS}.isdisjoint({f.context for f in HELDOUT_FRAMINGS})
+    requests = Language().prompts(20, seed=1)
+    attacks = framed_attacks(requests, HELDOUT_FRAMINGS, seed=2)
+    assert len(attacks) == 10 and all(prompt_is_harmful(a) and h for a, h in attacks)
+    # the request is kept word for word inside its framing
+    harmful = [p for p, h in requests if h]
+    assert all(p in a for p, (a, _) in zip(harmful, attacks, strict=True))
+
+
+def test_framed_harmful_requests_are_answered_unsafely_more_often():
+    lang = FramedLanguage()
+    rng = random.Random(0)
+    plain, framed = [], []
+    for _ in range(3000):
+        chat = lang.chat(rng, harmful=True)
+        (framed if len(chat.prompt.split()) > 12 else plain).append(judge(chat.response).unsafe)
+    assert sum(framed) / len(framed) > 0.85 and sum(plain) / len(plain) < 0.7
+    with pytest.raises(ValueError, match="framed_unsafe"):
+        FramedLanguage(framed_unsafe=0.99, framed_refusal=0.05)
+
+
+def test_the_attacker_task_rewrites_its_seed():
+    task = AttackerTask(Language())
+    rng = random.Random(0)
+    chats = [task.chat(rng) for _ in range(500)]
+    assert all(prompt_is_harmful(c.prompt) for c in chats)
+    kept = sum(c.prompt in c.response for c in chats) / len(chats)
+    assert 0.8 < kept < 0.95  # invalid_p = 0.1 of the rewrites are benign requests instead
+
+
+@pytest.mark.slow
+def test_red_team_arm_end_to_end(tmp_path):
+    from guard_reward.cli.demo import add_demo_parser, run_demo
+    from guard_reward.sandbox.red_team import RedTeamConfig
+
+    config = RedTeamConfig.small(str(tmp_path / "red_team"))
+    assert config.demo.arm.steps == 2 and config.rounds == 2
+    parser = argparse.ArgumentParser()
+    add_demo_parser(parser.add_subparsers())
+    args = parser.parse_args(["demo", "--red-team", "--quick", "--out", str(tmp_path), "--no-progress"])
+    assert run_demo(args) == 0
+    out = tmp_path / "red_team"
+    report = (out / "red_team.md").read_text()
+    assert "unsafe rate, held-out attacks" in report and "self-play (attacker in the loop)" in report
+    assert report.count("\n| 1 |") == 1 and report.count("\n| 2 |") == 1  # one row per round
+    assert (out / "red_team.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "self_play" / "self_play.csv").is_file()
+    assert (out / "self_play" / "defender" / "checkpoint-2").is_dir()  # 2 rounds x 1 defender step
+    assert len((out / "samples_self_play_attacks.jsonl").read_text().splitlines()) > 0
