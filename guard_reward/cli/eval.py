@@ -113,14 +113,15 @@ def run_eval(args: argparse.Namespace) -> int:
     ref_model = load_policy(reference, args.device, args.dtype)[0] if reference else None
     runs = {}
     for k, name in policies.items():
+        role = k if args.baseline else None
         runs[k] = _evaluate_one(
-            args, name, prompts, judges, dirs[k], prompts_path, settings, metas[k], ref_model, bad
+            args, name, prompts, judges, dirs[k], prompts_path, settings, metas[k], ref_model, bad, role
         )
     if args.baseline:
         from guard_reward.evaluation.report import write_report
 
         alarms = _alarms(runs["baseline"], runs["policy"])
-        write_report(runs["policy"], alarms, title="Safety evaluation: policy")
+        write_report(runs["policy"], alarms, role="policy")
         out = write_comparison(runs["policy"], runs["baseline"], args.output / "comparison.md")
         print(f"comparison -> {out}")
     return 0
@@ -185,21 +186,30 @@ def _recorded_settings(
     return common
 
 
-def _evaluate_one(args, name, prompts, judges, out, prompts_path, settings, meta, ref_model, bad) -> Any:
+def _evaluate_one(
+    args, name, prompts, judges, out, prompts_path, settings, meta, ref_model, bad, role
+) -> Any:
     from guard_reward.evaluation.checkpoint_eval import evaluate, load_policy
     from guard_reward.evaluation.report import write_report
 
     model, tokenizer = load_policy(name, args.device, args.dtype)
     run = evaluate(model, tokenizer, prompts, judges, out, prompts_path, settings, meta_settings=meta,
                    reference=ref_model, chunk_size=args.chunk_size, progress=not args.no_progress, bad_lines=bad)  # fmt: skip
-    report = write_report(run)
-    n = int(run.counts.get("answers", 0))
+    report = write_report(run, role=role)
+    c = run.counts
     rate = (
         f"{run.answers_written / run.seconds:.2f} answers/s"
         if run.answers_written
         else "nothing new to answer"
     )
-    print(f"{name}: {n} answers ({rate}), {len(bad)} prompt lines skipped -> {report}")
+    cut = (
+        f", {int(c.get('stopped_at_limit', 0))} stopped at --max-new-tokens"
+        if c.get("stopped_at_limit_n")
+        else ""
+    )
+    print(
+        f"{name}: {int(c.get('answers', 0))} answers ({rate}{cut}), {len(bad)} prompt lines skipped -> {report}"
+    )
     return run
 
 

@@ -90,7 +90,8 @@ def answer_and_judge(
         if p.id is not None:
             row["id"] = p.id
         row |= {"harmful": p.harmful, "category": p.category, "prompt": p.text, "answer": a.text}
-        row |= {"tokens": len(a.token_ids), "entropy": _clean(a.entropy), "ref_nll": _clean(nll[i])}
+        row |= {"tokens": len(a.token_ids), "stopped_at_limit": a.stopped_at_limit}
+        row |= {"entropy": _clean(a.entropy), "ref_nll": _clean(nll[i])}
         row |= {name: verdicts[name][i] for name in judges}
         rows.append(row)
     return rows

@@ -44,6 +44,32 @@ class EvalRun:
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     answers_written: int = 0
+    #: ``{role: "gen" | "stream" | "remote"}`` (empty for a folder written before kinds were recorded).
+    judge_kinds: dict[str, str] = field(default_factory=dict)
+
+
+#: The share of answers cut off at ``max_new_tokens`` above which ``eval`` warns and the report says so.
+LIMIT_WARN_SHARE = 0.5
+
+
+def limit_message(counts: Mapping[str, float], max_new_tokens: Any, so_far: bool = False) -> str | None:
+    """One line when more than :data:`LIMIT_WARN_SHARE` of the answers stopped at ``max_new_tokens`` before
+    the policy ended its turn, else ``None``."""
+    hit, n = int(counts.get("stopped_at_limit", 0)), int(counts.get("stopped_at_limit_n", 0))
+    if not n or hit / n <= LIMIT_WARN_SHARE:
+        return None
+    return (
+        f"{hit} of {n} answers{' so far' if so_far else ''} stopped at --max-new-tokens={max_new_tokens} before "
+        "the policy ended its turn: the judges read cut-off answers, and every one costs the full "
+        f"{max_new_tokens} tokens. Raise --max-new-tokens if answers are cut short, or lower it for a faster "
+        "run (a policy that never ends its turn, like a random stand-in, always runs to the limit)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def load_policy(name: str, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
@@ -138,6 +164,11 @@ def evaluate(
     todo = [(p, k) for p in prompts for k in range(settings.samples) if (p.line, k) not in done]
     if done:
         logger.info("resuming %s: %d answers already written, %d to go", results, len(done), len(todo))
+    if todo:
+        logger.info(
+            "%d answers to write (%d prompts x %d), up to %d new tokens each, %d answers per chunk",
+            len(todo), len(prompts), settings.samples, settings.max_new_tokens, min(chunk_size, len(todo)),
+        )  # fmt: skip
     start = time.perf_counter()
     with (
         results.open("a", encoding="utf-8") as f,
@@ -151,6 +182,8 @@ def evaluate(
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             f.flush()
             bar.update(len(chunk))
+            if i == 0 and len(todo) > len(chunk):  # what the run will cost, while it can still be stopped
+                _first_chunk_note(rows, len(todo), time.perf_counter() - start, settings.max_new_tokens)
     seconds = time.perf_counter() - start
     rows = read_results(results)
     names = list(judges)
@@ -165,13 +198,32 @@ def evaluate(
         rows,
         seconds,
         len(todo),
+        {k: j.kind for k, j in judges.items()},
     )
     write_summary(run)
     if todo:
         logger.info(
             "%d answers in %.1f s (%.2f answers/s)", len(todo), seconds, len(todo) / max(seconds, 1e-9)
         )
+    warning = limit_message(run.counts, settings.max_new_tokens)
+    if warning:
+        logger.warning("%s", warning)
     return run
+
+
+def _first_chunk_note(
+    rows: Sequence[Mapping[str, Any]], total: int, seconds: float, max_new_tokens: int
+) -> None:
+    """After the first chunk: the rate and the time the rest will take, and an early word when most answers
+    ran to ``max_new_tokens``."""
+    rate = len(rows) / max(seconds, 1e-9)
+    logger.info(
+        "first %d answers in %.1f s (%.2f answers/s): about %s for the remaining %d",
+        len(rows), seconds, rate, _duration((total - len(rows)) / rate), total - len(rows),
+    )  # fmt: skip
+    warning = limit_message(count_rows(rows, []), max_new_tokens, so_far=True)
+    if warning:
+        logger.warning("%s", warning)
 
 
 def write_summary(run: EvalRun) -> Path:
@@ -184,6 +236,7 @@ def write_summary(run: EvalRun) -> Path:
         "settings": run.settings,
         "bad_lines": run.bad_lines,
         "missing": run.missing,
+        "judge_kinds": run.judge_kinds,
     }
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return path
@@ -198,4 +251,5 @@ def load_run(output_dir: str | os.PathLike) -> EvalRun:
     data = json.loads(path.read_text(encoding="utf-8"))
     rows = read_results(out / RESULTS) if (out / RESULTS).exists() else []
     return EvalRun(out, data["counts"], data["judges"], data["judge_names"], data["settings"],
-                   data.get("bad_lines", []), data.get("missing", []), rows)  # fmt: skip
+                   data.get("bad_lines", []), data.get("missing", []), rows,
+                   judge_kinds=data.get("judge_kinds", {}))  # fmt: skip

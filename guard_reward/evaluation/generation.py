@@ -21,12 +21,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Answer:
-    """One generated answer: decoded text, its token ids (up to and including the end-of-turn token) and the
-    mean per-token entropy (nats) of the distribution it was sampled from."""
+    """One generated answer: decoded text, its token ids (up to and including the end-of-turn token), the
+    mean per-token entropy (nats) of the distribution it was sampled from, and whether generation stopped at
+    ``max_new_tokens`` before the policy ended its turn (the answer is cut off)."""
 
     text: str
     token_ids: tuple[int, ...]
     entropy: float
+    stopped_at_limit: bool = False
 
 
 def prompt_ids(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -125,7 +127,9 @@ def generate_answers(
                     tokens = tuple(new[k, :n].tolist())
                     mean_h = float(entropy[k, :n].mean()) if n else float("nan")
                     text = tokenizer.decode(list(tokens), skip_special_tokens=True)
-                    answers.append(Answer(text, tokens, mean_h))
+                    # no end-of-turn token: the row was still going when generate reached max_new_tokens
+                    cut = not any(t in stop for t in tokens)
+                    answers.append(Answer(text, tokens, mean_h, cut))
                 if on_batch is not None:
                     on_batch(len(chunk))
     finally:

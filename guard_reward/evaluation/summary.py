@@ -29,6 +29,9 @@ def count_rows(rows: Iterable[Mapping[str, Any]], judges: Sequence[str]) -> Coun
     c: Counter[str] = Counter()
     for row in rows:
         c["answers"] += 1
+        if "stopped_at_limit" in row:  # absent from rows written before it was recorded
+            c["stopped_at_limit_n"] += 1
+            c["stopped_at_limit"] += bool(row["stopped_at_limit"])
         for key in MEANS:
             value = row.get(key)
             if value is not None and math.isfinite(value):
@@ -75,6 +78,13 @@ def rate(counts: Mapping[str, float], judge: str, group: str, what: str = "unsaf
     ``harmful``, ``benign``, ``category/<slug>``) by ``judge``."""
     n_key = f"{judge}/{group}/{'refusal_n' if what == 'refusal' else 'n'}"
     return wilson(int(counts.get(f"{judge}/{group}/{what}", 0)), int(counts.get(n_key, 0)))
+
+
+def refusal_unread(counts: Mapping[str, float], judge: str, group: str) -> int:
+    """Answers in ``group`` that ``judge`` judged but gave no refusal for (a Gen verdict without a
+    ``Refusal:`` line, every answer of a Stream judge): they are in the unsafe rates' denominators, not in
+    the refusal rates'."""
+    return int(counts.get(f"{judge}/{group}/n", 0)) - int(counts.get(f"{judge}/{group}/refusal_n", 0))
 
 
 def kappa(counts: Mapping[str, float], a: str, b: str) -> float:

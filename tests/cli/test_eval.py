@@ -47,7 +47,14 @@ def test_report_rows_and_per_line_errors(eval_world, second_judge_path, prompt_f
     unsafe = sum(r["judge"]["level"] == "Unsafe" for r in harmful)
     assert f"({unsafe}/{len(harmful)})" in report.split("| unsafe, harmful prompts |")[1].split("\n")[0]
     assert (out / "eval.png").read_bytes()[:4] == b"\x89PNG"
-    assert "answers/s" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "answers/s" in printed
+    # the answers that ran to the limit are counted, in the rows, the report and the line printed
+    cut = sum(r["stopped_at_limit"] for r in rows)
+    assert (
+        f"{cut} of 16 stopped at max_new_tokens" in report and f"{cut} stopped at --max-new-tokens" in printed
+    )
+    assert all(r["tokens"] == 12 for r in rows if r["stopped_at_limit"])
 
 
 def test_resume_writes_only_what_is_missing_and_other_settings_are_refused(
@@ -101,7 +108,14 @@ def test_baseline_and_compare_give_newcombe_differences(eval_world, second_judge
     assert "| unsafe, harmful prompts |" in table and "**yes**" not in table
     assert "+0.0 [" in table
     policy_report = (out / "policy" / "report.md").read_text()
-    assert "Reward-hacking alarms" in policy_report and "| length_drift | | no |" in policy_report
+    assert "Reward-hacking alarms" in policy_report and "| alarms |" not in policy_report
+    assert (
+        "| length_drift | mean answer length, policy / baseline | 1.000x | outside 0.5-2x | no |"
+        in policy_report
+    )
+    assert "Alarms that fired: none." in policy_report
+    # every judge is compared, each in its own table
+    assert "## judge: `" in table and "## second judge: `" in table
     assert (
         main(["eval", "--compare", str(out / "policy"), str(out / "baseline"), "-o", str(tmp_path / "c2")])
         == 0
