@@ -1,8 +1,9 @@
 """The whole benchmark suite in one run: ``python -m benchmarks`` (or ``make bench``).
 
 Runs, in this order and in one process (so every table's ratios are measured side by side): Gen judging paths,
-Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes, serving, the Stream wire alone. Writes one markdown and one JSON
-file per part under ``benchmarks/results/`` plus ``summary.md`` (every target: measured figure, met or missed).
+Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes, serving, the Stream wire alone,
+the service's transport alone (a 16,384-sample step and a replica lost under load included). Writes one markdown
+and one JSON file per part under ``benchmarks/results/`` plus ``summary.md`` (every target: measured figure, met or missed).
 ``--gpu-size`` runs the Qwen3-0.6B-shaped configuration in bf16 on CUDA and writes ``*_gpu`` files instead;
 ``--only`` runs some parts and writes their files to ``runs/benchmarks/`` (``--out`` to choose); only a full run
 writes ``benchmarks/results/`` and ``summary.md``. A part run on its own (``python -m benchmarks.bench_gen``) writes
@@ -25,6 +26,7 @@ from benchmarks import (
     bench_memory,
     bench_serving,
     bench_stream,
+    bench_transport,
     bench_wire,
 )
 from benchmarks.common import (
@@ -48,6 +50,7 @@ PARTS = {
     "groups": ("GRPO groups: shared prefixes", bench_groups.run),
     "serving": ("Serving: the guards on Ray Serve", bench_serving.run),
     "wire": ("The Stream answer's wire alone: JSON against binary", bench_wire.suite_part),
+    "transport": ("The service's transport alone: guards that cost nothing", bench_transport.suite_part),
 }
 
 
@@ -90,6 +93,14 @@ def targets(payloads: dict[str, dict]) -> list[tuple[str, float | None, float, b
         for r in payloads["serving"]["rows"]:
             out.append((f"{r['guard']} served / local batched", r["served_over_local"]["best"], 0.7, True))
             out.append((f"{r['guard']} served batching gain / local batching gain", r["captured"], 0.9, True))
+    if "transport" in payloads:
+        t = payloads["transport"]
+        if "wire" in t:
+            rate = t["wire"]["binary"]["tokens_per_s"]
+            out.append(("Stream binary end to end, million tokens/s", rate / 1e6, 1.0, True))
+            out.append(("Stream binary / JSON end to end", t["wire"]["binary"]["over_json"], 20.0, True))
+        for r in t.get("step", {}).get("rows", []):
+            out.append((f"/get_reward requests per guard call, {r['case']}", r["mean_merged"], 16.0, True))
     return out
 
 

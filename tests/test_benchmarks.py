@@ -89,3 +89,34 @@ def test_every_benchmark_module_is_a_part_of_the_suite_with_its_targets():
         "gen served / local batched",
         "gen served batching gain / local batching gain",
     ]
+
+
+def test_the_transport_parts_guards_go_through_the_services_own_encoding_and_requests_parse():
+    """The transport benchmark's precomputed guard, judged and encoded by the replica's own code (no Ray here),
+    decodes to its risks bit for bit; its /get_reward bodies are what the service parses."""
+    from benchmarks.fast_guards import ANSWER_TOKENS, PrecomputedGen, PrecomputedStream
+    from benchmarks.step_load import requests
+    from guard_reward.serving.get_reward import parse_get_reward
+    from guard_reward.serving.protocol import judge_gen_calls, judge_stream_calls, parse_score_ids
+    from guard_reward.wire import SHAPING_FIELDS, TOKEN_FIELDS, risks_from_bytes
+
+    guard = PrecomputedStream(
+        pool=1
+    )  # every sample cut from the same risk, wherever it sits in the merged call
+    body = {"prompts": ["a", "b", "c"], "completion_ids": [[1] * ANSWER_TOKENS, [2] * 7, [3] * 9]}
+    calls = [
+        {**parse_score_ids(body), "binary": True},
+        parse_score_ids({**body, "fields": list(SHAPING_FIELDS)}),
+    ]
+    calls[1]["binary"] = True
+    full, lean = (risks_from_bytes(b) for b in judge_stream_calls(guard, calls))
+    assert [len(r) for r in full] == [ANSWER_TOKENS, 7, 9] and full[1].span == (0, 7)
+    for i, r in enumerate(full):
+        want = guard.pool[0]
+        assert all(torch.equal(getattr(r, f), getattr(want, f)[: len(r)]) for f in TOKEN_FIELDS)
+        assert torch.equal(lean[i].p_unsafe, r.p_unsafe) and lean[i].category_probs.isnan().all()
+    bodies = requests(32)
+    queries, prompts = parse_get_reward(bodies[17])
+    assert len(queries) == len(prompts) == 1 and queries[0].startswith(prompts[0])
+    assert judge_gen_calls(PrecomputedGen(), [{"conversations": [[{"role": "user", "content": "x"}]] * 3,
+                                               "decode": False, "thinking": None}])[0][2]["level"] == "Safe"  # fmt: skip

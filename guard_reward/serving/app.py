@@ -85,6 +85,8 @@ class ServeOptions:
         device, dtype, token_budget: the guards' loading options (``None``: the guards' own defaults).
         reward_config: ``SafetyReward`` fields for ``/get_reward`` (see ``get_reward.REWARD_FIELDS``).
         torch_threads: intra-op threads of each guard replica (``None``: torch's default).
+        ingress_replicas: replicas of the HTTP ingress (each parses, merges and runs ``/get_reward``'s reward on
+            its own CPU; HAProxy spreads requests over them).
     """
 
     gen: str | None = None
@@ -101,11 +103,12 @@ class ServeOptions:
     token_budget: int = 16384
     reward_config: dict[str, Any] = field(default_factory=dict)
     torch_threads: int | None = None
+    ingress_replicas: int = 1
 
     def __post_init__(self) -> None:
         if not self.gen and not self.stream:
             raise ValueError("give at least one guard: gen and/or stream")
-        for name in ("replicas", "max_batch_size", "max_queued_requests", "token_budget"):
+        for name in ("replicas", "max_batch_size", "max_queued_requests", "token_budget", "ingress_replicas"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("batch_wait_ms", "batch_quiet_ms", "gpus_per_replica", "cpus_per_replica"):
@@ -194,13 +197,36 @@ class StreamService(_GuardReplica):
         return dict(self.guard.tokenizer.get_vocab())
 
 
+#: How long ``/get_reward`` retries a batch whose replica was lost before it answers 503: under OpenRLHF's own
+#: 180 s per request, and longer than a replica restart that loads a multi-GB guard.
+GET_REWARD_RETRY_S = 150.0
+
+
+async def retry_lost_replica(call: Any, budget_s: float = GET_REWARD_RETRY_S) -> Any:
+    """``await call()``, again after a :data:`RETRYABLE` error (a replica lost or restarting, a cancelled batch)
+    with backoff from 0.1 s to 5 s, for up to ``budget_s`` seconds; then the error is raised (a 503)."""
+    loop = asyncio.get_running_loop()
+    deadline, delay, tries = loop.time() + budget_s, 0.1, 0
+    while True:
+        try:
+            return await call()
+        except RETRYABLE as exc:
+            tries += 1
+            if loop.time() + delay > deadline:
+                raise
+            if tries == 1:  # one line per request, not per try
+                logger.warning("/get_reward: %s; retrying for up to %.0f s", type(exc).__name__, budget_s)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     """A JSON error answer; a 503 says when to retry."""
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-@serve.deployment(name="GuardAPI", max_ongoing_requests=1024, max_queued_requests=2048)
+@serve.deployment(name="GuardAPI")  # limits: ingress_limits()
 class GuardAPI:
     """The HTTP ingress (routes in docs/serving.md)."""
 
@@ -298,8 +324,9 @@ class GuardAPI:
             reward = self._reward
 
             async def fetch(call: dict[str, Any]) -> list[dict[str, Any]]:
-                # queue: OpenRLHF's client cannot wait out a 503, so a full queue makes this one wait
-                return await gen.submit(call, queue=True, size=size)
+                # queue: OpenRLHF's client cannot wait out a 503, so a full queue makes this one wait; and a
+                # replica lost mid-batch is retried here (onto a survivor, or once Serve has started a new one)
+                return await retry_lost_replica(lambda: gen.submit(call, queue=True, size=size))
 
             return JSONResponse(await run_reward(lambda: reward(queries, prompts), self._prefetched, fetch))
         return _error(404, f"no route POST {path}; see guard_reward's docs/serving.md for the routes")
@@ -314,18 +341,43 @@ class GuardAPI:
         return handle
 
 
-def build(options: ServeOptions) -> Any:
-    """The Serve ``Application`` for ``options`` (``serve.run(build(options))``)."""
+#: Ingress slots kept beyond the guard queues for the routes that wait on no batch (health, stats, vocab).
+INGRESS_SPARE = 64
+
+
+def ingress_limits(options: ServeOptions) -> dict[str, int]:
+    """``max_ongoing_requests`` / ``max_queued_requests`` of the ingress deployment, from the service's options.
+
+    The ingress holds, per guard, up to ``max_queued_requests`` waiting requests and ``replicas x
+    max_batch_size`` in running batches; its slots cover both guards' share plus :data:`INGRESS_SPARE`, so the
+    service's own queue limit (a 503 with ``Retry-After`` from the batcher, on the routes whose clients retry) is
+    always reached before Serve's. Serve's own queue in front of the ingress is unbounded (``-1``): the only
+    requests that can fill every slot are ``/get_reward``'s, which must wait rather than be refused (OpenRLHF's
+    client fails the run after five refusals a second apart), and a waiting request costs a socket, not a slot.
+    """
+    guards = sum(1 for g in (options.gen, options.stream) if g)
+    per_guard = options.max_queued_requests + options.replicas * options.max_batch_size
+    return {"max_ongoing_requests": guards * per_guard + INGRESS_SPARE, "max_queued_requests": -1}
+
+
+def build(options: ServeOptions, gen_deployment: Any = None, stream_deployment: Any = None) -> Any:
+    """The Serve ``Application`` for ``options`` (``serve.run(build(options))``).
+
+    ``gen_deployment`` / ``stream_deployment``: another deployment class in place of :class:`GenService` /
+    :class:`StreamService` (same constructor and methods), e.g. the transport benchmark's guard that costs nothing.
+    """
     env = {"runtime_env": {"env_vars": dict(GRPC_ENV)}}
     actor = {"num_cpus": options.cpus_per_replica, "num_gpus": options.gpus_per_replica, **env}
     common = dict(num_replicas=options.replicas, ray_actor_options=actor)
-    gen = GenService.options(**common).bind(options) if options.gen else None
-    stream = StreamService.options(**common).bind(options) if options.stream else None
-    # the ingress holds every request that waits for or is in a batch, plus health and stats calls
-    ongoing = max(1024, 2 * (options.max_queued_requests + options.replicas * options.max_batch_size))
-    return GuardAPI.options(ray_actor_options={"num_cpus": 0, **env}, max_ongoing_requests=ongoing).bind(
-        gen, stream, options
+    gen_cls, stream_cls = gen_deployment or GenService, stream_deployment or StreamService
+    gen = gen_cls.options(**common).bind(options) if options.gen else None
+    stream = stream_cls.options(**common).bind(options) if options.stream else None
+    ingress = GuardAPI.options(
+        num_replicas=options.ingress_replicas,
+        ray_actor_options={"num_cpus": 0, **env},
+        **ingress_limits(options),
     )
+    return ingress.bind(gen, stream, options)
 
 
 def build_app(args: dict[str, str]) -> Any:

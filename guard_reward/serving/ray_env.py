@@ -236,3 +236,54 @@ def end_leftovers(processes: dict[int, str], grace_s: float = 3.0) -> int:
     if left:
         logger.warning("stopped %d process(es) Ray left behind: %s", len(left), left)
     return len(left)
+
+
+#: Ray's notice when Serve's controller ends its own graceful shutdown: the task "failed" (its actor exited, as it
+#: should) and "will be retried" (it will not: the controller is gone). Nothing is wrong; it is not printed.
+SHUTDOWN_NOTICE = "Task ServeController.graceful_shutdown failed"
+
+
+def quiet_shutdown_notice() -> None:
+    """Keep :data:`SHUTDOWN_NOTICE` off the driver's output (Ray prints the errors it forwards to the driver
+    through ``ray._private.worker.print_to_stdstream``; other lines pass as they are)."""
+    from ray._private import worker
+
+    show = worker.print_to_stdstream
+    if getattr(show, "quiet", False):
+        return
+
+    def filtered(data: dict, ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if SHUTDOWN_NOTICE not in str(line)]
+        if lines:
+            show({**data, "lines": lines}, ignore_prefix)
+
+    filtered.quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = filtered
+
+
+def session_folder() -> str | None:
+    """The session folder of the local Ray this process started (``/tmp/ray/session_*``), or ``None``."""
+    try:
+        from ray._private import worker
+
+        folder = worker._global_node.get_session_dir_path()
+    except Exception:  # not started, or a Ray without it
+        return None
+    return folder if folder and os.path.basename(folder).startswith("session_") else None
+
+
+def remove_session_folder(folder: str | None) -> bool:
+    """Remove one Ray session folder (its logs, sockets and runtime files) and the links in Ray's temp folder
+    that point into it (``session_latest``, Prometheus' discovery file); only that session's. Whether it was
+    there. Call it once that Ray has stopped."""
+    if not folder or not os.path.basename(folder).startswith("session_") or not os.path.isdir(folder):
+        return False
+    parent, own = os.path.dirname(folder), os.path.realpath(folder)
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        target = os.path.realpath(path) if os.path.islink(path) else ""
+        if target == own or target.startswith(own + os.sep):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    shutil.rmtree(folder, ignore_errors=True)
+    return True

@@ -20,6 +20,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -229,3 +230,45 @@ def test_a_burst_larger_than_the_queue_limit_gets_every_reward(
         check(outputs, rows, local_reward)
     finally:
         serve.delete("openrlhf_burst")
+
+
+def test_a_gen_replica_killed_mid_burst_never_costs_openrlhf_a_reward(
+    agent_module, server, tok, local_reward
+):
+    """Two Gen replicas, one killed (``ray.kill``, as a node failure) once the burst's first batch has run:
+    OpenRLHF's own client (HTTP, 5 tries 1 s apart) gets a float reward for every sample, equal to the local
+    guard's; the ingress retries the lost replica's batch on the survivor or after Serve's restart."""
+    import ray
+    from ray import serve
+
+    from guard_reward.serving.app import ServeOptions, build, wait_healthy
+    from tests.serving.test_service import _replica_actors, batch_sizes
+
+    options = ServeOptions(
+        gen=server.gen_path, replicas=2, cpus_per_replica=0.25, max_batch_size=4, batch_wait_ms=50,
+        device="cpu", dtype="float32", torch_threads=1, reward_config=CONFIG,
+    )  # fmt: skip
+    serve.run(build(options), name="openrlhf_fault", route_prefix="/openrlhf_fault")
+    url = f"{server.url}/openrlhf_fault"
+    try:
+        wait_healthy(url, timeout=120)
+        rows = samples(tok, n_copies=12)
+        killed: list[str] = []
+
+        def kill_once_a_batch_ran() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not batch_sizes(SimpleNamespace(url=url), "gen"):
+                time.sleep(0.05)
+            replicas = _replica_actors("SERVE_REPLICA::openrlhf_fault#GenGuard")
+            ray.kill(replicas[0], no_restart=True)
+            killed.append(str(replicas[0]))
+
+        killer = threading.Thread(target=kill_once_a_batch_ran, daemon=True)
+        killer.start()
+        outputs = run_executor(agent_module, f"{url}/get_reward", tok, rows)
+        killer.join(60)
+        assert killed, "no replica was killed"
+        check(outputs, rows, local_reward)  # every sample has its reward: none is None
+        wait_healthy(url, timeout=120)  # Serve has put a replica back
+    finally:
+        serve.delete("openrlhf_fault")

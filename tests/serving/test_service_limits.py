@@ -106,19 +106,35 @@ def test_a_body_over_the_limit_is_a_413_naming_it(fresh):
     assert "16 MiB" in json.loads(body)["error"]
 
 
+def test_the_ingress_limits_follow_the_guard_queues():
+    """Serve's limits of the ingress come from the service's options: its slots hold every guard's queue and
+    running batches plus the spare ones, and Serve's own queue never refuses (only the service's does)."""
+    from guard_reward.serving.app import INGRESS_SPARE, ServeOptions, build, ingress_limits
+
+    for kw, guards in (({"gen": "g"}, 1), ({"gen": "g", "stream": "s", "replicas": 3}, 2)):
+        options = ServeOptions(**kw, max_queued_requests=100, max_batch_size=8)
+        limits = ingress_limits(options)
+        assert limits["max_ongoing_requests"] == guards * (100 + options.replicas * 8) + INGRESS_SPARE
+        assert limits["max_queued_requests"] == -1
+        ingress = build(options)._bound_deployment  # what serve.run deploys
+        assert (ingress.max_ongoing_requests, ingress.max_queued_requests) == tuple(limits.values())
+
+
 def test_get_reward_merges_concurrent_single_sample_calls_and_queues_past_the_limit(fresh):
-    """128 concurrent calls against a queue of 8: /v1 routes would answer 503; /get_reward waits in line."""
+    """160 concurrent calls against a guard queue of 8 and 144 ingress slots: /v1 routes would answer 503;
+    /get_reward waits in line, in the guard's queue and then in Serve's before the ingress."""
     prompt = "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n"
     before = len(gen_batch_sizes(fresh))
+    n = 160
 
     def one(i: int) -> tuple[int | str, bytes]:
         body = {"query": [f"{prompt}Answer {i}<|im_end|>"], "prompts": [prompt], "labels": [""]}
         return post(f"{fresh}/get_reward", body, timeout=180)
 
-    with ThreadPoolExecutor(128) as pool:
-        answers = list(pool.map(one, range(128)))
-    assert [status for status, _ in answers] == [200] * 128
+    with ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(one, range(n)))
+    assert [status for status, _ in answers] == [200] * n
     assert all(len(json.loads(body)["rewards"]) == 1 for _, body in answers)
     sizes = gen_batch_sizes(fresh)[before:]
-    assert sum(sizes) == 128
+    assert sum(sizes) == n
     assert max(sizes) >= 16, sizes  # merged well past the thread pool's size (2-6 on 2 CPUs before)
