@@ -294,6 +294,7 @@ class OpenAIGenGuard:
             rows = scored[k * n_pos : (k + 1) * n_pos]
             if any(isinstance(r, SampleError) for r in rows):
                 err = next(r for r in rows if isinstance(r, SampleError))
+                self.stats[err.reason] += 1  # once per unit, however many of its prompts were refused
                 verdicts.append(Verdict.failed(err.reason, str(err), moderation))  # type: ignore[arg-type]
                 continue
             verdicts.append(self._label_verdict(rows, truncated, moderation))  # type: ignore[arg-type]
@@ -312,6 +313,7 @@ class OpenAIGenGuard:
         for k, choice in zip(todo, generated, strict=True):
             _, truncated, moderation = items[k]
             if isinstance(choice, SampleError):
+                self.stats[choice.reason] += 1
                 verdicts[k] = Verdict.failed(choice.reason, str(choice), moderation)  # type: ignore[arg-type]
                 continue
             verdicts[k] = self._decoded(choice, verdicts[k].probs, truncated, moderation)
@@ -391,7 +393,6 @@ class OpenAIGenGuard:
             if not _is_context_refusal(exc):
                 raise
             if len(prompts) == 1:
-                self.stats[CONTEXT_TOO_LONG] += 1
                 return [SampleError(CONTEXT_TOO_LONG, f"the server refused the prompt ({exc})")]
             return [r for p in prompts for r in self._complete([p], asked, max_tokens, greedy)]
         choices = answer.get("choices") if isinstance(answer, dict) else None
