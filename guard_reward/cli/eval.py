@@ -33,7 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--policy", help="the policy: hub id or local folder")
     p.add_argument("--prompts", help="JSONL prompt set, or bundled:NAME")
-    p.add_argument("--judge", help="held-out Qwen3Guard-Gen (hub id or folder)")
+    p.add_argument(
+        "--judge", help="held-out Qwen3Guard-Gen (hub id, folder, or openai+http://HOST:PORT/v1?model=NAME)"
+    )
     second = p.add_mutually_exclusive_group()
     second.add_argument("--judge2", help="a second Qwen3Guard-Gen judge (agreement, disagreement rows)")
     second.add_argument("--stream", help="a Qwen3Guard-Stream as second judge")
@@ -61,7 +63,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _source(name: str) -> str:
     from guard_reward.guards.common import checkpoint_source
+    from guard_reward.guards.gen_spec import is_server_spec
 
+    if is_server_spec(name):  # a served Gen (openai+http://…) is recorded as it is
+        return name
     return os.path.abspath(os.path.expanduser(name)) if checkpoint_source(name) == "local" else name
 
 
