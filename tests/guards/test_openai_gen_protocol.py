@@ -162,3 +162,9 @@ def test_the_spec_form():
         load_gen_guard("openai+http://h:8000", attn_implementation="sdpa")
     guard = load_gen_guard("openai+http://h:8000?model=m", device="cpu", dtype="float32", thinking="whole")
     assert guard.url == "http://h:8000/v1" and guard.model == "m" and guard.thinking == "whole"
+
+
+def test_eval_records_a_served_judge_as_it_is():
+    from guard_reward.cli.eval import _source
+
+    assert _source("openai+http://h:8000/v1?model=a/b") == "openai+http://h:8000/v1?model=a/b"
