@@ -29,7 +29,10 @@ from guard_reward.serving.ray_env import (
     end_leftovers,
     is_loopback,
     processes_using,
+    quiet_shutdown_notice,
     ray_init_kwargs,
+    remove_session_folder,
+    session_folder,
     use_serve_env,
 )
 
@@ -57,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 to listen on every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replicas", type=int, default=1, help="replicas per guard")
+    p.add_argument(
+        "--ingress-replicas",
+        type=int,
+        default=1,
+        help="replicas of the HTTP ingress (CPU: parsing, /get_reward)",
+    )
     p.add_argument(
         "--gpus-per-replica", type=float, default=None, help="default: 1 if Ray sees a GPU, else 0"
     )
@@ -123,6 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
             gen=args.gen,
             stream=args.stream,
             replicas=args.replicas,
+            ingress_replicas=args.ingress_replicas,
             cpus_per_replica=args.cpus_per_replica,
             max_batch_size=args.max_batch_size,
             batch_wait_ms=args.batch_wait_ms,
@@ -139,14 +149,18 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     ours = descendants()  # and, while it runs, every process Ray starts (HAProxy is orphaned when it stops)
     stop = threading.Event()
+    hurry = threading.Event()  # a second signal: stop the processes without waiting for Serve's shutdown
+    session = None  # the local Ray's session folder (logs, sockets), removed when it stops
+    quiet_shutdown_notice()
     try:
         # without --address: always a fresh local Ray, never one that happens to run on this machine
         if args.address:
             ray.init(address=args.address)
         else:
             ray.init(address="local", **ray_init_kwargs(args.host))
+            session = session_folder()
         for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own handlers
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, lambda *_: hurry.set() if stop.is_set() else stop.set())
         gpus = args.gpus_per_replica
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
@@ -165,7 +179,8 @@ def run_serve(args: argparse.Namespace) -> int:
         code = 1
     finally:
         print("shutting down", flush=True)
-        lost = shut_down(serve, ray, ours, local=args.address is None)
+        lost = shut_down(serve, ray, ours, local=args.address is None, hurry=hurry)
+        remove_session_folder(session)  # this service's own; a joined cluster's stays
     if lost:  # Ray's exit hooks would wait a minute for the GCS that is gone
         logging.shutdown()
         sys.stdout.flush()
@@ -174,14 +189,14 @@ def run_serve(args: argparse.Namespace) -> int:
     return code
 
 
-def shut_down(serve, ray, ours: dict[int, str], local: bool) -> bool:
+def shut_down(serve, ray, ours: dict[int, str], local: bool, hurry: threading.Event | None = None) -> bool:
     """Stop Serve and Ray, then every process of ``ours`` (and this service's HAProxy) still running; whether
     Ray could not be shut down in order (its exit hooks must then be skipped).
 
     A signal to the whole process group (``kill -- -PGID``, Slurm, systemd) stops a local Ray's GCS and raylet
     with this process: Serve's graceful shutdown would then wait 30 s for a controller that is gone, and the
     driver a minute for the GCS. So Serve's shutdown runs aside, and once the GCS or raylet is gone, or after
-    :data:`GRACEFUL_S`, only the processes are stopped."""
+    :data:`GRACEFUL_S`, or once ``hurry`` is set (a second signal), only the processes are stopped."""
     ours.update(descendants())
     folder = os.path.dirname(os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", ""))
     marker = folder if os.path.basename(folder).startswith(HAPROXY_FOLDER_PREFIX) else ""
@@ -199,7 +214,11 @@ def shut_down(serve, ray, ours: dict[int, str], local: bool) -> bool:
     deadline = time.monotonic() + GRACEFUL_S
     lost = False
     while not done.wait(0.1) and not lost:
-        lost = (local and node_stopping(ray, daemons)) or time.monotonic() > deadline
+        lost = (
+            (local and node_stopping(ray, daemons))
+            or time.monotonic() > deadline
+            or (hurry is not None and hurry.is_set())
+        )
     if lost:
         logger.warning("Ray is stopping or did not stop within %.0f s: stopping its processes", GRACEFUL_S)
     else:
