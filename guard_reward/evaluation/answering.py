@@ -55,9 +55,11 @@ def answer_and_judge(
     *,
     reference: torch.nn.Module | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_pace: Callable[[int, float], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for ``(prompt, sample index)`` items: the answer, its length, entropy and reference NLL, and one
-    judgement per judge (see :mod:`guard_reward.evaluation.judges`)."""
+    """Rows for ``(prompt, sample index)`` items: the answer, its length, whether it stopped at
+    ``max_new_tokens``, its entropy and reference NLL, and one judgement per judge (see
+    :mod:`guard_reward.evaluation.judges`). ``on_batch``/``on_pace``: see :func:`generate_answers`."""
     ids = [prompt_ids(tokenizer, p.messages) for p, _ in items]
     answers = generate_answers(
         model,
@@ -70,6 +72,7 @@ def answer_and_judge(
         top_p=settings.top_p,
         seed=settings.seed,
         on_batch=on_batch,
+        on_pace=on_pace,
     )
     nll: list[float | None] = [None] * len(items)
     if reference is not None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,10 @@ def evaluate(
             chunk = todo[i : i + chunk_size]
             # a fresh seed per chunk: a resumed run does not repeat the first chunk's random numbers
             chunk_settings = GenerationSettings(**{**asdict(settings), "seed": settings.seed + i})
-            rows = answer_and_judge(model, tokenizer, chunk, judges, chunk_settings, reference=reference)
+            pace = _pace_note(len(todo), len(chunk), settings) if i == 0 else None
+            rows = answer_and_judge(
+                model, tokenizer, chunk, judges, chunk_settings, reference=reference, on_pace=pace
+            )
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             f.flush()
             bar.update(len(chunk))
@@ -209,6 +213,24 @@ def evaluate(
     if warning:
         logger.warning("%s", warning)
     return run
+
+
+def _pace_note(total: int, chunk: int, settings: GenerationSettings) -> Callable[[int, float], None]:
+    """The callback that says, a few decoding steps into the first batch, how long generation will take at
+    most (every answer running to ``max_new_tokens``; answers that end sooner are faster)."""
+
+    def note(steps: int, seconds: float) -> None:
+        per_step = seconds / steps
+        batch = min(settings.batch_size, chunk)
+        batches = math.ceil(total / batch)
+        worst = per_step * settings.max_new_tokens
+        logger.info(
+            "generating at %.2f s per token step (batches of %d): up to %s per batch at --max-new-tokens=%d, "
+            "up to %s for all %d batches, judging not included",
+            per_step, batch, _duration(worst), settings.max_new_tokens, _duration(worst * batches), batches,
+        )  # fmt: skip
+
+    return note
 
 
 def _first_chunk_note(

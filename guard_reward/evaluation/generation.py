@@ -11,6 +11,7 @@ negative log-likelihood under a reference model (the fluency proxy).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,22 @@ class _EntropyRecorder:
         return scores
 
 
+class _Pace:
+    """A logits processor that leaves the scores alone and, once, after ``steps`` decoding steps of the first
+    batch, calls ``report(steps, seconds)`` (the time since the first step: decoding only, not the prompt)."""
+
+    def __init__(self, report: Callable[[int, float], None], steps: int = 16) -> None:
+        self.report, self.steps, self.seen, self.start = report, steps, 0, 0.0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.seen == 0:
+            self.start = time.perf_counter()
+        self.seen += 1
+        if self.seen == self.steps + 1:
+            self.report(self.steps, time.perf_counter() - self.start)
+        return scores
+
+
 def _answer_length(row: torch.Tensor, stop: set[int]) -> int:
     for t, token in enumerate(row.tolist()):
         if token in stop:
@@ -90,11 +107,14 @@ def generate_answers(
     top_p: float = 1.0,
     seed: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    on_pace: Callable[[int, float], None] | None = None,
 ) -> list[Answer]:
     """Answers to ``prompts`` (token id lists), in order, ``batch_size`` prompts per ``generate`` call.
 
-    ``do_sample=False`` is greedy decoding. ``on_batch(n)`` is called after each batch (progress bars).
-    The model's train/eval mode is restored afterwards.
+    ``do_sample=False`` is greedy decoding. ``on_batch(n)`` is called after each batch (progress bars);
+    ``on_pace(steps, seconds)`` once, early in the first batch, with the time its first decoding steps took
+    (what a run will cost, said while it can still be stopped). The model's train/eval mode is restored
+    afterwards.
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {batch_size}, {max_new_tokens}")
@@ -112,12 +132,15 @@ def generate_answers(
                 chunk = prompts[start : start + batch_size]
                 ids, mask = left_pad(chunk, pad)
                 recorder = _EntropyRecorder()
+                # timed over the first steps (at most half of them, so that short answers get timed too)
+                steps = max(1, min(16, max_new_tokens // 2))
+                pace = [_Pace(on_pace, steps)] if on_pace is not None and start == 0 else []
                 out = model.generate(
                     input_ids=ids.to(device),
                     attention_mask=mask.to(device),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=pad,
-                    logits_processor=[recorder],
+                    logits_processor=[recorder, *pace],
                     **(sampling or dict(do_sample=False)),
                 )
                 new = out[:, ids.shape[1] :].cpu()

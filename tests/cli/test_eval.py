@@ -31,9 +31,17 @@ def _args(world, judge2, prompts, out, *extra):
             "--no-progress", *extra]  # fmt: skip
 
 
-def test_report_rows_and_per_line_errors(eval_world, second_judge_path, prompt_file, tmp_path, capsys):
+def test_report_rows_and_per_line_errors(
+    eval_world, second_judge_path, prompt_file, tmp_path, capsys, caplog
+):
     out = tmp_path / "run"
-    assert main(_args(eval_world, second_judge_path, prompt_file, out)) == 0
+    with caplog.at_level("INFO", logger="guard_reward.evaluation.checkpoint_eval"):
+        assert main(_args(eval_world, second_judge_path, prompt_file, out)) == 0
+    # what the run costs is said before it is done: at the start, a few steps in, after the first chunk
+    logged = caplog.text
+    assert "16 answers to write (8 prompts x 2), up to 12 new tokens each" in logged
+    assert "s per token step (batches of 6): up to" in logged and "for all 3 batches" in logged
+    assert "first 6 answers in" in logged and "for the remaining 10" in logged
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and {(r["line"], r["sample"]) for r in rows} == {
         (n, k) for n in (1, 2, 3, 5, 7, 8, 9, 10) for k in (0, 1)
