@@ -29,7 +29,13 @@ def add_plot_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def run_plot(args: argparse.Namespace) -> int:
     from guard_reward.evaluation.plots import plot_run
 
-    path = plot_run(args.run_dir, args.output)
+    out = args.output
+    if out is not None and out.is_dir():
+        raise IsADirectoryError(f"--output {out} is a folder; give the PNG file's path")
+    blocking = next((p for p in (out.parents if out else ()) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # saving would say only "[Errno 17] File exists"
+        raise NotADirectoryError(f"--output {out} cannot be made: {blocking} is a file, not a folder")
+    path = plot_run(args.run_dir, out)
     print(path)  # the CLI's output: where the figure went
     return 0
 

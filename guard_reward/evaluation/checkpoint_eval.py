@@ -224,10 +224,11 @@ def _pace_note(total: int, chunk: int, settings: GenerationSettings) -> Callable
         batch = min(settings.batch_size, chunk)
         batches = math.ceil(total / batch)
         worst = per_step * settings.max_new_tokens
+        every = f", up to {_duration(worst * batches)} for all {batches} batches" if batches > 1 else ""
         logger.info(
-            "generating at %.2f s per token step (batches of %d): up to %s per batch at --max-new-tokens=%d, "
-            "up to %s for all %d batches, judging not included",
-            per_step, batch, _duration(worst), settings.max_new_tokens, _duration(worst * batches), batches,
+            "generating at %.2f s per token step (batches of %d): up to %s per batch at --max-new-tokens=%d%s "
+            "(judging not included)",
+            per_step, batch, _duration(worst), settings.max_new_tokens, every,
         )  # fmt: skip
 
     return note

@@ -120,6 +120,9 @@ def prepare_output(
     command = meta.get("command", COMMAND)
     if output_path.is_dir():
         raise OutputRefused(f"-o {output_path} is a folder; give a file path for the verdicts")
+    blocking = next((p for p in output_path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # mkdir would say only "[Errno 17] File exists"
+        raise OutputRefused(f"-o {output_path} cannot be made: {blocking} is a file, not a folder")
     if output_path.exists() and input_path.exists() and os.path.samefile(output_path, input_path):
         raise OutputRefused(f"-o {output_path} is the input file; write the verdicts to another file")
     resume = False

@@ -32,6 +32,23 @@ def test_an_output_that_is_a_file_names_the_path_and_what_is_accepted(tmp_path, 
     assert "writes a folder (comparison.md)" in capsys.readouterr().err
 
 
+def test_moderate_and_plot_outputs_under_a_file_are_named(tmp_path, capsys):
+    from guard_reward.evaluation.jsonl import OutputRefused, prepare_output
+
+    file = tmp_path / "notes.txt"
+    file.write_text("x")
+    with pytest.raises(
+        OutputRefused, match=f"-o {file}/v.jsonl cannot be made: {file} is a file, not a folder"
+    ):
+        prepare_output(file, file / "v.jsonl", {})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "safety_curves.csv").write_text("step,reward\n1,0.5\n")
+    assert main(["plot", str(tmp_path / "run"), "--output", str(file / "c.png")]) == 1
+    assert f"--output {file}/c.png cannot be made: {file} is a file" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "run"), "--output", str(tmp_path)]) == 1
+    assert "is a folder; give the PNG file's path" in capsys.readouterr().err
+
+
 def test_json_errors_name_the_line_and_the_column_an_editor_shows(tmp_path):
     path = tmp_path / "set.jsonl"
     lines = [
