@@ -163,24 +163,35 @@ class SelfPlayTrainer:
             attack_reward.defender = LocalDefender(
                 defender.model, defender.processing_class, max_new_tokens=defender.args.max_completion_length
             )
-        for trainer, steps in ((attacker, config.attacker_steps), (defender, config.defender_steps)):
-            from transformers.trainer_utils import SaveStrategy
+        from transformers.trainer_utils import SaveStrategy
 
+        self._stops = {}
+        for trainer, steps in ((attacker, config.attacker_steps), (defender, config.defender_steps)):
             trainer.args.save_strategy = SaveStrategy.STEPS
             trainer.args.save_steps = steps
             if trainer.args.save_total_limit is None:
                 trainer.args.save_total_limit = 2
+            # max_steps is the whole run's, so that a learning-rate schedule spans every round (a resumed
+            # scheduler is rebuilt for max_steps); this callback ends each train() call at its round's end
+            trainer.args.max_steps = config.rounds * steps
+            self._stops[id(trainer)] = _stop_at_callback()
+            trainer.add_callback(self._stops[id(trainer)])
         self.state = SelfPlayState()
         self.last_defender_rows: list[dict[str, Any]] = []
 
     # -- the loop
 
-    def train(self, resume: bool = False) -> SelfPlayState:
-        """Run the configured rounds (continuing after the last completed one with ``resume=True``)."""
+    def train(self, resume: bool = False, until: int | None = None) -> SelfPlayState:
+        """Run the configured rounds, continuing after the last completed one with ``resume=True``; ``until``
+        stops after that round (a time budget: a later ``train(resume=True)`` goes on, and the learning-rate
+        schedules stay planned for ``config.rounds``)."""
         out = Path(self.config.output_dir)
         if resume:
             self._load(out)
-        for r in range(self.state.rounds_done, self.config.rounds):
+        last = self.config.rounds if until is None else until
+        if not 1 <= last <= self.config.rounds:
+            raise ValueError(f"until must be in [1, {self.config.rounds}], got {until}")
+        for r in range(self.state.rounds_done, last):
             logger.info("self-play round %d/%d: attacker", r + 1, self.config.rounds)
             self.attack_reward.take_records()  # nothing from before this round counts as its attacks
             self._side(self.attacker, self._seed_rows(r), r, self.config.attacker_steps)
@@ -201,7 +212,8 @@ class SelfPlayTrainer:
         from datasets import Dataset
 
         trainer.train_dataset = Dataset.from_list(rows)
-        trainer.args.max_steps = (r + 1) * steps
+        trainer.args.max_steps = self.config.rounds * steps
+        self._stops[id(trainer)].stop_at = (r + 1) * steps
         checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{r * steps}"
         if r > 0 and not checkpoint.is_dir():
             raise FileNotFoundError(f"no checkpoint of round {r} at {checkpoint}; cannot continue that side")
@@ -297,6 +309,22 @@ class SelfPlayTrainer:
         if state["memory"]:
             self.attack_reward.memory.load_state_dict(state["memory"])
         logger.info("self-play: resuming after round %d", self.state.rounds_done)
+
+
+def _stop_at_callback() -> Any:
+    """A callback ending ``train()`` after step ``stop_at`` (the end of a round), with a checkpoint."""
+    from transformers import TrainerCallback
+
+    class StopAtRoundEnd(TrainerCallback):
+        stop_at: int | None = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.stop_at is not None and state.global_step >= self.stop_at:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopAtRoundEnd()
 
 
 def _as_messages(prompt: Any) -> list[dict[str, str]]:

@@ -20,8 +20,8 @@ def policy(tmp_path_factory):
 
 
 def test_two_rounds_then_a_resumed_third(policy, trained_gen_path, tmp_path):
-    loop = build_self_play(policy, str(trained_gen_path), tmp_path, rounds=2)
-    state = loop.train()
+    loop = build_self_play(policy, str(trained_gen_path), tmp_path, rounds=3)
+    state = loop.train(until=2)  # interrupted after two of three planned rounds
     assert (
         state.rounds_done == 2
         and loop.attacker.state.global_step == 2
@@ -30,6 +30,8 @@ def test_two_rounds_then_a_resumed_third(policy, trained_gen_path, tmp_path):
     attacker_logs = [e for e in loop.attacker.state.log_history if "loss" in e]
     defender_logs = [e for e in loop.defender.state.log_history if "loss" in e]
     assert len(attacker_logs) == 2 and all("attack/p_unsafe_mean" in e for e in attacker_logs)
+    # the linear learning-rate schedule spans the planned rounds (a round does not decay it to 0 at its end)
+    assert [float(e["learning_rate"]) for e in attacker_logs] == pytest.approx([1e-3, 2e-3 / 3])
     assert "attack/diversity" in attacker_logs[0] and "rewards/attack/mean" in attacker_logs[0]
     assert all("guard/unsafe_rate" in e for e in defender_logs)
     # the defender's mixture: 4 prompts per step, 2 attacks (fixed prompts fill in for missing valid ones),
@@ -52,7 +54,8 @@ def test_two_rounds_then_a_resumed_third(policy, trained_gen_path, tmp_path):
     resumed.train(resume=True)
     assert resumed.attacker.state.global_step == 3 and resumed.defender.state.global_step == 3
     # the log history came back from the checkpoints and went on
-    assert len([e for e in resumed.attacker.state.log_history if "loss" in e]) == 3
+    logs = [e for e in resumed.attacker.state.log_history if "loss" in e]
+    assert len(logs) == 3 and float(logs[-1]["learning_rate"]) == pytest.approx(1e-3 / 3)
     assert resumed.attack_reward.memory.texts[: len(memory["texts"])] == memory["texts"]
     assert [
         float(r["round"])

@@ -73,3 +73,36 @@ def build_self_play(policy: str, gen: str, out: Path, rounds: int) -> Any:
         benign_prompts=BENIGN,
         config=config,
     )
+
+
+def run_scenario(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Two of three planned rounds, then a fresh loop resumed for the third (what the 2-process worker runs on each process):
+    per process, each round's defender mixture, the novelty memory, both sides' weights digests and steps."""
+    from tests.multiproc.scenarios import state_digest
+
+    loop = build_self_play(spec["policy"], spec["gen"], out, rounds=3)
+    mixtures = []
+    original = loop._defender_rows
+
+    def recording(r, attacks):
+        rows = original(r, attacks)
+        mixtures.append([(x["prompt"][0]["content"], x["source"]) for x in rows])
+        return rows
+
+    loop._defender_rows = recording
+    state = loop.train(until=2)
+    result: dict[str, Any] = {
+        "mixtures": mixtures,
+        "memory": list(loop.attack_reward.memory.texts),
+        "history": state.history,
+        "digests": [state_digest(loop.attacker.model), state_digest(loop.defender.model)],
+    }
+    del loop
+    resumed = build_self_play(spec["policy"], spec["gen"], out, rounds=3)
+    resumed.train(resume=True)
+    result["resumed_steps"] = [resumed.attacker.state.global_step, resumed.defender.state.global_step]
+    result["resumed_memory"] = list(resumed.attack_reward.memory.texts)
+    result["resumed_digests"] = [state_digest(resumed.attacker.model), state_digest(resumed.defender.model)]
+    result["attacker_log"] = [e for e in resumed.attacker.state.log_history if "loss" in e]
+    result["defender_log"] = [e for e in resumed.defender.state.log_history if "loss" in e]
+    return result
