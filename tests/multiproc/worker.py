@@ -40,6 +40,15 @@ def main(spec_path: str) -> None:
     for name in spec["scenarios"]:
         start, wall = time.process_time(), time.perf_counter()
         out = Path(spec["out"]) / name
+        if name == "self_play":  # its own loop of two trainers (tests/multiproc/self_play_scenario.py)
+            from tests.multiproc.self_play_scenario import run_scenario
+
+            out.mkdir(parents=True, exist_ok=True)
+            result = run_scenario(spec, out)
+            result["wall_seconds"] = time.perf_counter() - wall
+            torch.save(result, out / f"rank{rank}.pt")
+            torch.distributed.barrier()
+            continue
         trainer = scenarios.build_trainer(name, spec, rewards, out / "run", scenarios.PER_DEVICE)
         result: dict = {}
         if name == "ppo":
