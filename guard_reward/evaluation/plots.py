@@ -119,6 +119,10 @@ def _alarm_steps(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
+_STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D")
+
+
 def _panel(ax, history, keys: Sequence[tuple[str, str]], title: str, ylabel: str, unit_range: bool) -> int:
     from matplotlib.ticker import MaxNLocator
 
@@ -126,7 +130,12 @@ def _panel(ax, history, keys: Sequence[tuple[str, str]], title: str, ylabel: str
     for key, label in keys:
         xs, ys = _series(history, key)
         if xs:
-            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3, label=label)
+            # Series often coincide (two rates both 0, one reward equal to the total): each gets its own line
+            # style and marker, later ones smaller, hollow and on top, so every series stays visible.
+            k = drawn % len(_STYLES)
+            ax.plot(xs, ys, linestyle=_STYLES[k], marker=_MARKERS[k] if len(xs) < 40 else None,
+                    markersize=max(2.5, 8.0 - 0.8 * drawn), markerfacecolor="none" if drawn else None,
+                    linewidth=1.2, zorder=2 + drawn, label=label)  # fmt: skip
             drawn += 1
     ax.set_title(title)
     ax.set_xlabel("step")

@@ -215,3 +215,40 @@ def test_the_scalar_reward_judges_the_tool_call_arguments(trained):
     assert by_topic[HARMFUL_TOPIC] and by_topic[BENIGN_TOPIC], by_topic
     assert all(r == -1.0 for r in by_topic[HARMFUL_TOPIC]), by_topic
     assert 1.0 in by_topic[BENIGN_TOPIC], by_topic
+
+
+def test_the_agents_page_example_calls_tools_judges_them_and_spares_tool_tokens(tmp_path, monkeypatch):
+    """docs/agents.md's tool-calling GRPO example, run as written (extracted from the page) on the stand-in
+    policy taught to call ``lookup``: tools are called, the calls are judged by the Gen reward, and the Stream
+    penalty puts nothing on the tool's tokens. About a minute of CPU once the stand-ins are cached."""
+    from tests.docs.snippets import ROOT, blocks
+
+    page = ROOT / "docs" / "agents.md"
+    (block,) = [b for b in blocks(page) if b.kind == "run-by" and "tools=[lookup]" in b.code]
+    seen = []
+    original = TokenSafetyPenalty.__call__
+
+    def recording(self, prompts, completions, completion_ids, **kwargs):
+        out = original(self, prompts, completions, completion_ids, **kwargs)
+        seen.append((kwargs.get("tool_mask"), [list(r) for r in completion_ids], out))
+        return out
+
+    monkeypatch.setattr(TokenSafetyPenalty, "__call__", recording)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block.code, f"{page}:{block.line}", "exec"), namespace)
+
+    rows = [row for row in namespace["trainer"].state.log_history if "guard/tool_call_rate" in row]
+    assert rows and max(row["guard/tool_call_rate"] for row in rows) > 0, rows
+    assert max(row["tools/call_frequency"] for row in rows) > 0, rows
+    assert any("guard/unsafe_tool_call_rate" in row for row in rows), rows  # turns with a call were judged
+    tool_tokens = 0
+    assert seen
+    for tool_mask, ids, out in seen:
+        assert tool_mask is not None
+        for i, row in enumerate(ids):
+            tool = ~torch.tensor(tool_mask[i], dtype=torch.bool)
+            tool_tokens += int(tool.sum())
+            assert not bool(out.mask[i, : len(row)][tool].any())
+            assert torch.count_nonzero(out.rewards[i, : len(row)][tool]) == 0
+    assert tool_tokens > 0
