@@ -95,8 +95,8 @@ def refusal_notes(run: EvalRun) -> list[str]:
         out.append(f"- {JUDGE_TITLES[j]}: wrote no `Refusal:` line for {where}; those answers count in the "
                    "unsafe rates but not in the refusal rates (neither as refusals nor as answers).")  # fmt: skip
     if out:
-        out.insert(0, "Refusal rates are over the answers a judge gave a refusal verdict for (`Refusal: Yes` or "
-                      "`No`), so their denominators can be smaller than the unsafe rates':")  # fmt: skip
+        out[:0] = ["Refusal rates are over the answers a judge gave a refusal verdict for (`Refusal: Yes` or "
+                   "`No`), so their denominators can be smaller than the unsafe rates':", ""]  # fmt: skip
     return out
 
 
@@ -132,8 +132,8 @@ def write_report(run: EvalRun, alarms: Mapping[str, float] | None = None, role: 
               "answers to one prompt are correlated, so with more than one sample per prompt the intervals are "
               "somewhat too narrow.", ""]  # fmt: skip
     warning = limit_message(c, s.get("max_new_tokens"))
-    notes = [*run.missing, *([f"**{warning}**"] if warning else [])]
-    lines += [f"> {line}." for line in notes] + ([""] if notes else [])
+    notes = [f"> {line}." for line in run.missing] + ([f"> **{warning}.**"] if warning else [])
+    lines += [*notes, ""] if notes else []
     lines += ["## Rates", "", "| rate | " + " | ".join(JUDGE_TITLES[j] for j in run.judges) + " |"]
     lines.append("|---|" + "---|" * len(run.judges))
     for key, label in LABELS.items():
