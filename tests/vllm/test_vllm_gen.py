@@ -132,6 +132,38 @@ def test_safety_reward_on_vllm_equals_the_local_one_in_a_grpo_step(live_server, 
     assert remote.guard.get().stats["failures"] == 0
 
 
+def test_moderate_cli_and_eval_judge_take_the_spec(live_server, gen32_path, tmp_path):
+    import json
+
+    from guard_reward.cli.main import main
+    from guard_reward.evaluation.judges import load_judge
+
+    spec = f"openai+{live_server.url}?model={live_server.model}"
+    rows = [{"messages": conv} for conv in conversations()[:6]]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outs = {}
+    for name, guard in (("vllm", spec), ("local", str(gen32_path))):
+        out = tmp_path / f"{name}.jsonl"
+        assert (
+            main(["moderate", str(tmp_path / "in.jsonl"), "-o", str(out), "--guard", guard, "--no-progress"])
+            == 0
+        )
+        outs[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    for a, b in zip(outs["vllm"], outs["local"], strict=True):
+        assert (a["level"], a["categories"], a["refusal"], a["raw"]) == (
+            b["level"],
+            b["categories"],
+            b["refusal"],
+            b["raw"],
+        )
+        assert a["probs"] == pytest.approx(b["probs"], abs=1e-4)
+    judge = load_judge(spec, "gen")
+    assert (
+        isinstance(judge.guard, OpenAIGenGuard) and judge.guard.tokenizer is not None
+    )  # reached at load time
+    assert [j["level"] for j in judge(conversations()[:6])] == [r["level"] for r in outs["local"]]
+
+
 def test_a_killed_server_gives_counted_failures_not_a_crash(live_server):
     guard = OpenAIGenGuard(live_server.url, live_server.model, retries=1, backoff=0.05, timeout=10)
     convs = conversations()[:3]
