@@ -183,6 +183,39 @@ def wire(url: str, rounds: int = 3, binary_samples: int = 1024, json_samples: in
     return rows
 
 
+def stream_step(url: str, ranks: int = 8, samples: int = 16_384) -> dict[str, Any]:
+    """A GRPO step's Stream scoring as ``TokenSafetyPenalty`` sends it: ``ranks`` trainer processes (threads
+    here), each one ``RemoteStreamGuard(fields=SHAPING_FIELDS).score_ids`` over its share of ``samples``
+    1,024-token answers, cut into chunks of 64 by the client; wall time, tokens/s, requests per guard call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from benchmarks.fast_guards import ANSWER_TOKENS
+    from benchmarks.step_load import batch_sizes
+    from guard_reward import RemoteStreamGuard
+    from guard_reward.wire import SHAPING_FIELDS
+
+    rng = random.Random(1)
+    distinct = [[rng.randrange(151_000) for _ in range(ANSWER_TOKENS)] for _ in range(256)]
+    share = samples // ranks
+    ids = [distinct[i % len(distinct)] for i in range(share)]  # the same lists again: memory stays small
+    prompts = [f"Question {i // 16}" for i in range(share)]
+
+    def rank(_: int) -> int:
+        guard = RemoteStreamGuard(url, fields=SHAPING_FIELDS, chunk_size=64, parallel=4, timeout=300)
+        out = guard.score_ids(prompts, ids)
+        return sum(not r.ok for r in out)
+
+    before = len(batch_sizes(url, "stream"))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(ranks) as pool:
+        failed = sum(pool.map(rank, range(ranks)))
+    wall = time.perf_counter() - start
+    merged = batch_sizes(url, "stream")[before:]
+    return {"ranks": ranks, "samples": share * ranks, "failed": failed, "wall_s": wall,
+            "tokens_per_s": share * ranks * ANSWER_TOKENS / wall, "guard_calls": len(merged),
+            "requests_per_call": sum(merged) / max(1, len(merged))}  # fmt: skip
+
+
 def wire_table(rows: dict[str, Any]) -> str:
     roles = sorted({k for r in rows.values() for k in r["cpu_s_per_million_tokens"]})
     head = "| form | samples | tokens/s (best; all rounds) | x JSON | " + " | ".join(roles) + " |"
@@ -221,6 +254,16 @@ def suite_part(setup: object = None, parts: tuple[str, ...] = ("wire", "step", "
                 f"≥ {TARGET_OVER_JSON:g}x); shaping fields only: {s['tokens_per_s']:,.0f} tokens/s, {s['over_json']:.1f}x JSON.",
             ]  # fmt: skip
         if "step" in parts:
+            payload["stream_step"] = st = stream_step(url)
+            sections += [
+                "",
+                "### A 16,384-sample step's Stream scoring, as TokenSafetyPenalty sends it",
+                "",
+                f"{st['ranks']} ranks, each `RemoteStreamGuard(fields=SHAPING_FIELDS).score_ids` over "
+                f"{st['samples'] // st['ranks']} answers of 1,024 tokens (chunks of 64): {st['wall_s']:.1f} s, "
+                f"{st['tokens_per_s']:,.0f} tokens/s, {st['failed']} failed; one replica's {st['guard_calls']} guard "
+                f"calls took {st['requests_per_call']:.1f} requests each.",
+            ]
             payload["step"] = step = step_load.step(url, opts)
             sections += ["", "### A 16,384-sample GRPO step as single-sample /get_reward requests", "",
                          step_load.step_table(step)]  # fmt: skip

@@ -44,6 +44,7 @@ def requests(n: int = PROMPTS * ANSWERS) -> list[dict[str, Any]]:
 
 
 def batch_sizes(url: str, guard: str = "gen") -> list[int]:
+    """Requests per guard call of the replica that answers ``/v1/stats`` (one of them, with several)."""
     with urllib.request.urlopen(f"{url}/v1/stats", timeout=120) as resp:
         return list(json.loads(resp.read())[guard]["batch_sizes"])
 
@@ -155,8 +156,8 @@ def step_table(result: dict[str, Any]) -> str:
         f"Ingress limits from the options: {result['ingress_limits']} (guard queue {result['max_queued_requests']}, "
         f"batches of {result['max_batch_size']}).",
         "",
-        "| case | sent | answered | no reward | HTTP statuses | wall s | requests/s | p50 / p99 ms | guard calls "
-        "| requests per call (mean, p10) |",
+        "| case | sent | answered | no reward | HTTP statuses | wall s | requests/s | p50 / p99 ms | guard calls of "
+        "one replica | requests per call (mean, p10) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
