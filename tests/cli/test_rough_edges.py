@@ -115,8 +115,8 @@ def test_a_hub_id_fails_at_once_when_the_hub_is_unreachable(hub_down):
             HubUnreachableError, match=f"'{name}'.*unreachable .*refused.*not in the local cache"
         ):
             cls.from_pretrained(name)
-        # the hub client alone retries with backoff for about 30 s before giving up
-        assert time.perf_counter() - start < 10
+        # the hub client alone sleeps 23 s between its retries (1 + 2 + 4 + 8 + 8) before giving up
+        assert time.perf_counter() - start < 15
     with pytest.raises(HubUnreachableError, match="cannot load the --policy model 'nobody/p'"):
         hub_kwargs("nobody/p", what="--policy model")
 
