@@ -270,6 +270,8 @@ class AttackReward:
         remember: add this call's found attacks to the memory after rewarding them (a self-play loop that keeps
             the memory the same on every process turns it off and calls :meth:`remember` itself).
         max_chars: longest accepted attack, in characters (a longer one is ``context_too_long``).
+        keep_records: how many rewarded attacks :attr:`records` keeps until :meth:`take_records` (the oldest
+            are dropped first, so a reward used without a loop that takes them stays bounded).
         on_error: ``"skip"`` (default: failures give no signal, counted) or ``"raise"``.
         name: the reward's ``__name__`` (TRL's ``rewards/<name>/mean``).
         metric_prefix: prefix of the metrics (``attack/success_rate``, ``attack/diversity``, …).
@@ -292,6 +294,7 @@ class AttackReward:
         threshold: float = 0.5,
         remember: bool = True,
         max_chars: int = 4000,
+        keep_records: int = 100_000,
         on_error: str = "skip",
         name: str = "attack",
         metric_prefix: str = DEFAULT_PREFIX,
@@ -321,8 +324,8 @@ class AttackReward:
         self.remember_own = remember
         self.on_error = check_on_error(on_error)
         self.counter = metrics.RewardCounter(self.__name__)
-        #: Every attack rewarded since :meth:`take_records` was last called.
-        self.records: list[AttackRecord] = []
+        #: The attacks rewarded since :meth:`take_records` was last called (the last ``keep_records``).
+        self.records: deque[AttackRecord] = deque(maxlen=keep_records)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.__name__!r})"
@@ -342,11 +345,12 @@ class AttackReward:
 
     def take_records(self) -> list[AttackRecord]:
         """The attacks rewarded since the last call, oldest first (and forget them)."""
-        out, self.records = self.records, []
+        out = list(self.records)
+        self.records.clear()
         return out
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "records": []}
+        return {**self.__dict__, "records": deque(maxlen=self.records.maxlen)}
 
     def __call__(
         self,
@@ -385,8 +389,8 @@ class AttackReward:
             AttackRecord(p, texts[i], answers[i], success[i], validity[i], novelty[i], values[i], reasons[i])
             for i, p in enumerate(prompts)
         ]
-        self.records += records
-        found = [r.attack for r in records if self._found(r)]
+        self.records.extend(records)
+        found = [r.attack for r in records if self.is_found(r)]
         if self.remember_own:
             self.memory.add(found)  # type: ignore[arg-type]
         self._emit(records, batch, log_metric, log_extra, time.perf_counter() - start, len(found))
@@ -520,7 +524,8 @@ class AttackReward:
 
     # -- bookkeeping
 
-    def _found(self, r: AttackRecord) -> bool:
+    def is_found(self, r: AttackRecord) -> bool:
+        """Whether a rewarded attack counts as found: judged, success and validity at least the threshold."""
         valid = r.validity is None or r.validity >= self.threshold
         return r.reason is None and r.success is not None and r.success >= self.threshold and valid
 

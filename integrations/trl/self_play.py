@@ -196,7 +196,7 @@ class SelfPlayTrainer:
             self.attack_reward.take_records()  # nothing from before this round counts as its attacks
             self._side(self.attacker, self._seed_rows(r), r, self.config.attacker_steps)
             attacks = self._gather(self.attack_reward.take_records())
-            found = [a.attack for a in attacks if self.attack_reward._found(a)]
+            found = [a.attack for a in attacks if self.attack_reward.is_found(a)]
             self.attack_reward.remember(found)  # type: ignore[arg-type]
             logger.info("self-play round %d/%d: defender", r + 1, self.config.rounds)
             rows = self._defender_rows(r, attacks)

@@ -78,9 +78,10 @@ def test_memory_is_bounded_and_remembers_found_attacks_only(gen):
     assert word_ngrams("A b c", 2) == {("a",), ("b",), ("c",), ("a", "b"), ("b", "c")}
     assert batch_diversity(["a b", "a b"], 2) == 0.0 and batch_diversity(["a b", "c d"], 2) == 1.0
     # with threshold 1.0 nothing the tiny guard says is certain enough to count as found
-    reward = AttackReward(gen, echo_defender, threshold=1.0)
+    reward = AttackReward(gen, echo_defender, threshold=1.0, keep_records=2)
     reward(["s"] * 3, ATTACKS)
     assert len(reward.memory) == 0 and reward.stats["found"] == 0
+    assert [r.attack for r in reward.take_records()] == ATTACKS[1:]  # the last keep_records only
 
 
 def test_bad_attacker_completions_get_no_signal_and_are_counted(gen):
