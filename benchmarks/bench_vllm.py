@@ -84,8 +84,8 @@ def run(setup: Setup, prompts: int = 4, group: int = 8, repeats: int = 3) -> tup
     table = "\n".join(
         [
             f"{setup.describe()}; {n} conversations ({prompts} prompts x {group} answers of 200 tokens), "
-            f"decode=False, best of {repeats} rounds; the local guard on {threads} torch thread(s), the server on "
-            "vLLM's default (every core).",
+            f"decode=False, best of {repeats} rounds; the local guard on {threads} torch thread(s), the server as "
+            "vLLM sets itself up (on 2 cores it logs 'Reducing Torch threads from 2 to 1 for serving').",
             "",
             "| path | conversations/s | vLLM / local |",
             "|---|---|---|",
