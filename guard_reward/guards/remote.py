@@ -128,8 +128,8 @@ class RemoteStreamGuard(_Remote):
     float32 as it is, some 200-300 times cheaper to encode and decode than JSON lists); ``False`` asks for JSON.
 
     ``fields``: the per-token fields to fetch (names of ``wire.TOKEN_FIELDS``; default all of them). The others
-    come back as ``wire.placeholder`` s (right shape, NaN or -1, no memory). For ``TokenSafetyPenalty`` give
-    ``fields=wire.SHAPING_FIELDS`` (28 of 72 bytes a token; its rewards are the same bits). A call's own
+    come back as ``wire.placeholder`` s (right shape, NaN or -1, no memory). ``TokenSafetyPenalty`` asks a guard
+    left at the default for only what it reads (``wire.SHAPING_FIELDS``: 28 of 72 bytes a token). A call's own
     ``fields=`` overrides it. An unknown name raises ``ValueError`` naming the accepted ones."""
 
     def __init__(

@@ -42,17 +42,30 @@ import torch
 from guard_reward.faults import IDS_OUTSIDE_VOCABULARY, INVALID_INPUT, check_on_error
 from guard_reward.guards.debounce import Debouncer, token_levels
 from guard_reward.guards.offsets import align_values, guard_index_for_policy, token_char_offsets
+from guard_reward.guards.remote import RemoteStreamGuard
 from guard_reward.rewards import metrics
 from guard_reward.rewards.inputs import GuardHandle, check_name, response_conversations
 from guard_reward.rewards.turns import check_tool_mask, scoring_units
 from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shape_dense, unsafe_risk
 from guard_reward.shaping.scalar import finite_number
 from guard_reward.types import DenseRewards, TokenRisk
+from guard_reward.wire import SHAPING_FIELDS
 
 #: A batch as the cache compares it: ``(prompts, completion ids, tool mask)``.
 _BatchKey = tuple[list[Any], list[list[int]], list[list[bool]] | None]
 #: Which token of the first debounced Unsafe pair carries the hard first-violation penalty.
 HARD_POSITIONS: tuple[str, ...] = ("first", "second")
+#: What shaping reads of guard token ids scored as they are: the three levels (the risk and the debounced flag).
+_IDS_FIELDS = ("p_safe", "p_unsafe", "p_controversial")
+
+
+def _wire_fields(guard: Any, text: bool) -> dict[str, Any]:
+    """``score``/``score_ids`` keywords asking a served guard for only the per-token fields shaping reads (12 or,
+    with the offsets text needs, 28 of 72 bytes a token), unless its owner chose the fields; a local guard computes
+    every field anyway."""
+    if isinstance(guard, RemoteStreamGuard) and guard.fields is None:
+        return {"fields": SHAPING_FIELDS if text else _IDS_FIELDS}
+    return {}
 
 
 def _load_stream(path: str, **kw: Any) -> Any:
@@ -206,6 +219,7 @@ class TokenSafetyPenalty:
                 [ids[i] for i in by_ids],
                 thinking=self.thinking,
                 on_error="skip",
+                **_wire_fields(guard, text=False),
             )
             for i, r in zip(by_ids, risks, strict=True):
                 rows[i] = r if not r.ok else self._identity_row(r, len(ids[i]))
@@ -254,7 +268,9 @@ class TokenSafetyPenalty:
             for i in todo
         ]
         conversations = response_conversations([prompts[i] for i in todo], plain)
-        risks = guard.score(conversations, thinking=self.thinking, on_error="skip")
+        risks = guard.score(
+            conversations, thinking=self.thinking, on_error="skip", **_wire_fields(guard, text=True)
+        )
         for i, r in zip(todo, risks, strict=True):
             if not r.ok:
                 rows[i] = r

@@ -71,14 +71,25 @@ def test_the_answer_is_binary_only_when_asked_for(server):
         assert kind.startswith("application/json") and len(json.loads(payload)["risks"]) == 2
 
 
-def test_a_penalty_fetching_only_the_shaping_fields_gives_the_same_rewards(server):
+def test_a_penalty_fetches_only_the_shaping_fields_and_gives_the_same_rewards(server):
     from guard_reward import TokenSafetyPenalty
-    from guard_reward.wire import SHAPING_FIELDS
+    from guard_reward.wire import SHAPING_FIELDS, TOKEN_FIELDS
     from tests.guards import stream_ckpt
+
+    asked = []
+
+    class Recording(RemoteStreamGuard):  # the real client, noting the fields each call asks for
+        def score(self, *args, **kw):
+            asked.append(("score", kw.get("fields")))
+            return super().score(*args, **kw)
+
+        def score_ids(self, *args, **kw):
+            asked.append(("score_ids", kw.get("fields")))
+            return super().score_ids(*args, **kw)
 
     prompts = ["How do I pick a lock?", "Hi"]
     completions = ["I cannot help with that, sorry.", "Hello! How can I help you today?"]
-    full, lean = RemoteStreamGuard(server.url), RemoteStreamGuard(server.url, fields=SHAPING_FIELDS)
+    full, lean = RemoteStreamGuard(server.url, fields=tuple(TOKEN_FIELDS)), Recording(server.url)
     for tok in (stream_ckpt.guard("single").tokenizer, stream_ckpt.qwen36_tokenizer()):  # ids, then text
         ids = [tok.encode(c, add_special_tokens=False) for c in completions]
         want, got = (
@@ -87,7 +98,8 @@ def test_a_penalty_fetching_only_the_shaping_fields_gives_the_same_rewards(serve
         )
         assert torch.equal(want.rewards, got.rewards) and torch.equal(want.mask, got.mask)
         assert want.rewards.abs().sum() > 0
-    risks = lean.score_ids(prompts, [[9707, 0, 2585], [40, 1079]])
+    assert asked == [("score_ids", ("p_safe", "p_unsafe", "p_controversial")), ("score", SHAPING_FIELDS)]
+    risks = lean.score_ids(prompts, [[9707, 0, 2585], [40, 1079]], fields=SHAPING_FIELDS)
     assert risks[0].p_unsafe.numel() > 0 and risks[0].category_probs.isnan().all()  # not fetched: not a value
 
 
