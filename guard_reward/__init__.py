@@ -28,10 +28,12 @@ _LAZY = {
     "HybridSafetyReward": "guard_reward.rewards",
     "TokenSafetyPenalty": "guard_reward.rewards",
     "TurnSafetyReward": "guard_reward.rewards",
+    "AttackReward": "guard_reward.rewards",
 }
 
 __all__ = [
     "LEVELS",
+    "AttackReward",
     "GenGuard",
     "HybridSafetyReward",
     "OpenAIGenGuard",
@@ -50,7 +52,13 @@ if TYPE_CHECKING:
     from guard_reward.guards.openai_gen import OpenAIGenGuard
     from guard_reward.guards.remote import RemoteGenGuard, RemoteStreamGuard
     from guard_reward.guards.stream import StreamGuard
-    from guard_reward.rewards import HybridSafetyReward, SafetyReward, TokenSafetyPenalty, TurnSafetyReward
+    from guard_reward.rewards import (
+        AttackReward,
+        HybridSafetyReward,
+        SafetyReward,
+        TokenSafetyPenalty,
+        TurnSafetyReward,
+    )
 
 
 #: Modules that moved into the layer folders: the old import path still works, and warns once when imported.
