@@ -50,7 +50,13 @@ from guard_reward.faults import (
     check_on_error,
 )
 from guard_reward.guards.gen import check_gen_template, gen_label_tree
-from guard_reward.guards.gen_units import checked_conversations, plan_units, render_units, sample_verdict
+from guard_reward.guards.gen_units import (
+    checked_conversations,
+    encode_conversation,
+    plan_units,
+    render_units,
+    sample_verdict,
+)
 from guard_reward.guards.gen_verdicts import decoded_verdict, refusal_token_ids
 from guard_reward.guards.remote_client import GuardClient, GuardUnavailable, RemoteGuardError
 from guard_reward.types import Verdict
@@ -180,14 +186,8 @@ class OpenAIGenGuard:
         return self
 
     def _probe(self, tokenizer: Any) -> None:
-        """One scoring request on a rendered probe: the asked ids must come back with finite log-probabilities."""
-        ids = list(
-            tokenizer.encode(
-                tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False),
-                add_special_tokens=False,
-            )
-        )
-        ids += list(self.tree.prefix_ids)
+        """One scoring request on a rendered probe: every asked id must come back with its log-probability."""
+        ids = encode_conversation(tokenizer, [{"role": "user", "content": "hi"}]) + list(self.tree.prefix_ids)
         try:
             answer = self.client.request("POST", "/completions", self._body([ids], self.label_ids, 1))
         except RemoteGuardError as exc:
