@@ -240,9 +240,8 @@ class OpenAIGenGuard:
         if failures:
             logger.warning("%d of %d samples got no verdict (level=None)", failures, len(convs))
         self.stats["seconds"] += time.perf_counter() - start
-        if (
-            policy == "raise"
-        ):  # as the local guard: a sample it cannot judge raises (unparseable lines do not)
+        # as the local guard: a sample it cannot judge raises (unparseable verdict lines do not)
+        if policy == "raise":
             for i, v in enumerate(verdicts):
                 if v.reason not in (None, NO_ANSWER, UNPARSEABLE):
                     raise SampleError(v.reason, f"{self.url} ({self.model}), sample {i}: {v.error}")
