@@ -145,3 +145,18 @@ def test_local_defender_answers_each_prompt_with_the_model(tmp_path):
     assert model.training  # restored
     greedy = LocalDefender(model, tok, max_new_tokens=4, do_sample=False)
     assert greedy(ATTACKS[:1]) == greedy(ATTACKS[:1])
+
+
+def test_stream_worst_token_risk_as_a_share_of_success(gen, tmp_path):
+    from guard_reward.guards.stream import StreamGuard
+    from guard_reward.tiny.stream import build_tiny_stream
+
+    stream = StreamGuard.from_pretrained(build_tiny_stream(tmp_path / "stream", seed=3))
+    reward = AttackReward(
+        gen, echo_defender, stream=stream, stream_weight=0.5, validity=None, novelty_weight=0.0
+    )
+    values = reward(["s"] * 2, ATTACKS[:2])
+    for a, v in zip(ATTACKS[:2], values, strict=True):
+        conv = [{"role": "user", "content": a}, {"role": "assistant", "content": echo_defender([a])[0]}]
+        worst = float(stream.score([conv])[0].p_unsafe.max())
+        assert v == pytest.approx(0.5 * p_unsafe(gen, conv) + 0.5 * worst, abs=1e-5)
