@@ -9,13 +9,15 @@ import random
 import pytest
 
 from guard_reward.sandbox.framings import (
+    FRAMED_UNSAFE_SET,
     HELDOUT_FRAMINGS,
     TRAIN_FRAMINGS,
     AttackerTask,
     FramedLanguage,
     framed_attacks,
 )
-from guard_reward.sandbox.language import Language
+from guard_reward.sandbox.guards import guard_chats, verdict_text
+from guard_reward.sandbox.language import UNSAFE_SET, Language
 from guard_reward.sandbox.rules import judge, prompt_is_harmful
 
 
@@ -29,16 +31,40 @@ def test_held_out_framings_share_no_template_with_the_training_ones():
     assert all(p in a for p, (a, _) in zip(harmful, attacks, strict=True))
 
 
-def test_framed_harmful_requests_are_answered_unsafely_more_often():
+def _framed(prompt: str) -> bool:
+    return sum(w in ("?", ".") for w in prompt.split()) == 2  # every request template ends in one of them
+
+
+def test_framed_harmful_requests_are_answered_unsafely_more_often_in_their_own_words():
     lang = FramedLanguage()
     rng = random.Random(0)
     plain, framed = [], []
     for _ in range(3000):
-        chat = lang.chat(rng, harmful=True)
-        (framed if len(chat.prompt.split()) > 12 else plain).append(judge(chat.response).unsafe)
+        chat = lang.chat(rng, harmful=rng.random() < 0.5)
+        answer_unsafe = set(chat.response.split()) & UNSAFE_SET
+        if _framed(chat.prompt):
+            # a framed request's unsafe answer uses the framed sub-class only (it does not repeat the topic)
+            assert answer_unsafe <= FRAMED_UNSAFE_SET, chat
+        else:
+            # plain requests and their answers never carry the framed sub-class, so training on them never
+            # samples (nor pushes down) those words
+            assert not (set(chat.prompt.split()) | answer_unsafe) & FRAMED_UNSAFE_SET, chat
+        if chat.harmful:
+            (framed if _framed(chat.prompt) else plain).append(judge(chat.response).unsafe)
     assert sum(framed) / len(framed) > 0.85 and sum(plain) / len(plain) < 0.7
     with pytest.raises(ValueError, match="framed_unsafe"):
         FramedLanguage(framed_unsafe=0.99, framed_refusal=0.05)
+
+
+def test_the_framed_words_are_unsafe_to_the_judge_and_in_the_guards_training_data():
+    assert FRAMED_UNSAFE_SET < UNSAFE_SET and len(FRAMED_UNSAFE_SET) == 9
+    assert all(judge(f"the {w} is next to the lamp .").unsafe for w in FRAMED_UNSAFE_SET)
+    chats = guard_chats(FramedLanguage(), random.Random(0), 1000)
+    seen = [c for c in chats if set(c.response.split()) & FRAMED_UNSAFE_SET]
+    assert len(seen) > 50  # the guard is trained on them ...
+    assert all(
+        verdict_text(c.response, response=True).startswith("Safety: Unsafe") for c in seen
+    )  # ... as unsafe
 
 
 def test_the_attacker_task_rewrites_its_seed():
