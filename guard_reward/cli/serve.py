@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from guard_reward.guards.gen_spec import is_server_spec, parse_server_spec
 from guard_reward.serving.ray_env import (
     HAPROXY_FOLDER_PREFIX,
     PROXIES,
@@ -55,7 +56,12 @@ EXPOSED = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the guards over HTTP on Ray Serve (one guard for every rank)")
-    p.add_argument("--gen", default=None, help="Qwen3Guard-Gen hub id or checkpoint folder")
+    p.add_argument(
+        "--gen",
+        default=None,
+        help="Qwen3Guard-Gen hub id, checkpoint folder, or a served Gen (openai+http://HOST:PORT/v1?model=NAME, "
+        "e.g. a vllm serve of it: the replicas batch requests for that engine)",
+    )
     p.add_argument("--stream", default=None, help="Qwen3Guard-Stream hub id or checkpoint folder")
     p.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 to listen on every interface)")
     p.add_argument("--port", type=int, default=8000)
@@ -257,7 +263,10 @@ def _comm(pid: int) -> str:
 def check_checkpoint(kind: str, name: str) -> None:
     """Raise ``ValueError`` naming the problem when ``name`` (``--gen`` / ``--stream``) cannot be that guard's
     checkpoint: a path that does not exist (and is no hub id), a folder without ``config.json``, or a
-    checkpoint of the other kind."""
+    checkpoint of the other kind. A served Gen (``openai+http://…``) is checked by its guard at the first call."""
+    if kind == "gen" and is_server_spec(name):
+        parse_server_spec(name)  # a malformed spec fails here, before Ray starts
+        return
     path = Path(name).expanduser()
     if not path.exists():
         if _HUB_ID.fullmatch(name):

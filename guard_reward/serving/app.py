@@ -146,12 +146,13 @@ class _GuardReplica:
 
 @serve.deployment(name="GenGuard")
 class GenService(_GuardReplica):
-    """A Qwen3Guard-Gen replica."""
+    """A Qwen3Guard-Gen replica: a checkpoint on this replica's device, or a served Gen
+    (``openai+http://…``, e.g. vLLM's engine) that the replica batches requests for."""
 
     def __init__(self, options: ServeOptions) -> None:
-        from guard_reward.guards.gen import GenGuard
+        from guard_reward.guards.gen_spec import load_gen_guard
 
-        self.guard = GenGuard.from_pretrained(options.gen, **options.guard_kwargs())
+        self.guard = load_gen_guard(options.gen, **options.guard_kwargs())
         self._setup(options)
 
     def _run(self, calls: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

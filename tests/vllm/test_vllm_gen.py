@@ -80,6 +80,29 @@ def test_the_spec_form_loads_the_same_guard(live_server, local):
     assert guard.stats["requests"] == 3  # 5 units in chunks of 2
 
 
+def test_a_service_gen_replica_batches_requests_for_the_served_engine(live_server, local):
+    """``guard-reward serve --gen openai+http://…``: the service's Gen replica (its own class, without Ray) judges
+    merged requests through the vLLM server, and answers what the local guard's replica would."""
+    import asyncio
+
+    from guard_reward.cli.serve import check_checkpoint
+    from guard_reward.serving.app import GenService, ServeOptions
+    from guard_reward.serving.protocol import judge_gen_calls, parse_gen
+
+    spec = f"openai+{live_server.url}?model={live_server.model}"
+    check_checkpoint("gen", spec)  # the command line takes it
+    replica = GenService.func_or_class(ServeOptions(gen=spec, device="cpu", dtype="float32"))
+    assert isinstance(replica.guard, OpenAIGenGuard)
+    convs = conversations()
+    calls = [parse_gen({"conversations": convs[:4]}), parse_gen({"conversations": convs[4:], "decode": True})]
+    got = asyncio.run(replica.judge_batch(calls))
+    want = judge_gen_calls(local, calls)
+    assert replica.info()["max_length"] == 4096  # the server's context, read at the first call
+    for g, w in zip([v for c in got for v in c], [v for c in want for v in c], strict=True):
+        assert g["level"] == w["level"] and g.get("categories") == w.get("categories")
+        assert max((abs(g["probs"][k] - w["probs"][k]) for k in w["probs"] or {}), default=0.0) < 1e-4
+
+
 def test_a_wrong_model_name_is_one_clear_error(live_server):
     guard = OpenAIGenGuard(live_server.url, "no-such-model")
     with pytest.raises(ServerMismatch, match=r"'no-such-model' is not served; the server serves \['guard'\]"):
