@@ -45,4 +45,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(LATEST) .venv-trl112 .venv-verl091 .venv-openrlhf011 .venv-openrlhf011.partial runs .pytest_cache
-	rm -rf .venv-vllm032 .venv-vllm032.partial .venv-vllm032.lock
+	rm -rf .venv-vllm032 .venv-vllm032.partial .venv-vllm032.lock .venv-vllm032.build.log

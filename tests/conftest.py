@@ -22,6 +22,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When vLLM's tests are selected and its environment is not built yet, build it in the background from the
+    start: pip's downloads and unpacking (minutes) overlap the tests collected before them, which wait on the
+    builder's lock only if it is still running when they get there."""
+    import subprocess
+    import sys
+
+    from tests.vllm.vllm_env import ROOT, STAMP
+
+    if STAMP.exists() or not any(item.nodeid.startswith("tests/vllm/") for item in session.items):
+        return
+    log = open(ROOT / ".venv-vllm032.build.log", "w")  # noqa: SIM115 -- the builder outlives this hook
+    subprocess.Popen(
+        [sys.executable, "-c", "from tests.vllm.vllm_env import vllm_env; vllm_env()"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def qwen_tok():
     """The real Qwen3 tokenizer (no chat template)."""
