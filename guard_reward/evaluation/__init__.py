@@ -5,6 +5,7 @@ of a run's safety curves."""
 
 from guard_reward.evaluation.alarms import ALARMS, AlarmConfig, Alarms
 from guard_reward.evaluation.answering import EVAL_PREFIX, GenerationSettings, answer_and_judge, eval_metrics
+from guard_reward.evaluation.defender import LocalDefender
 from guard_reward.evaluation.judges import Judge, load_judge
 from guard_reward.evaluation.prompts import EvalPrompt, bundled_prompt_set, read_prompt_set
 from guard_reward.evaluation.stats import Rate, cohen_kappa, newcombe, wilson
@@ -17,6 +18,7 @@ __all__ = [
     "EvalPrompt",
     "GenerationSettings",
     "Judge",
+    "LocalDefender",
     "Rate",
     "answer_and_judge",
     "bundled_prompt_set",

@@ -7,13 +7,14 @@ convention. ``AttackReward`` reads the same guard from the other side: a reward 
 completion is a prompt for a defender.
 """
 
-from guard_reward.rewards.attack import AttackMemory, AttackReward, Defender, LocalDefender
+from guard_reward.rewards.attack import AttackReward, Defender
 from guard_reward.rewards.base import GuardReward
 from guard_reward.rewards.helpfulness import RewardModelScore, load_reward_function
 from guard_reward.rewards.safety import HybridSafetyReward, SafetyReward
 from guard_reward.rewards.summed import SummedTokenReward
 from guard_reward.rewards.token import TokenSafetyPenalty
 from guard_reward.rewards.turn_level import TurnSafetyReward
+from guard_reward.shaping.novelty import AttackMemory
 
 __all__ = [
     "AttackMemory",
@@ -21,7 +22,6 @@ __all__ = [
     "Defender",
     "GuardReward",
     "HybridSafetyReward",
-    "LocalDefender",
     "RewardModelScore",
     "SafetyReward",
     "SummedTokenReward",

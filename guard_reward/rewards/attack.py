@@ -22,7 +22,7 @@ For each attacker completion (a prompt, ``x``) the defender answers (``y = defen
   it "similar". Its blind spot is paraphrase: a reworded copy of a found attack counts as new.
 
 The defender is anything that answers a list of prompts (:class:`Defender`): a local model
-(:class:`LocalDefender`), a function, or a client of a served policy.
+(:class:`~guard_reward.evaluation.defender.LocalDefender`), a function, or a client of a served policy.
 
 Bad input never crashes a step: an attacker completion that is not a string or message list, empty, or longer
 than ``max_chars`` gets no signal (``None``, TRL's "no signal", as the defender-side rewards give a sample they
@@ -42,11 +42,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import torch
-
 from guard_reward.faults import CONTEXT_TOO_LONG, INVALID_INPUT, NON_FINITE, UNPARSEABLE, check_on_error
 from guard_reward.rewards import metrics
 from guard_reward.rewards.inputs import GuardHandle, check_name
+from guard_reward.shaping.novelty import AttackMemory, batch_diversity
 from guard_reward.shaping.scalar import finite_number
 
 logger = logging.getLogger(__name__)
@@ -71,147 +70,6 @@ class Defender(Protocol):
     """
 
     def __call__(self, prompts: list[str]) -> list[str | None]: ...
-
-
-class LocalDefender:
-    """A local causal LM as the defender: the user turn through its chat template, sampled answers.
-
-    Args:
-        model: a ``transformers`` causal LM (a DDP-wrapped one is unwrapped); kept by reference, so a trainer
-            updating it in place is answered with its current weights.
-        tokenizer: its tokenizer (a chat template; padding is done here, on the left).
-        max_new_tokens: answer budget in tokens.
-        do_sample, temperature: sampling settings (``do_sample=False``: greedy).
-        batch_size: prompts per ``generate`` call.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        max_new_tokens: int = 64,
-        do_sample: bool = True,
-        temperature: float = 1.0,
-        batch_size: int = 64,
-    ) -> None:
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError(
-                f"max_new_tokens and batch_size must be >= 1, got {max_new_tokens}, {batch_size}"
-            )
-        self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens, self.do_sample, self.temperature = max_new_tokens, do_sample, temperature
-        self.batch_size = batch_size
-
-    def __call__(self, prompts: list[str]) -> list[str | None]:
-        model = getattr(self.model, "module", self.model)
-        tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        out: list[str | None] = []
-        try:
-            with torch.no_grad():
-                for start in range(0, len(prompts), self.batch_size):
-                    chunk = [
-                        tok.apply_chat_template(
-                            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True
-                        )
-                        for p in prompts[start : start + self.batch_size]
-                    ]
-                    chunk = [c["input_ids"] if isinstance(c, Mapping) else c for c in chunk]
-                    width = max(len(c) for c in chunk)
-                    x = torch.full((len(chunk), width), pad, dtype=torch.long)
-                    mask = torch.zeros_like(x)
-                    for k, row in enumerate(chunk):  # left padding: every answer starts at column `width`
-                        x[k, width - len(row) :] = torch.tensor(row)
-                        mask[k, width - len(row) :] = 1
-                    ids = model.generate(
-                        input_ids=x.to(device),
-                        attention_mask=mask.to(device),
-                        max_new_tokens=self.max_new_tokens,
-                        do_sample=self.do_sample,
-                        temperature=self.temperature if self.do_sample else None,
-                        top_k=0 if self.do_sample else None,
-                        top_p=1.0 if self.do_sample else None,
-                        pad_token_id=pad,
-                    )
-                    out += tok.batch_decode(ids[:, width:], skip_special_tokens=True)
-        finally:
-            model.train(was_training)
-        return out
-
-
-def word_ngrams(text: str, n: int) -> frozenset[tuple[str, ...]]:
-    """The set of word n-grams of ``text`` for every order ``1 … n`` (lower-cased, whitespace-split)."""
-    words = text.lower().split()
-    return frozenset(tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
-
-
-def jaccard(a: frozenset, b: frozenset) -> float:
-    """``|a ∩ b| / |a ∪ b|`` (1 for two empty sets)."""
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
-
-
-def batch_diversity(texts: Sequence[str], n: int) -> float | None:
-    """``1 − mean pairwise Jaccard similarity`` of the texts' word n-gram sets: 0 when every text is the same,
-    1 when no two share an n-gram; ``None`` for fewer than two texts."""
-    grams = [word_ngrams(t, n) for t in texts]
-    pairs = [(i, j) for i in range(len(grams)) for j in range(i + 1, len(grams))]
-    if not pairs:
-        return None
-    return 1.0 - sum(jaccard(grams[i], grams[j]) for i, j in pairs) / len(pairs)
-
-
-class AttackMemory:
-    """The attacks found so far: a bounded first-in-first-out memory of word n-gram sets.
-
-    Args:
-        size: how many attacks it keeps (the oldest are forgotten first).
-        ngram: the highest n-gram order compared.
-    """
-
-    def __init__(self, size: int = 1024, ngram: int = 2) -> None:
-        if size < 1 or ngram < 1:
-            raise ValueError(f"AttackMemory needs size >= 1 and ngram >= 1, got {size}, {ngram}")
-        self.size, self.ngram = size, ngram
-        self._texts: deque[str] = deque(maxlen=size)
-        self._grams: deque[frozenset] = deque(maxlen=size)
-
-    def __len__(self) -> int:
-        return len(self._texts)
-
-    @property
-    def texts(self) -> list[str]:
-        return list(self._texts)
-
-    def novelty(self, text: str) -> float:
-        """``1 − max Jaccard`` against the memory (1 when it is empty)."""
-        grams = word_ngrams(text, self.ngram)
-        return 1.0 - max((jaccard(grams, g) for g in self._grams), default=0.0)
-
-    def add(self, texts: Iterable[str]) -> int:
-        """Remember ``texts`` (a text already remembered is not added twice); returns how many were added."""
-        known = set(self._texts)
-        added = 0
-        for t in texts:
-            if t not in known:
-                known.add(t)
-                self._texts.append(t)
-                self._grams.append(word_ngrams(t, self.ngram))
-                added += 1
-        return added
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"size": self.size, "ngram": self.ngram, "texts": self.texts}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._texts.clear()
-        self._grams.clear()
-        self.add(state["texts"])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ One round (``SelfPlayTrainer.train``):
 
 1. **attacker** — ``attacker_steps`` GRPO steps on the attack seeds. Its reward is an
    :class:`~guard_reward.rewards.AttackReward` whose defender is the defender trainer's model as it is now
-   (:class:`~guard_reward.rewards.LocalDefender`, by reference); every attack it rewards is recorded.
+   (:class:`~guard_reward.evaluation.LocalDefender`, by reference); every attack it rewards is recorded.
 2. the round's attacks are gathered from every process (the same list everywhere) and the *found* ones (success
    and validity at least the reward's threshold) enter the novelty memory; the reward does not update the memory
    itself, so it is the same on every process and after a resume.
@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard_reward.rewards.attack import AttackRecord, AttackReward, LocalDefender, batch_diversity
+from guard_reward.evaluation.defender import LocalDefender
+from guard_reward.rewards.attack import AttackRecord, AttackReward
+from guard_reward.shaping.novelty import batch_diversity
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from guard_reward.evaluation import LocalDefender
 from guard_reward.guards.gen import GenGuard
-from guard_reward.rewards import AttackMemory, AttackReward, LocalDefender
-from guard_reward.rewards.attack import batch_diversity, word_ngrams
+from guard_reward.rewards import AttackMemory, AttackReward
+from guard_reward.shaping.novelty import batch_diversity, word_ngrams
 
 ATTACKS = ["How do I pick a lock?", "Write a short poem about rivers.", "How can I make a weapon at home?"]
 
