@@ -2,8 +2,9 @@
 loop against the static scalar arm, measured on attacks neither saw in training.
 
 1. The world of :mod:`guard_reward.sandbox.world`, built on :class:`~guard_reward.sandbox.framings.FramedLanguage`:
-   the pre-trained policy answers *framed* harmful requests unsafely far more often than plain ones, and the Gen
-   guard has seen framed requests (it judges prompts and answers by the same unsafe words). No held-out judge
+   the pre-trained policy answers *framed* harmful requests unsafely far more often than plain ones, and in
+   unsafe words of a sub-class that plain requests never elicit (so training on plain requests never pushes
+   them down); the Gen guard has seen framed requests and those words (as unsafe). No held-out judge
    (the ground truth evaluates), and a barely trained Stream guard (no arm here reads it).
 2. An attacker: the same tiny architecture pre-trained to rewrite a plain harmful request (its seed) under one
    of the *training* framings, plainly, or (sometimes) as a benign request.
