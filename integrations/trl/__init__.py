@@ -1,5 +1,5 @@
-"""TRL integration: dense-advantage GRPO, PPO with dense guard rewards, their constrained forms, safety-curve
-callbacks."""
+"""TRL integration: dense-advantage GRPO, PPO with dense guard rewards, their constrained forms, attacker and
+defender self-play, safety-curve callbacks."""
 
 from guard_reward.integrations.trl.callbacks import SafetyCurvesCallback
 
@@ -12,6 +12,7 @@ _LAZY = {
     "GuardRewardModel": "guard_reward.integrations.trl.reward_model",
     "ConstrainedGRPOTrainer": "guard_reward.integrations.trl.constraint",
     "ConstrainedPPOTrainer": "guard_reward.integrations.trl.constraint",
+    "SelfPlayTrainer": "guard_reward.integrations.trl.self_play",
 }
 
 __all__ = ["SafetyCurvesCallback", *_LAZY]
