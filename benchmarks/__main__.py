@@ -94,7 +94,8 @@ def targets(payloads: dict[str, dict]) -> list[tuple[str, float | None, float, b
                 )
     if "serving" in payloads:
         for r in payloads["serving"]["rows"]:
-            out.append((f"{r['guard']} served / local batched", r["served_over_local"]["best"], 0.7, True))
+            target = r.get("target", 0.7)
+            out.append((f"{r['guard']} served / local batched", r["served_over_local"]["best"], target, True))
             out.append((f"{r['guard']} served batching gain / local batching gain", r["captured"], 0.9, True))
     if "transport" in payloads:
         t = payloads["transport"]
