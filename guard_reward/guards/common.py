@@ -206,8 +206,7 @@ def _hub_failure(exc: BaseException) -> str | None:
         if isinstance(current, RepositoryNotFoundError):
             return "the model hub has no such model (check the id; log in for a private one)"
         if isinstance(current, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)):
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-            why = "offline mode is on (HF_HUB_OFFLINE)" if offline else "no connection"
+            why = "offline mode is on (HF_HUB_OFFLINE)" if _offline_mode() else "no connection"
             return (
                 f"the model hub is unreachable ({why}) and the model is not in the local cache; download it "
                 "where the hub is reachable, or pass a local checkpoint folder"
