@@ -17,6 +17,7 @@ The rule (also in docs/architecture.md, "Documentation conventions"):
 from __future__ import annotations
 
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,3 +141,15 @@ def stand_in_env(folder: Path) -> dict[str, str]:
     env = hub_cache_env(build_hub_cache(folder / "hub", assets))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return env
+
+
+def run_shell(code: str, cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """A shell block as a reader would paste it: ``bash -euo pipefail``, output captured."""
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

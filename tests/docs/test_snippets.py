@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.snippets import PYTHON, SHELL, blocks, doc_line, pages, problems, python_script
+from tests.docs.snippets import PYTHON, SHELL, blocks, doc_line, pages, problems, python_script, run_shell
 
 RUNNABLE = [p for p in pages() if any(b.kind == "run" for b in blocks(p))]
 
@@ -62,14 +62,7 @@ def run_page(page: Path, env: dict[str, str], cwd: Path) -> str:
             where = doc_line(starts, lines[-1]) if lines else "?"
             pytest.fail(f"the Python of {page.name} failed at {where}:\n{output[-6000:]}")
     for block in (b for b in page_blocks if b.lang in SHELL):
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", block.code],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        done = run_shell(block.code, cwd, env, timeout=900)
         output += done.stdout + done.stderr
         if done.returncode:
             pytest.fail(f"the shell block at {block.where} failed ({done.returncode}):\n{output[-6000:]}")

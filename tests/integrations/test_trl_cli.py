@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 import pytest
 
 from guard_reward.integrations.trl import cli_rewards
 from guard_reward.integrations.trl.cli_rewards import EnvironmentReward, build_reward, read_settings
-from tests.docs.snippets import ROOT, blocks, stand_in_env
+from tests.docs.snippets import ROOT, blocks, run_shell, stand_in_env
 
 
 def test_settings_come_from_the_yaml_file_and_the_variables_win(tmp_path):
@@ -67,14 +66,7 @@ def test_trl_grpo_runs_the_documented_command(tmp_path):
     (block,) = [b for b in blocks(page) if b.kind == "run-by" and "cli_rewards.safety" in b.code]
     env = {**os.environ, **stand_in_env(tmp_path)}
     env = {k: v for k, v in env.items() if not k.startswith("GUARD_REWARD_")}
-    done = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", block.code],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_shell(block.code, tmp_path, env, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     logged = re.findall(r"'rewards/guard_safety/mean': '?(-?[0-9.e-]+)", output)
