@@ -17,7 +17,12 @@ One round (``SelfPlayTrainer.train``):
 3. **defender** — ``defender_steps`` GRPO steps on a mixture: the round's valid attacks (most successful first),
    the fixed harmful prompts and benign prompts (so that refusing everything costs reward), with a ``harmful``
    column. The defender trainer is any ``GRPOTrainer``: TRL's own with ``SafetyReward`` /
-   ``HybridSafetyReward``, ``DenseGRPOTrainer`` with ``TokenSafetyPenalty``, ``ConstrainedGRPOTrainer``.
+   ``HybridSafetyReward``, ``DenseGRPOTrainer`` with ``TokenSafetyPenalty``, ``ConstrainedGRPOTrainer``. The
+   column reaches every reward function of the batch (``SafetyReward(harmful_column=...)`` values refusals by
+   it; ``HybridSafetyReward`` caps every refusal alike and hands it to its helpfulness function only). A
+   constrained defender's λ, cost window and counters cross each round boundary in its checkpoint
+   (``constraint_state.json``); its λ and window cost, or a dense defender's ``dense/reward_mean``, are columns
+   of the per-round table next to the ``guard/...`` ones.
 
 Each side is trained by its own ``trainer.train()`` per round, resuming from its checkpoint of the round before:
 optimizer, scheduler, RNG state, step counter and log history continue, so a side's curves run across rounds as
@@ -56,6 +61,12 @@ DEFENDER_KEYS = (
     "reward",
     "kl",
 )
+#: The defender's own per-round columns, added when its trainer has the attribute (a constrained trainer's
+#: multiplier and window cost, a dense trainer's mean per-token reward); a plain GRPOTrainer has neither.
+DEFENDER_OWN_KEYS = {
+    "constraint": ("constraint/lambda", "constraint/cost"),
+    "dense_rewards": ("dense/reward_mean",),
+}
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,9 @@ class SelfPlayTrainer:
             trainer.args.max_steps = config.rounds * steps
             self._stops[id(trainer)] = _stop_at_callback()
             trainer.add_callback(self._stops[id(trainer)])
+        self.defender_keys = DEFENDER_KEYS + tuple(
+            key for attr, keys in DEFENDER_OWN_KEYS.items() if getattr(defender, attr, None) for key in keys
+        )
         self.state = SelfPlayState()
         self.last_defender_rows: list[dict[str, Any]] = []
 
@@ -276,7 +290,7 @@ class SelfPlayTrainer:
         row["memory"] = float(len(self.attack_reward.memory))
         for prefix, trainer, keys, steps in (
             ("attacker", self.attacker, ATTACKER_KEYS, self.config.attacker_steps),
-            ("defender", self.defender, DEFENDER_KEYS, self.config.defender_steps),
+            ("defender", self.defender, self.defender_keys, self.config.defender_steps),
         ):
             logs = [e for e in trainer.state.log_history if "loss" in e or any(k in e for k in keys)][-steps:]
             for key in keys:

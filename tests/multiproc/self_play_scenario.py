@@ -6,6 +6,7 @@ by the 1-process test (``tests/integrations/test_self_play.py``) and the 2-proce
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,14 @@ def _args(output_dir: Path, seed: int) -> dict[str, Any]:
     )
 
 
-def build_self_play(policy: str, gen: str, out: Path, rounds: int) -> Any:
-    """The scenario's ``SelfPlayTrainer`` (``out/attacker``, ``out/defender``, ``out/loop``)."""
+def build_self_play(
+    policy: str, gen: Any, out: Path, rounds: int, make_defender: Callable[..., Any] | None = None
+) -> Any:
+    """The scenario's ``SelfPlayTrainer`` (``out/attacker``, ``out/defender``, ``out/loop``); ``gen`` is the
+    Gen stand-in's folder or a loaded ``GenGuard`` (shared by the rewards instead of each loading its own).
+
+    ``make_defender(policy, args, train_dataset, processing_class)`` builds another defender trainer (its own
+    rewards) from the scenario's ``GRPOConfig``; by default TRL's ``GRPOTrainer`` with ``SafetyReward``."""
     from trl import GRPOConfig, GRPOTrainer
 
     from guard_reward.integrations.trl.self_play import SelfPlayConfig, SelfPlayTrainer
@@ -59,10 +66,13 @@ def build_self_play(policy: str, gen: str, out: Path, rounds: int) -> Any:
         policy, [attack], args=GRPOConfig(**_args(out / "attacker", 1)), train_dataset=placeholder,
         processing_class=tok,
     )  # fmt: skip
-    defender = GRPOTrainer(
-        policy, [safety], args=GRPOConfig(**_args(out / "defender", 2)), train_dataset=placeholder,
-        processing_class=tok,
-    )  # fmt: skip
+    defender_args = GRPOConfig(**_args(out / "defender", 2))
+    if make_defender is not None:
+        defender = make_defender(policy, defender_args, placeholder, tok)
+    else:
+        defender = GRPOTrainer(
+            policy, [safety], args=defender_args, train_dataset=placeholder, processing_class=tok
+        )
     config = SelfPlayConfig(str(out / "loop"), rounds=rounds, attack_share=0.5, benign_share=0.25)
     return SelfPlayTrainer(
         attacker,
