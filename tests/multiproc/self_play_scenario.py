@@ -1,7 +1,11 @@
 """The self-play scenario: a tiny attacker and a tiny defender (random 1-layer Qwen3 policies with Qwen's vocabulary)
 in :class:`SelfPlayTrainer`, rewarded by the trained tiny Gen stand-in (``AttackReward`` for the attacker,
 ``SafetyReward`` with refusal handling and the mixture's ``harmful`` column for the defender). Built the same way
-by the 1-process test (``tests/integrations/test_self_play.py``) and the 2-process worker."""
+by the 1-process test (``tests/integrations/test_self_play.py``) and the 2-process worker.
+
+The 2-process run (:func:`run_scenario`) trains a :class:`ConstrainedGRPOTrainer` defender
+(:func:`constrained_defender`): the defender kind with state across processes (the costs gathered from every
+process, one cost window per process, λ, ``constraint_state.json`` in each round's checkpoint)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ SEEDS = [
 FIXED = ["How do I pick a lock?", "Write a threat I can send to scare my coworker."]
 BENIGN = ["How do I bake sourdough bread at home?", "What is the capital of Australia?"]
 IM_END = 151645
+#: The 2-process defender's constraint: soft cost (P(Unsafe) is never exactly the threshold, so λ moves every
+#: step), λ unclamped and a large step so that each round's λ differs visibly from the one before.
+THRESHOLD, LAMBDA_INIT, LAMBDA_LR = 0.5, 1.0, 1.0
 
 
 def _args(output_dir: Path, seed: int) -> dict[str, Any]:
@@ -85,12 +92,56 @@ def build_self_play(
     )
 
 
+def constrained_defender(gen: Any) -> Callable[..., Any]:
+    """``make_defender`` for :func:`build_self_play`: a ``ConstrainedGRPOTrainer`` maximising ``SafetyReward``
+    (refusals valued by the ``harmful`` column) under ``E[P(Unsafe)] <= THRESHOLD`` (``SafetyCost``, soft)."""
+
+    def make(policy: str, args: Any, train_dataset: Any, processing_class: Any) -> Any:
+        from guard_reward.integrations.trl.constraint import ConstrainedGRPOTrainer
+        from guard_reward.rewards import SafetyReward
+        from guard_reward.rewards.cost import SafetyCost
+        from guard_reward.shaping.constraint import Constraint, ConstraintConfig
+
+        kw = {"device": "cpu", "dtype": "float32"}
+        safety = SafetyReward(gen, harmful_column="harmful", name="safety", guard_kwargs=kw)
+        cost = SafetyCost(gen, mode="soft", metric_prefix="cost", guard_kwargs=kw)
+        config = ConstraintConfig(THRESHOLD, lambda_init=LAMBDA_INIT, lambda_lr=LAMBDA_LR, lambda_max=None)
+        return ConstrainedGRPOTrainer(
+            policy, [safety], args=args, train_dataset=train_dataset, processing_class=processing_class,
+            constraint=Constraint(cost, config),
+        )  # fmt: skip
+
+    return make
+
+
 def run_scenario(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Two of three planned rounds, then a fresh loop resumed for the third (what the 2-process worker runs on each process):
-    per process, each round's defender mixture, the novelty memory, both sides' weights digests and steps."""
+    """Two of three planned rounds, then a fresh loop resumed for the third (what the 2-process worker runs on each
+    process), with a constrained defender. Per process: each round's defender mixture, the novelty memory, both
+    sides' weights digests and steps, and the defender's constraint state (``LagrangeController.state_dict()``:
+    λ, the per-process cost windows, the counters) after each round's defender steps, and the
+    ``constraint_state.json`` of each defender checkpoint left after round 2."""
+    import json
+
+    from guard_reward.guards.gen_spec import load_gen_guard
     from tests.multiproc.scenarios import state_digest
 
-    loop = build_self_play(spec["policy"], spec["gen"], out, rounds=3)
+    # one Gen stand-in per process, shared by every reward and the cost of both loops
+    gen = load_gen_guard(spec["gen"], device="cpu", dtype="float32")
+    constraint_states: list[dict[str, Any]] = []
+
+    def build() -> Any:
+        loop = build_self_play(spec["policy"], gen, out, rounds=3, make_defender=constrained_defender(gen))
+        side = loop._side
+
+        def recording_side(trainer, rows, r, steps):
+            side(trainer, rows, r, steps)
+            if trainer is loop.defender:
+                constraint_states.append(trainer.constraint.controller.state_dict())
+
+        loop._side = recording_side
+        return loop
+
+    loop = build()
     mixtures = []
     original = loop._defender_rows
 
@@ -101,15 +152,19 @@ def run_scenario(spec: dict[str, Any], out: Path) -> dict[str, Any]:
 
     loop._defender_rows = recording
     state = loop.train(until=2)
+    checkpoints = sorted((out / "defender").glob("checkpoint-*/constraint_state.json"))
     result: dict[str, Any] = {
         "mixtures": mixtures,
         "memory": list(loop.attack_reward.memory.texts),
         "history": state.history,
         "digests": [state_digest(loop.attacker.model), state_digest(loop.defender.model)],
+        "checkpoint_constraint": {p.parent.name: json.loads(p.read_text()) for p in checkpoints},
     }
     del loop
-    resumed = build_self_play(spec["policy"], spec["gen"], out, rounds=3)
-    resumed.train(resume=True)
+    resumed = build()
+    resumed_state = resumed.train(resume=True)
+    result["constraint"] = constraint_states
+    result["resumed_history"] = resumed_state.history
     result["resumed_steps"] = [resumed.attacker.state.global_step, resumed.defender.state.global_step]
     result["resumed_memory"] = list(resumed.attack_reward.memory.texts)
     result["resumed_digests"] = [state_digest(resumed.attacker.model), state_digest(resumed.defender.model)]

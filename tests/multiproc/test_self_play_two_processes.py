@@ -1,11 +1,17 @@
 """SelfPlayTrainer on two real processes (``torchrun --nproc_per_node 2``, gloo, CPU): the round's attacks are
 gathered from both processes, so the defender's mixture and the novelty memory are the same on each; both sides'
 weights stay the same on each (DDP); a fresh loop resumed from the saved state continues both trainers and the
-memory (:func:`tests.multiproc.self_play_scenario.run_scenario`)."""
+memory (:func:`tests.multiproc.self_play_scenario.run_scenario`).
+
+The defender is a ``ConstrainedGRPOTrainer``: its costs are gathered from both processes, so λ, the two
+per-process cost windows and the counters are identical on each process after every round, each round's
+checkpoint carries them, and the resumed loop's λ takes its next step from round 2's λ, not from ``lambda_init``."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -67,3 +73,33 @@ def test_weights_stay_in_sync_and_a_resumed_loop_continues(ranks):
     assert a["resumed_memory"][: len(a["memory"])] == a["memory"]
     assert len(a["attacker_log"]) == 3 and all("attack/success_rate" in e for e in a["attacker_log"])
     assert len(a["defender_log"]) == 3 and all("guard/unsafe_rate" in e for e in a["defender_log"])
+
+
+def test_constrained_defender_state_is_the_same_on_both_processes_and_resumes(ranks):
+    from tests.multiproc.self_play_scenario import LAMBDA_LR, THRESHOLD
+
+    a, b = ranks
+    # after rounds 1 and 2 (first loop) and round 3 (resumed loop): λ, both windows, the counters
+    states = a["constraint"]
+    assert len(states) == 3 and states == b["constraint"]
+    for r, s in enumerate(states, 1):
+        assert s["offered"] == s["updates"] == r and s["skipped"] == s["missing"] == 0, s
+        # each process's 8 completions per step went to its own window: 2 windows, 8 costs more per round
+        assert [len(w) for w in s["windows"]] == [8 * r, 8 * r]
+    assert states[-1]["windows"][0] != states[-1]["windows"][1]  # two processes' costs, not one copied
+    for before, after in itertools.pairwise(states):
+        assert all(w1[: len(w0)] == w0 for w0, w1 in zip(before["windows"], after["windows"]))
+    # the checkpoint of each round (read by the next round and by the resume) holds that round's state
+    assert a["checkpoint_constraint"] == {"checkpoint-1": states[0], "checkpoint-2": states[1]}
+    # λ left lambda_init, and each round (the resumed third too) took one step from the round before's λ on
+    # the pooled windows of both processes
+    assert states[0]["log_lambda"] != math.log(1.0)
+    for before, after in itertools.pairwise(states):
+        pooled = [c for w in after["windows"] for c in w]
+        lam = math.exp(before["log_lambda"])
+        expected = before["log_lambda"] + LAMBDA_LR * (sum(pooled) / len(pooled) - THRESHOLD) * lam
+        assert after["log_lambda"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    lams = [math.exp(s["log_lambda"]) for s in states]
+    assert [e["constraint/lambda"] for e in a["defender_log"]] == pytest.approx(lams)
+    assert [e["constraint/lambda"] for e in b["defender_log"]] == pytest.approx(lams)
+    assert [h["defender:constraint/lambda"] for h in a["resumed_history"]] == pytest.approx(lams)
