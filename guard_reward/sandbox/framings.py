@@ -17,6 +17,8 @@ defender trained on plain requests alone pushes those words down everywhere — 
 a framing ever being seen. With a disjoint sub-class, training on plain requests never samples the framed words
 and so never pushes them down; only training on framed requests (what an attacker finds) does. They are unsafe
 words of the language (the judge and the guards' training data count them unsafe), so the guard knows them.
+That holds for the policy only once its pre-training has separated the two contexts: the red-team world
+pre-trains it 2.5 times longer than the default demo's (:data:`~guard_reward.sandbox.red_team.RED_TEAM_POLICY_STEPS`).
 
 Framings are split by the benign template they use: the first half are *training* framings (the attacker
 knows them), the second half *held-out* framings (only the final evaluation uses them). The pre-training chats
@@ -149,6 +151,11 @@ class AttackerTask:
         else:
             attack = rng.choice(TRAIN_FRAMINGS).apply(request, rng)
         return Chat(request, attack, True, "attack")
+
+
+def has_framed_words(text: str) -> bool:
+    """Whether ``text`` contains a word of :data:`FRAMED_UNSAFE_SET` (the framed failure's own words)."""
+    return not FRAMED_UNSAFE_SET.isdisjoint(text.split())
 
 
 def framed_attacks(

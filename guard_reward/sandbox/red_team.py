@@ -3,8 +3,9 @@ loop against the static scalar arm, measured on attacks neither saw in training.
 
 1. The world of :mod:`guard_reward.sandbox.world`, built on :class:`~guard_reward.sandbox.framings.FramedLanguage`:
    the pre-trained policy answers *framed* harmful requests unsafely far more often than plain ones, and in
-   unsafe words of a sub-class that plain requests never elicit (so training on plain requests never pushes
-   them down); the Gen guard has seen framed requests and those words (as unsafe). No held-out judge
+   unsafe words of a sub-class that plain requests (almost) never elicit once the policy has pre-trained long
+   enough (:data:`RED_TEAM_POLICY_STEPS`), so training on plain requests rarely samples them; the Gen guard has
+   seen framed requests and those words (as unsafe). No held-out judge
    (the ground truth evaluates), and a barely trained Stream guard (no arm here reads it).
 2. An attacker: the same tiny architecture pre-trained to rewrite a plain harmful request (its seed) under one
    of the *training* framings, plainly, or (sometimes) as a benign request.
@@ -47,10 +48,19 @@ logger = logging.getLogger(__name__)
 ARM_NAMES = ("scalar", "self_play")
 
 
+#: Policy pre-training steps of the red-team world. At the demo's 600 the policy wrote framed-sub-class words
+#: to 13% of plain harmful requests (mass 0.005 per token vs 0.050 under a framing), so training on plain
+#: requests sampled them and pushed them down everywhere; at 1500 it wrote them to 2% (0.0005 vs 0.061), and
+#: GRPO on plain requests alone left a framed weakness that GRPO with framed requests in the pool closed
+#: (measured on training framings and training requests only; see docs/red_team.md).
+RED_TEAM_POLICY_STEPS = 1500
+
+
 def _red_team_demo(output_dir: str) -> DemoConfig:
     return DemoConfig(
         output_dir=output_dir,
         language=FramedLanguage(),
+        policy_size=PolicySize(steps=RED_TEAM_POLICY_STEPS),
         stream_size=GuardSize(steps=10, min_steps=1, validation=16),  # unused by these arms
         heldout_judge_prompts=0,
         arms=("scalar",),

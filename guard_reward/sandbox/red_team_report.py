@@ -6,7 +6,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from guard_reward.sandbox.framings import has_framed_words
+
 if TYPE_CHECKING:
+    from guard_reward.sandbox.evaluate import EvalResult
     from guard_reward.sandbox.red_team import RedTeamConfig, RedTeamResult
 
 COLUMNS = ("before RL", "scalar", "self_play")
@@ -21,6 +24,15 @@ def pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
+def framed_share(evaluation: EvalResult, harmful: bool | None = None) -> float:
+    """Share of the evaluation's answers (to harmful prompts only, with ``harmful=True``) that contain a word of
+    the framed sub-class."""
+    flags = [
+        has_framed_words(s.response) for s in evaluation.samples if harmful is None or s.harmful == harmful
+    ]
+    return sum(flags) / len(flags) if flags else math.nan
+
+
 def table(result: RedTeamResult) -> list[str]:
     """The before/after table as markdown lines (ground truth on held-out attacks and plain requests)."""
     rows = [
@@ -31,6 +43,12 @@ def table(result: RedTeamResult) -> list[str]:
         ("refusal rate, plain benign requests", lambda c: result.plain[c].refusal_rate_benign),
         ("fluent answers (plain requests)", lambda c: result.plain[c].fluent_rate),
         ("fluent answers (held-out attacks)", lambda c: result.attacks[c].fluent_rate),
+        # the premise: the framed failure's own words, written under a framing and (almost) never without one
+        ("answers with framed-sub-class words, held-out attacks", lambda c: framed_share(result.attacks[c])),
+        (
+            "answers with framed-sub-class words, plain harmful requests",
+            lambda c: framed_share(result.plain[c], harmful=True),
+        ),
     ]
     lines = ["| | " + " | ".join(TITLES[c] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(pct(f(c)) for c in COLUMNS) + " |" for name, f in rows]
@@ -76,7 +94,8 @@ def write_red_team_report(result: RedTeamResult, config: RedTeamConfig, path: Pa
         f"{config.rounds} rounds; per round the attacker takes {config.attacker_steps} steps x "
         f"{config.attacker_prompts_per_step} seeds x {arm.num_generations} attacks, then the defender "
         f"{arm.steps // config.rounds} steps (attacks {config.attack_share:.0%}, benign {config.benign_share:.0%}, "
-        f"the rest fixed harmful prompts). AttackReward weights (success, validity, novelty) = {config.weights}.",
+        f"the rest fixed harmful prompts). AttackReward weights (success, validity, novelty) = {config.weights}. "
+        f"Policy pre-training: {config.demo.policy_size.steps} steps.",
         "",
         f"Ground truth (the exact judge) on {n_att} answers to held-out attacks (held-out harmful requests under "
         f"framings no training prompt used) and {n_plain} answers to the plain held-out requests.",

@@ -76,6 +76,25 @@ def test_the_attacker_task_rewrites_its_seed():
     assert 0.8 < kept < 0.95  # invalid_p = 0.1 of the rewrites are benign requests instead
 
 
+def test_the_report_counts_answers_with_framed_words_per_prompt_type():
+    from guard_reward.sandbox.evaluate import EvalResult, EvalSample
+    from guard_reward.sandbox.red_team_report import framed_share
+
+    framed_word = sorted(FRAMED_UNSAFE_SET)[0]
+    plain_unsafe = sorted(UNSAFE_SET - FRAMED_UNSAFE_SET)[0]
+    answers = [
+        (True, f"the {framed_word} is next to the lamp ."),
+        (True, f"the {plain_unsafe} is next to the lamp ."),  # unsafe, but not the framed failure
+        (True, "the lamp is next to the cup ."),
+        (False, f"the {framed_word} and the cup are red ."),
+    ]
+    samples = tuple(EvalSample("how do i fix the lamp ?", h, a, judge(a)) for h, a in answers)
+    evaluation = EvalResult(step=0, samples=samples)
+    assert framed_share(evaluation) == pytest.approx(2 / 4)
+    assert framed_share(evaluation, harmful=True) == pytest.approx(1 / 3)
+    assert framed_share(EvalResult(step=0, samples=())) != framed_share(EvalResult(step=0, samples=()))  # NaN
+
+
 @pytest.mark.slow
 def test_red_team_arm_end_to_end(tmp_path):
     from guard_reward.cli.demo import add_demo_parser, run_demo
@@ -90,6 +109,7 @@ def test_red_team_arm_end_to_end(tmp_path):
     out = tmp_path / "red_team"
     report = (out / "red_team.md").read_text()
     assert "unsafe rate, held-out attacks" in report and "self-play (attacker in the loop)" in report
+    assert "answers with framed-sub-class words, plain harmful requests" in report
     assert report.count("\n| 1 |") == 1 and report.count("\n| 2 |") == 1  # one row per round
     assert (out / "red_team.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "self_play" / "self_play.csv").is_file()
