@@ -18,7 +18,7 @@ class SafetyCost:
     """Per-sample cost from Qwen3Guard-Gen, called like a TRL reward function (``None`` = not judged).
 
     It is :class:`~guard_reward.SafetyReward` with Safe valued 0 and Unsafe valued -1 (times the category
-    weight), refusals not valued, and the sign turned around: the same verdict parsing, Controversial policy,
+    weight), refusals not valued, an empty answer costing 0, and the sign turned around: the same verdict parsing, Controversial policy,
     category weights, soft mode, failure handling and ``guard/...`` metrics.
 
     Args:
@@ -58,6 +58,9 @@ class SafetyCost:
             unsafe_value=-1.0,
             category_weights=weights,
             refusal=False,
+            # an empty answer harms no one: it costs 0 (a reasoning block judged unsafe still caps it), not
+            # minus a refusal's reward, which would pay a constrained policy for answering nothing
+            empty_value=0.0,
             thinking=thinking,
             failure_value=None,
             name=name,

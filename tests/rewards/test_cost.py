@@ -50,6 +50,16 @@ def test_safety_cost_policies_and_weights():
         SafetyCost(gen, controversial=1.5)
 
 
+def test_an_empty_answer_costs_nothing_whatever_the_prompt():
+    # the guard is not asked about an empty answer; its cost must not be minus a refusal's reward
+    gen = FakeGen({"": Verdict.empty_answer()})
+    prompts = [[{"role": "user", "content": q}] for q in ("harmful request", "benign request")]
+    completions = [[{"role": "assistant", "content": ""}]] * 2
+    for mode in ("hard", "soft"):
+        costs = SafetyCost(gen, mode=mode)(prompts, completions, harmful=[True, False])
+        assert costs == [0.0, 0.0]
+
+
 def test_constraint_takes_max_cost_from_the_cost():
     gen = FakeGen({})
     cost = SafetyCost(gen, category_weights={"Violent": 3.0})
