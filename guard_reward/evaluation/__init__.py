@@ -8,6 +8,7 @@ from guard_reward.evaluation.answering import EVAL_PREFIX, GenerationSettings, a
 from guard_reward.evaluation.defender import LocalDefender
 from guard_reward.evaluation.judges import Judge, load_judge
 from guard_reward.evaluation.prompts import EvalPrompt, bundled_prompt_set, read_prompt_set
+from guard_reward.evaluation.served_defender import DefenderUnreachable, ServedDefender
 from guard_reward.evaluation.stats import Rate, cohen_kappa, newcombe, wilson
 
 __all__ = [
@@ -15,11 +16,13 @@ __all__ = [
     "EVAL_PREFIX",
     "AlarmConfig",
     "Alarms",
+    "DefenderUnreachable",
     "EvalPrompt",
     "GenerationSettings",
     "Judge",
     "LocalDefender",
     "Rate",
+    "ServedDefender",
     "answer_and_judge",
     "bundled_prompt_set",
     "cohen_kappa",
