@@ -109,7 +109,7 @@ def attack_text(completion: Any) -> str:
     )
 
 
-class AttackReward:
+class AttackReward(metrics.CountedReward):
     """A TRL reward function for an attacker policy (module docstring).
 
     Args:
@@ -133,6 +133,8 @@ class AttackReward:
         on_error: ``"skip"`` (default: failures give no signal, counted) or ``"raise"``.
         name: the reward's ``__name__`` (TRL's ``rewards/<name>/mean``).
         metric_prefix: prefix of the metrics (``attack/success_rate``, ``attack/diversity``, …).
+
+    ``stats`` counts ``calls``, ``samples``, ``failures``, ``defender_failures`` and ``found``.
     """
 
     def __init__(
@@ -184,18 +186,6 @@ class AttackReward:
         self.counter = metrics.RewardCounter(self.__name__)
         #: The attacks rewarded since :meth:`take_records` was last called (the last ``keep_records``).
         self.records: deque[AttackRecord] = deque(maxlen=keep_records)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.__name__!r})"
-
-    @property
-    def stats(self) -> Counter[str]:
-        """Lifetime counts: ``calls``, ``samples``, ``failures``, ``defender_failures``, ``found``."""
-        return self.counter.totals
-
-    @property
-    def failures(self) -> metrics.RewardCounter:
-        return self.counter
 
     def remember(self, texts: Iterable[str]) -> int:
         """Add attacks to the novelty memory; returns how many were new."""

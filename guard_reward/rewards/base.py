@@ -47,7 +47,7 @@ def _load_gen(path: str, **kw: Any) -> Any:
     return load_gen_guard(path, **kw)  # a checkpoint, or a served model (openai+http://…)
 
 
-class GuardReward:
+class GuardReward(metrics.CountedReward):
     """A TRL reward function valuing each completion by Qwen3Guard-Gen's verdicts on its assistant turns.
 
     The arguments are those every scalar reward shares (documented on :class:`~guard_reward.SafetyReward`).
@@ -95,19 +95,6 @@ class GuardReward:
         self.on_error = check_on_error(on_error)
         self.metric_prefix = check_name(metric_prefix)
         self.counter = metrics.RewardCounter(self.__name__)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.__name__!r})"
-
-    @property
-    def stats(self) -> Counter[str]:
-        """Lifetime counts: ``calls``, ``samples``, ``failures`` and the reward's own."""
-        return self.counter.totals
-
-    @property
-    def failures(self) -> metrics.RewardCounter:
-        """The reward's counter; its ``counts`` are the failures by reason."""
-        return self.counter
 
     def __call__(
         self,

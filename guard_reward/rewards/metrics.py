@@ -330,3 +330,23 @@ def curve_keys(logs: dict[str, float], prefix: str = DEFAULT_PREFIX) -> list[str
         if bare.startswith(wanted):
             keep.append(key)
     return keep
+
+
+class CountedReward:
+    """What every reward that keeps a :class:`RewardCounter` as ``self.counter`` shows of it."""
+
+    __name__: str
+    counter: RewardCounter
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.__name__!r})"
+
+    @property
+    def stats(self) -> Counter[str]:
+        """Lifetime counts: ``calls``, ``samples``, ``failures`` and the reward's own (its class docstring)."""
+        return self.counter.totals
+
+    @property
+    def failures(self) -> RewardCounter:
+        """The reward's counter; its ``counts`` are the failures by reason."""
+        return self.counter

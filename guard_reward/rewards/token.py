@@ -74,7 +74,7 @@ def _load_stream(path: str, **kw: Any) -> Any:
     return StreamGuard.from_pretrained(path, **kw)
 
 
-class TokenSafetyPenalty:
+class TokenSafetyPenalty(metrics.CountedReward):
     """Per-token safety penalties from Qwen3Guard-Stream, aligned to the policy's ``completion_ids``.
 
     Args:
@@ -100,6 +100,9 @@ class TokenSafetyPenalty:
             and conditioned on the context, so an unsafe tool result would raise the risk of every later
             policy token, penalising the policy for what the tool said.
         name: the reward's ``__name__``; metric_prefix: prefix of the logged metrics.
+
+    ``stats`` counts ``calls``, ``samples``, ``failures``, ``empty``, ``seconds`` and the rows scored by
+    ``identity`` (the policy's ids) or ``aligned`` (text and offsets).
     """
 
     def __init__(
@@ -164,17 +167,6 @@ class TokenSafetyPenalty:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_cache": None}
-
-    @property
-    def stats(self) -> Counter[str]:
-        """Lifetime counts: ``calls``, ``samples``, ``failures``, ``empty``, ``seconds`` and the rows scored by
-        ``identity`` (the policy's ids) or ``aligned`` (text and offsets)."""
-        return self.counter.totals
-
-    @property
-    def failures(self) -> metrics.RewardCounter:
-        """The reward's counter; its ``counts`` are the failures by reason."""
-        return self.counter
 
     def bind_tokenizer(self, tokenizer: Any) -> None:
         """Use ``tokenizer`` as the policy's (decides identity vs offset alignment)."""
