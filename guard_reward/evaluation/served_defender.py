@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from guard_reward.faults import CONTEXT_TOO_LONG, INVALID_INPUT
-from guard_reward.guards.openai_gen import _is_context_refusal
 from guard_reward.guards.remote_client import GuardClient, GuardUnavailable, RemoteGuardError
 
 logger = logging.getLogger(__name__)
@@ -207,7 +206,7 @@ class ServedDefender:
         except GuardUnavailable as exc:
             return None, UNAVAILABLE, str(exc)
         except RemoteGuardError as exc:
-            return None, CONTEXT_TOO_LONG if _is_context_refusal(exc) else REFUSED, str(exc)
+            return None, CONTEXT_TOO_LONG if exc.context_too_long else REFUSED, str(exc)
         except ValueError as exc:  # a 200 whose body is not JSON
             return None, NO_ANSWER, f"the answer is not JSON ({exc})"
         choices = answer.get("choices") if isinstance(answer, dict) else None

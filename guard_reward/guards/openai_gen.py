@@ -69,9 +69,6 @@ ACCEPTED = (
     "of chosen token ids ('logprob_token_ids' with 'return_tokens_as_token_ids'; vLLM 0.32 does), serving a "
     "Qwen3Guard-Gen model (a chat template that asks for 'Safety:')"
 )
-#: Words of a server's refusal of a prompt longer than its context (vLLM, SGLang, OpenAI wording).
-_CONTEXT_WORDS = ("maximum context length", "context length", "max_model_len", "too long")
-
 Rendered = tuple[tuple[int, ...], bool, str]
 
 
@@ -389,7 +386,7 @@ class OpenAIGenGuard:
                 "POST", "/completions", self._body(prompts, asked, max_tokens, greedy)
             )
         except RemoteGuardError as exc:
-            if not _is_context_refusal(exc):
+            if not exc.context_too_long:
                 raise
             if len(prompts) == 1:
                 return [SampleError(CONTEXT_TOO_LONG, f"the server refused the prompt ({exc})")]
@@ -440,11 +437,6 @@ def _generated_ids(choice: dict[str, Any]) -> list[int]:
     if any(t is None for t in ids):
         raise RemoteGuardError(200, f"/completions: generated tokens not given as token ids: {tokens[:5]!r}")
     return ids  # type: ignore[return-value]
-
-
-def _is_context_refusal(exc: RemoteGuardError) -> bool:
-    text = str(exc).lower()
-    return exc.status in (400, 413, 422) and any(w in text for w in _CONTEXT_WORDS)
 
 
 @functools.lru_cache(maxsize=8)

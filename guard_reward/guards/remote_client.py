@@ -38,12 +38,23 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _BODY_OVERHEAD = 4096
 
 
+#: Words of a server's refusal of a prompt longer than its context (vLLM, SGLang, OpenAI wording).
+_CONTEXT_WORDS = ("maximum context length", "context length", "max_model_len", "too long")
+
+
 class RemoteGuardError(RuntimeError):
     """The server refused the request itself (4xx): retrying would not help."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+
+    @property
+    def context_too_long(self) -> bool:
+        """Whether an OpenAI-compatible server refused the request as longer than its context (vLLM: 400 with
+        "maximum context length"; others 413/422)."""
+        text = str(self).lower()
+        return self.status in (400, 413, 422) and any(w in text for w in _CONTEXT_WORDS)
 
 
 class GuardUnavailable(ConnectionError):
