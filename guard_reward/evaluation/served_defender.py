@@ -24,14 +24,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from guard_reward.faults import CONTEXT_TOO_LONG, INVALID_INPUT
-from guard_reward.guards.remote_client import GuardClient, GuardUnavailable, RemoteGuardError
+from guard_reward.guards.remote_client import (
+    GuardClient,
+    GuardUnavailable,
+    RemoteGuardError,
+    openai_api_root,
+    served_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +93,6 @@ class ServedDefender:
         system_prompt: str | None = None,
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
-        base = url.rstrip("/")
-        if not urllib.parse.urlsplit(base).path.endswith("/v1"):
-            base += "/v1"
         if max_tokens < 1 or parallel < 1:
             raise ValueError(f"max_tokens and parallel must be >= 1, got {max_tokens}, {parallel}")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -105,7 +107,7 @@ class ServedDefender:
             )
         # chunk_size is the guards' batching, unused here: every request carries one prompt
         self.client = GuardClient(
-            base,
+            openai_api_root(url),
             timeout=timeout,
             retries=retries,
             backoff=backoff,
@@ -138,29 +140,19 @@ class ServedDefender:
         if self._connected:
             return self
         try:
-            answer = self._pool().request("GET", "/models")
+            self.model, _ = served_model(self._pool(), self.model)
         except GuardUnavailable as exc:
             raise DefenderUnreachable(
                 f"the served policy at {self.url} cannot be reached ({exc}); start its server (e.g. `vllm serve "
                 f"MODEL --port PORT`) or pass the url of a running one"
             ) from None
-        except (RemoteGuardError, ValueError) as exc:
+        except RemoteGuardError as exc:
             raise ValueError(
                 f"{self.url}/models did not list models ({exc}); the url must be the API root of an "
                 f"OpenAI-compatible server, http://HOST:PORT/v1"
             ) from None
-        data = answer.get("data") if isinstance(answer, dict) else None
-        names = [m.get("id") for m in data or [] if isinstance(m, dict)]
-        if self.model is None:
-            if len(names) != 1:
-                raise ValueError(
-                    f"{self.url} serves {names or 'no model'}; pass model= one of them"
-                    if names
-                    else f"{self.url}/models lists no model: {answer!r:.200}"
-                )
-            self.model = names[0]
-        elif self.model not in names:
-            raise ValueError(f"{self.url}: model {self.model!r} is not served; the server serves {names}")
+        except ValueError as exc:
+            raise ValueError(f"{self.url}: {exc}") from None
         self._connected = True
         return self
 

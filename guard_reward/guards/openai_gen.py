@@ -32,7 +32,6 @@ import functools
 import logging
 import math
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +57,13 @@ from guard_reward.guards.gen_units import (
     sample_verdict,
 )
 from guard_reward.guards.gen_verdicts import decoded_verdict, refusal_token_ids
-from guard_reward.guards.remote_client import GuardClient, GuardUnavailable, RemoteGuardError
+from guard_reward.guards.remote_client import (
+    GuardClient,
+    GuardUnavailable,
+    RemoteGuardError,
+    openai_api_root,
+    served_model,
+)
 from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
@@ -113,13 +118,10 @@ class OpenAIGenGuard:
         backoff_max: float = 10.0,
         on_error: OnError = "skip",
     ) -> None:
-        base = url.rstrip("/")
-        if not urllib.parse.urlsplit(base).path.endswith("/v1"):
-            base += "/v1"
         if max_new_tokens < 4:
             raise ValueError(f"max_new_tokens must be >= 4 to fit a verdict line, got {max_new_tokens}")
         self.client = GuardClient(
-            base,
+            openai_api_root(url),
             timeout=timeout,
             retries=retries,
             backoff=backoff,
@@ -155,15 +157,10 @@ class OpenAIGenGuard:
         :class:`GuardUnavailable` when the server does not answer."""
         if self.tokenizer is not None:
             return self
-        served = self.client.request("GET", "/models").get("data") or []
-        names = [m.get("id") for m in served]
-        if self.model is None:
-            if len(names) != 1:
-                raise _mismatch(self.url, f"no model named and the server serves {names or 'none'}; name one")
-            self.model = names[0]
-        if self.model not in names:
-            raise _mismatch(self.url, f"model {self.model!r} is not served; the server serves {names}")
-        card = served[names.index(self.model)]
+        try:
+            self.model, card = served_model(self.client, self.model)
+        except ValueError as exc:
+            raise _mismatch(self.url, str(exc)) from None
         if self.max_length is None:
             self.max_length = int(card.get("max_model_len") or 0) or None
             if self.max_length is None:

@@ -61,6 +61,30 @@ class GuardUnavailable(ConnectionError):
     """The server did not answer a chunk after all retries."""
 
 
+def openai_api_root(url: str) -> str:
+    """An OpenAI-compatible server's API root, ``http://HOST:PORT/v1``, from its address (``/v1`` added when
+    missing)."""
+    base = url.rstrip("/")
+    return base if urllib.parse.urlsplit(base).path.endswith("/v1") else base + "/v1"
+
+
+def served_model(client: GuardClient, model: str | None) -> tuple[str, dict[str, Any]]:
+    """``(name, card)`` of the model to use on an OpenAI-compatible server (its ``GET /models``): ``model``, or the
+    one model it serves when ``model`` is ``None``. ``ValueError`` naming the served models otherwise;
+    :class:`GuardUnavailable` when the server does not answer."""
+    answer = client.request("GET", "/models")
+    data = answer.get("data") if isinstance(answer, dict) else None
+    cards = {m.get("id"): m for m in data or [] if isinstance(m, dict)}
+    names = list(cards)
+    if model is None:
+        if len(names) != 1:
+            raise ValueError(f"no model named and the server serves {names or 'none'}; name one")
+        model = names[0]
+    if model not in cards:
+        raise ValueError(f"model {model!r} is not served; the server serves {names}")
+    return model, cards[model]
+
+
 class GuardClient:
     """Pooled keep-alive HTTP/JSON with retries, shared by both remote guards; picklable (the pool is not)."""
 
