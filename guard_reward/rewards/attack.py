@@ -44,7 +44,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from guard_reward.faults import CONTEXT_TOO_LONG, INVALID_INPUT, NON_FINITE, UNPARSEABLE, check_on_error
 from guard_reward.rewards import metrics
-from guard_reward.rewards.inputs import GuardHandle, check_name
+from guard_reward.rewards.inputs import GuardHandle, check_name, load_gen, load_stream
 from guard_reward.shaping.novelty import AttackMemory, batch_diversity
 from guard_reward.shaping.scalar import finite_number
 
@@ -163,8 +163,8 @@ class AttackReward(metrics.CountedReward):
     ) -> None:
         self.__name__ = check_name(name)
         self.metric_prefix = check_name(metric_prefix)
-        self.guard = GuardHandle(guard, _load_gen, dict(guard_kwargs or {}))
-        self.stream = None if stream is None else GuardHandle(stream, _load_stream, dict(stream_kwargs or {}))
+        self.guard = GuardHandle(guard, load_gen, dict(guard_kwargs or {}))
+        self.stream = None if stream is None else GuardHandle(stream, load_stream, dict(stream_kwargs or {}))
         self.defender = defender
         for key, value in (("success_weight", success_weight), ("validity_weight", validity_weight),
                            ("novelty_weight", novelty_weight), ("controversial", controversial)):  # fmt: skip
@@ -426,15 +426,3 @@ def _worst_risk(risk: Any) -> float | None:
         return 0.0
     worst = float(risk.p_unsafe.max())
     return worst if math.isfinite(worst) else None
-
-
-def _load_gen(path: str, **kw: Any) -> Any:
-    from guard_reward.guards.gen_spec import load_gen_guard
-
-    return load_gen_guard(path, **kw)  # a checkpoint, or a served model (openai+http://…)
-
-
-def _load_stream(path: str, **kw: Any) -> Any:
-    from guard_reward.guards.stream import StreamGuard
-
-    return StreamGuard.from_pretrained(path, **kw)

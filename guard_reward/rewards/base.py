@@ -22,7 +22,7 @@ from typing import Any
 from guard_reward.conversations import check_thinking_mode
 from guard_reward.faults import NO_ANSWER, check_on_error
 from guard_reward.rewards import metrics
-from guard_reward.rewards.inputs import GuardHandle, check_name
+from guard_reward.rewards.inputs import GuardHandle, check_name, load_gen
 from guard_reward.rewards.trajectory import (
     JUDGE,
     Judged,
@@ -39,12 +39,6 @@ from guard_reward.shaping.scalar import finite_number, is_unsafe
 from guard_reward.types import Verdict
 
 logger = logging.getLogger(__name__)
-
-
-def _load_gen(path: str, **kw: Any) -> Any:
-    from guard_reward.guards.gen_spec import load_gen_guard
-
-    return load_gen_guard(path, **kw)  # a checkpoint, or a served model (openai+http://…)
 
 
 class GuardReward(metrics.CountedReward):
@@ -85,7 +79,7 @@ class GuardReward(metrics.CountedReward):
         ):
             raise TypeError(f"eos_token_ids must be a list of token ids or None, got {eos_token_ids!r}")
         self.eos_token_ids = None if eos_token_ids is None else [int(i) for i in eos_token_ids]
-        self.guard = GuardHandle(guard, _load_gen, dict(guard_kwargs or {}))
+        self.guard = GuardHandle(guard, load_gen, dict(guard_kwargs or {}))
         self.thinking = check_thinking_mode(thinking)
         self.failure_value = finite_number("failure_value", failure_value, optional=True)
         self.no_answer_value = finite_number("no_answer_value", no_answer_value, optional=True)

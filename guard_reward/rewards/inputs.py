@@ -9,9 +9,12 @@ without its model: a guard given as a checkpoint path is (re)loaded on first use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,12 +36,34 @@ def check_name(name: object) -> str:
     return name
 
 
+def load_gen(source: str, **kwargs: Any) -> Any:
+    """A Gen guard from a checkpoint (folder or hub id) or a served model (``openai+http://…``)."""
+    from guard_reward.guards.gen_spec import load_gen_guard
+
+    return load_gen_guard(source, **kwargs)
+
+
+def load_stream(source: str, **kwargs: Any) -> Any:
+    """A Stream guard from a checkpoint (folder or hub id)."""
+    from guard_reward.guards.stream import StreamGuard
+
+    return StreamGuard.from_pretrained(source, **kwargs)
+
+
+#: Guards loaded from a checkpoint in this process, by loader, checkpoint and load settings: rewards given the
+#: same checkpoint share one copy of its weights (a reward, its cost and an attacker's reward on one 4B guard
+#: would otherwise hold it three times). Weak values: a guard that no reward holds any more is freed.
+_LOADED: weakref.WeakValueDictionary[tuple[str, str, str], Any] = weakref.WeakValueDictionary()
+_LOADING = threading.Lock()
+
+
 class GuardHandle:
     """A guard given either as a loaded object or as a checkpoint to load lazily.
 
-    Pickling keeps only the checkpoint reference when there is one (the unpickling process loads its own copy
-    with the handle's device settings: TRL's async GRPO child sees no GPU, so there a remote guard is the way to
-    share one); an object given directly is pickled with its weights.
+    Handles of the same checkpoint, loader and load settings share one loaded guard in a process (the guards
+    only run inference). Pickling keeps only the checkpoint reference when there is one (the unpickling process
+    loads its own copy with the handle's device settings: TRL's async GRPO child sees no GPU, so there a remote
+    guard is the way to share one); an object given directly is pickled with its weights.
     """
 
     def __init__(
@@ -55,8 +80,19 @@ class GuardHandle:
 
     def get(self) -> Any:
         if self._guard is None:
-            logger.info("loading guard %s", self.source)
-            self._guard = self.loader(self.source, **self.load_kwargs)
+            key = (self.loader.__qualname__, str(self.source), repr(sorted(self.load_kwargs.items())))
+            with _LOADING:
+                guard = _LOADED.get(key)
+                if guard is None:
+                    logger.info("loading guard %s", self.source)
+                    guard = self.loader(self.source, **self.load_kwargs)
+                    with contextlib.suppress(
+                        TypeError
+                    ):  # not weakly referenceable: this handle keeps its own
+                        _LOADED[key] = guard
+                else:
+                    logger.info("guard %s: sharing the copy already loaded in this process", self.source)
+            self._guard = guard
         return self._guard
 
     def __getstate__(self) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from guard_reward.guards.debounce import Debouncer, token_levels
 from guard_reward.guards.offsets import align_values, guard_index_for_policy, token_char_offsets
 from guard_reward.guards.remote import RemoteStreamGuard
 from guard_reward.rewards import metrics
-from guard_reward.rewards.inputs import GuardHandle, check_name, response_conversations
+from guard_reward.rewards.inputs import GuardHandle, check_name, load_stream, response_conversations
 from guard_reward.rewards.turns import check_tool_mask, scoring_units
 from guard_reward.shaping.dense import SHAPING_MODES, controversial_weight, shape_dense, unsafe_risk
 from guard_reward.shaping.scalar import finite_number
@@ -66,12 +66,6 @@ def _wire_fields(guard: Any, text: bool) -> dict[str, Any]:
     if isinstance(guard, RemoteStreamGuard) and guard.fields is None:
         return {"fields": SHAPING_FIELDS if text else _IDS_FIELDS}
     return {}
-
-
-def _load_stream(path: str, **kw: Any) -> Any:
-    from guard_reward.guards.stream import StreamGuard
-
-    return StreamGuard.from_pretrained(path, **kw)
 
 
 class TokenSafetyPenalty(metrics.CountedReward):
@@ -149,7 +143,7 @@ class TokenSafetyPenalty(metrics.CountedReward):
             raise ValueError(f"tool_context must be True or False, got {tool_context!r}")
         self.tool_context = tool_context
         self.hard_position = hard_position
-        self.stream = GuardHandle(stream, _load_stream, dict(guard_kwargs or {}))
+        self.stream = GuardHandle(stream, load_stream, dict(guard_kwargs or {}))
         self.shaping, self.hard, self.coef, self.clip = shaping, bool(hard), float(coef), clip
         self.controversial, self.threshold, self.thinking = controversial, float(threshold), thinking
         self.debounce_mode = "strict" if weight > 0 else "loose"

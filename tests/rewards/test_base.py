@@ -152,3 +152,25 @@ def test_decide_takes_one_outcome_per_judged_turn():
     assert value == 0.25  # the unfinished last turn is valued truncated_value
     with pytest.raises(ValueError, match="1 outcomes for 2 judged turns"):
         decide(judged, [(1.0, None, None)], None, "judge")
+
+
+def test_rewards_on_one_checkpoint_share_one_loaded_guard(tiny_gen_path):
+    import gc
+
+    from guard_reward.rewards import AttackReward, inputs
+    from guard_reward.rewards.cost import SafetyCost
+
+    kw = {"device": "cpu", "dtype": "float32"}
+    path = str(tiny_gen_path)
+    reward, cost = SafetyReward(path, guard_kwargs=kw), SafetyCost(path, guard_kwargs=kw)
+    attack = AttackReward(path, guard_kwargs=dict(kw))
+    guards = [reward.guard.get(), cost.guard.get(), attack.guard.get()]
+    assert guards[0] is guards[1] is guards[2]  # one copy of the weights, not three
+    other = SafetyReward(path, guard_kwargs={"device": "cpu", "dtype": "bfloat16"})
+    assert other.guard.get() is not guards[0]  # other load settings: another copy
+    assert other.guard.get().model.dtype != guards[0].model.dtype
+    # a guard no reward holds any more is freed
+    (key,) = [k for k, g in inputs._LOADED.items() if g is guards[0]]
+    del reward, cost, attack, guards
+    gc.collect()
+    assert key not in inputs._LOADED
