@@ -21,8 +21,8 @@ and counted per prompt, so a run does not die of it.) Once the server has answer
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -125,7 +125,6 @@ class ServedDefender:
         #: ``cut_at_max_tokens``, ``seconds`` (the HTTP requests and retries are in ``client.stats``).
         self.stats: Counter[str] = Counter()
         self._connected = False
-        self._pid = os.getpid()
 
     @property
     def url(self) -> str:
@@ -140,13 +139,13 @@ class ServedDefender:
         if self._connected:
             return self
         try:
-            self.model, _ = served_model(self._pool(), self.model)
+            self.model, _ = served_model(self.client, self.model)
         except GuardUnavailable as exc:
             raise DefenderUnreachable(
                 f"the served policy at {self.url} cannot be reached ({exc}); start its server (e.g. `vllm serve "
                 f"MODEL --port PORT`) or pass the url of a running one"
             ) from None
-        except RemoteGuardError as exc:
+        except (RemoteGuardError, json.JSONDecodeError) as exc:
             raise ValueError(
                 f"{self.url}/models did not list models ({exc}); the url must be the API root of an "
                 f"OpenAI-compatible server, http://HOST:PORT/v1"
@@ -194,7 +193,7 @@ class ServedDefender:
         if not isinstance(prompt, str):
             return None, INVALID_INPUT, f"a prompt must be a string, got {type(prompt).__name__}"
         try:
-            answer = self._pool().request("POST", "/chat/completions", self._body(prompt))
+            answer = self.client.request("POST", "/chat/completions", self._body(prompt))
         except GuardUnavailable as exc:
             return None, UNAVAILABLE, str(exc)
         except RemoteGuardError as exc:
@@ -227,11 +226,3 @@ class ServedDefender:
                 self.url, self.model, sum(reasons.values()), len(outcomes), dict(reasons),
                 "; ".join(f"{k}: {v[:300]}" for k, v in example.items()),
             )  # fmt: skip
-
-    def _pool(self) -> GuardClient:
-        # a forked child must not share the parent's keep-alive sockets (two processes reading one socket mix up
-        # answers): the first use in a new process starts an empty pool, through the client's pickling hooks
-        if os.getpid() != self._pid:
-            self.client.__setstate__(self.client.__getstate__())
-            self._pid = os.getpid()
-        return self.client

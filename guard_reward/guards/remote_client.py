@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -130,9 +131,10 @@ class GuardClient:
     def _init_pool(self) -> None:
         self._lock = threading.Lock()
         self._idle: list[http.client.HTTPConnection] = []
+        self._pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_idle")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_idle", "_pid")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -141,6 +143,10 @@ class GuardClient:
     # ------------------------------------------------------------------------------------ connections
 
     def _take(self) -> http.client.HTTPConnection:
+        if os.getpid() != self._pid:
+            # a forked child must not share the parent's keep-alive sockets (two processes reading one socket
+            # mix up answers), nor a lock another parent thread held at the fork: it starts an empty pool
+            self._init_pool()
         with self._lock:
             if self._idle:
                 return self._idle.pop()

@@ -160,3 +160,30 @@ def test_wire_round_trip_keeps_every_field():
         json.loads(json.dumps(risk_to_json(failed_risk(("a", "b"), "invalid_input", "e", None))))
     )
     assert empty.category_probs.shape == (0, 2) and empty.offsets.shape == (0, 2) and not empty.ok
+
+
+def _connection_in_child(client, queue):
+    queue.put(getattr(client._take(), "from_parent", False))
+
+
+def test_a_forked_child_does_not_reuse_the_parents_keep_alive_connections():
+    # two processes reading one keep-alive socket would mix up their answers
+    import multiprocessing
+
+    from guard_reward.guards.remote_client import GuardClient
+
+    client = GuardClient(
+        "http://127.0.0.1:9/v1", timeout=1.0, retries=0, backoff=0.1, backoff_max=0.1, chunk_size=1, parallel=1,
+        on_error="skip",
+    )  # fmt: skip
+    parent_conn = client._take()
+    parent_conn.from_parent = True
+    client._give(parent_conn)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_connection_in_child, args=(client, queue))
+    child.start()
+    reused = queue.get(timeout=30)
+    child.join(30)
+    assert reused is False
+    assert client._take() is parent_conn  # the parent keeps its own pool
