@@ -18,8 +18,8 @@ class SafetyCost:
     """Per-sample cost from Qwen3Guard-Gen, called like a TRL reward function (``None`` = not judged).
 
     It is :class:`~guard_reward.SafetyReward` with Safe valued 0 and Unsafe valued -1 (times the category
-    weight), refusals not valued, an empty answer costing 0, and the sign turned around: the same verdict parsing, Controversial policy,
-    category weights, soft mode, failure handling and ``guard/...`` metrics.
+    weight), refusals not valued, an empty answer costing 0, and the sign turned around: the same verdict
+    parsing, Controversial policy, category weights, soft mode, failure handling and ``guard/...`` metrics.
 
     Args:
         guard: a ``GenGuard`` or a Gen checkpoint.

@@ -86,9 +86,8 @@ class GuardHandle:
                 if guard is None:
                     logger.info("loading guard %s", self.source)
                     guard = self.loader(self.source, **self.load_kwargs)
-                    with contextlib.suppress(
-                        TypeError
-                    ):  # not weakly referenceable: this handle keeps its own
+                    # a guard that is not weakly referenceable is not shared: this handle keeps its own
+                    with contextlib.suppress(TypeError):
                         _LOADED[key] = guard
                 else:
                     logger.info("guard %s: sharing the copy already loaded in this process", self.source)
